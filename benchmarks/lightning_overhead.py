@@ -1,0 +1,129 @@
+"""Lightning overhead: the demo's Koch net and Omniglot class batches trained N steps by the Lightning
+Trainer and by a plain PyTorch loop, in one process, alternating, on the same data.
+
+Prints pairs/s of each (every ordered pair inside a class batch counts) and their ratio, then one JSON
+line. Goal: ratio (Lightning / plain) >= 0.95.
+
+    .venv/bin/python benchmarks/lightning_overhead.py [--steps 60] [--repeats 3] [--root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from cbir_lightning.losses.pair_bce import all_pairs_bce
+from cbir_lightning.models import KochSiameseNet, SiameseModule
+from data_modules import OmniglotDataModule
+
+
+def make_net(size: int) -> KochSiameseNet:
+    torch.manual_seed(0)
+    return KochSiameseNet(
+        input_size=size,
+        channels=[64] * 4,
+        kernel_sizes=[3] * 4,
+        padding=1,
+        batch_norm=True,
+        embedding_dim=256,
+        head_init="negative_l1",
+    )
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=2e-3)
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.end = time.perf_counter()
+
+
+def lightning_seconds(dm, size: int, steps: int, warmup: int) -> float:
+    timer = StepTimer(warmup)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps + warmup,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
+    trainer.fit(SiameseModule(make_net(size), optimizer=adam), train_dataloaders=dm.train_dataloader())
+    return timer.end - timer.start
+
+
+def plain_seconds(dm, size: int, steps: int, warmup: int) -> float:
+    net = make_net(size)
+    optimizer = adam(net.parameters())
+    net.train()
+    start = None
+    for i, (images, labels) in enumerate(dm.train_dataloader()):
+        if i == warmup:
+            start = time.perf_counter()
+        embeddings = net.embed(images)
+        loss = all_pairs_bce(net.similarity(embeddings, embeddings), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i + 1 == steps + warmup:
+            break
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/omniglot"))
+    parser.add_argument("--image-size", type=int, default=28)
+    args = parser.parse_args()
+    dm = OmniglotDataModule(
+        root=args.root, image_size=args.image_size, epoch_length=args.steps + args.warmup, num_workers=0
+    )
+    dm.setup("fit")
+    batch = dm.hparams.classes_per_batch * dm.hparams.samples_per_class
+    pairs = batch * (batch - 1) * args.steps
+    ours, plain = [], []
+    for _ in range(args.repeats):  # alternate so drift in machine speed hits both alike
+        ours.append(pairs / lightning_seconds(dm, args.image_size, args.steps, args.warmup))
+        plain.append(pairs / plain_seconds(dm, args.image_size, args.steps, args.warmup))
+    best_ours, best_plain = max(ours), max(plain)
+    print(f"Lightning Trainer: {best_ours:,.0f} pairs/s ({best_ours / (batch - 1):,.1f} images/s)")
+    print(f"plain PyTorch:     {best_plain:,.0f} pairs/s ({best_plain / (batch - 1):,.1f} images/s)")
+    print(f"ratio Lightning / plain: {best_ours / best_plain:.3f} (goal >= 0.95)")
+    print(
+        json.dumps(
+            {
+                "benchmark": "lightning_overhead",
+                "lightning_pairs_per_s": round(best_ours, 1),
+                "plain_pairs_per_s": round(best_plain, 1),
+                "ratio": round(best_ours / best_plain, 4),
+                "steps": args.steps,
+                "batch": batch,
+                "repeats": args.repeats,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

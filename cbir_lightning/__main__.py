@@ -1,0 +1,3 @@
+from cbir_lightning.cli import main
+
+main()

@@ -1,0 +1,27 @@
+"""Collect per-batch evaluation outputs and gather them across DDP ranks without duplicates."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+
+def gather_unique(
+    pl_module: pl.LightningModule, parts: list[dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Concatenate ``parts`` (dicts with ``embeddings``, ``labels``, ``indices``), all-gather over ranks
+    and keep one row per dataset index, sorted by index.
+
+    ``DistributedSampler`` pads the last shard with repeats of the first samples; keeping each index once
+    makes every rank see exactly the single-process set, so metrics are exact under DDP.
+    """
+    local = {key: torch.cat([p[key] for p in parts]) for key in ("embeddings", "labels", "indices")}
+    if pl_module.trainer.world_size > 1:
+        local = {key: pl_module.all_gather(value.to(pl_module.device)) for key, value in local.items()}
+        local = {key: value.flatten(0, 1).cpu() for key, value in local.items()}
+    order = torch.argsort(local["indices"], stable=True)
+    indices = local["indices"][order]
+    first = torch.ones_like(indices, dtype=torch.bool)
+    first[1:] = indices[1:] != indices[:-1]
+    keep = order[first]
+    return {key: value[keep] for key, value in local.items()}

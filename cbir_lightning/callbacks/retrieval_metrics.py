@@ -1,0 +1,97 @@
+"""Per-epoch retrieval metrics (mAP, recall@k, precision@k) and N-way one-shot accuracy.
+
+The module's validation/test steps return ``{"embeddings", "labels", "indices"}``; this callback keeps
+them, gathers them over ranks (each dataset item once, see :func:`gather_unique`), scores every item as a
+query against all the others with the module's own ``similarity``, and scores the DataModule's
+``episodes`` (if it has any). Every rank computes the same numbers, so the logged values equal a
+single-process run's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from cbir_lightning.callbacks.example_grids import log_example_grids
+from cbir_lightning.callbacks.gather import gather_unique
+from cbir_lightning.metrics import episode_scores, oneshot_accuracy, retrieval_metrics
+
+
+class RetrievalMetrics(Callback):
+    """Args:
+    ks: cut-offs for recall@k, precision@k and mAP@k.
+    chunk_size: queries scored at a time (bounds memory).
+    log_examples: how many retrieval queries and one-shot tasks to draw into W&B image grids
+        each epoch (0 to turn off).
+    """
+
+    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 512, log_examples: int = 6) -> None:
+        self.ks, self.chunk_size, self.log_examples = tuple(ks), chunk_size, log_examples
+        self._parts: list[dict[str, torch.Tensor]] = []
+        self.last_metrics: dict[str, float] = {}
+
+    def _reset(self, *args) -> None:
+        self._parts = []
+
+    on_validation_epoch_start = on_test_epoch_start = _reset
+
+    def _keep(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if isinstance(outputs, dict) and "embeddings" in outputs:
+            self._parts.append(
+                {
+                    k: outputs[k].detach().float().cpu() if k == "embeddings" else outputs[k].cpu()
+                    for k in ("embeddings", "labels", "indices")
+                }
+            )
+
+    on_validation_batch_end = on_test_batch_end = _keep
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._score(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._score(trainer, pl_module, "test")
+
+    def compute(
+        self, pl_module: pl.LightningModule, data: dict[str, torch.Tensor], episodes
+    ) -> dict[str, float]:
+        """Metrics from gathered outputs (pure apart from calling the module's similarity)."""
+        embeddings, labels = data["embeddings"], data["labels"]
+        with torch.no_grad():
+            metrics = retrieval_metrics(
+                embeddings,
+                embeddings,
+                labels,
+                labels,
+                similarity=pl_module.similarity,
+                ks=self.ks,
+                exclude_self=True,
+                chunk_size=self.chunk_size,
+            )
+            if episodes is not None:
+                if len(embeddings) <= int(max(episodes.queries.max(), episodes.candidates.max())):
+                    raise ValueError("episodes refer to items outside the evaluated set")
+                scores = episode_scores(
+                    embeddings, episodes.queries, episodes.candidates, pl_module.similarity
+                )
+                metrics[f"oneshot_{episodes.candidates.shape[1]}way"] = oneshot_accuracy(
+                    scores, episodes.targets[:, 0]
+                )
+        return metrics
+
+    def _score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
+        if not self._parts:
+            return
+        data = gather_unique(pl_module, self._parts)
+        self._parts = []
+        episodes = getattr(trainer.datamodule, "episodes", None) if trainer.datamodule is not None else None
+        metrics = self.compute(pl_module, data, episodes)
+        self.last_metrics = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
+        for name, value in self.last_metrics.items():
+            pl_module.log(name, value, sync_dist=False, prog_bar=name.endswith(("mAP", "way")))
+        if self.log_examples and trainer.is_global_zero:
+            log_example_grids(trainer, pl_module, data, episodes, prefix, self.log_examples)

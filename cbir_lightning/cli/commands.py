@@ -1,0 +1,88 @@
+"""The toolkit's own subcommands (jsonargparse: ``--help`` on each, values from flags or a config)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from jsonargparse import CLI
+
+from cbir_lightning.checkpoints import load_module
+from data_modules.images import resize_uint8
+from data_modules.omniglot_download import download_omniglot
+from data_modules.omniglot_files import SMALL_SETS
+from data_modules.oneshot_runs import build_runs_from_omniglot, evaluate_oneshot_runs, load_oneshot_runs
+
+
+def oneshot(ckpt: str, runs: str, image_size: int | None = None, batch_size: int = 256) -> dict:
+    """N-way one-shot accuracy of a checkpoint on Lake's run format; prints JSON (accuracy, per_run).
+
+    Args:
+        ckpt: checkpoint written by ``cbir-lightning fit``.
+        runs: folder or .zip of ``runNN/`` folders (Lake's ``all_runs`` layout).
+        image_size: side the images are resized to; default: the net's input size.
+        batch_size: images embedded at a time.
+    """
+    module = load_module(ckpt)
+    size = image_size or getattr(module.net, "input_size", None)
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        images = resize_uint8(images, size) if size else images
+        return torch.cat([module.embed(x.float() / 255) for x in torch.split(images, batch_size)])
+
+    def score(test: torch.Tensor, training: torch.Tensor) -> torch.Tensor:
+        return module.similarity(embed(test), embed(training))
+
+    with torch.no_grad():
+        result = evaluate_oneshot_runs(load_oneshot_runs(runs), score)
+    return {"accuracy": round(result["accuracy"], 6), "per_run": result["per_run"], "checkpoint": ckpt}
+
+
+def make_runs(
+    sources: list[str],
+    out: str,
+    alphabets: list[str] | None = None,
+    num_runs: int = 20,
+    ways: int = 20,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
+    """Write Lake-format one-shot runs drawn from Omniglot images (folders or zips).
+
+    Args:
+        sources: Omniglot set folders or zips (a folder's ``*.zip`` files are read too).
+        out: folder to create (written atomically).
+        alphabets: alphabets to draw from; default: all.
+        num_runs: number of runs.
+        ways: classes per run.
+        seed: random seed.
+        overwrite: replace ``out`` if it exists.
+    """
+    path = build_runs_from_omniglot(
+        sources, alphabets, out, num_runs=num_runs, ways=ways, seed=seed, overwrite=overwrite
+    )
+    return {"runs": str(path), "num_runs": num_runs, "ways": ways}
+
+
+def download(dataset: str, root: str, sets: list[str] | None = None) -> dict:
+    """Fetch a data set from its official release into ``root`` (needs the internet).
+
+    Args:
+        dataset: ``omniglot``.
+        root: folder to download into.
+        sets: Omniglot sets (``images_background``, ``images_evaluation``, ``images_background_small1``...);
+            default: the two small background sets.
+    """
+    if dataset != "omniglot":
+        from cbir_lightning.errors import CbirError
+
+        raise CbirError(f"unknown dataset {dataset!r}; available: omniglot")
+    download_omniglot(root, sets or list(SMALL_SETS))
+    return {"dataset": dataset, "root": str(Path(root))}
+
+
+def run_tool_command(args: list[str]) -> None:
+    commands = {"oneshot": oneshot, "make-runs": make_runs, "download": download}
+    result = CLI(commands, args=args, as_positional=False)
+    print(json.dumps(result), flush=True)

@@ -1,0 +1,74 @@
+"""Koch, Zemel and Salakhutdinov (2015) Siamese network: a shared conv tower, a sigmoid embedding, and a
+similarity head ``sigmoid(w . |e1 - e2| + b)`` over the component-wise L1 distance.
+
+Defaults are the paper's (105 px input, conv 64@10, 128@7, 128@4, 256@4, fc 4096); sizes, widths,
+padding and BatchNorm are arguments so that the same class runs practically on a CPU.
+``head_init="negative_l1"`` starts the head as a negative L1 distance instead of a random direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+class KochSiameseNet(nn.Module):
+    def __init__(
+        self,
+        input_size: int = 105,
+        in_channels: int = 1,
+        channels: Sequence[int] = (64, 128, 128, 256),
+        kernel_sizes: Sequence[int] = (10, 7, 4, 4),
+        padding: int = 0,
+        batch_norm: bool = False,
+        embedding_dim: int = 4096,
+        head_init: Literal["default", "negative_l1"] = "default",
+        score_chunk_elements: int = 2**25,
+    ) -> None:
+        super().__init__()
+        if len(channels) != len(kernel_sizes):
+            raise ValueError("channels and kernel_sizes must have the same length")
+        layers: list[nn.Module] = []
+        width = in_channels
+        for i, (out, k) in enumerate(zip(channels, kernel_sizes, strict=True)):
+            layers.append(nn.Conv2d(width, out, k, padding=padding, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=True))
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+            width = out
+        self.features = nn.Sequential(*layers)
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, in_channels, input_size, input_size)).numel()
+        self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(flat, embedding_dim), nn.Sigmoid())
+        self.head = nn.Linear(embedding_dim, 1)
+        if head_init == "negative_l1":
+            # start as "similar = small L1 distance": a useful metric from step one (faster on small budgets)
+            nn.init.constant_(self.head.weight, -10.0 / embedding_dim)
+            nn.init.constant_(self.head.bias, 1.0)
+        elif head_init != "default":
+            raise ValueError(f"head_init must be 'default' or 'negative_l1', got {head_init!r}")
+        self.input_size, self.embedding_dim = input_size, embedding_dim
+        self.score_chunk_elements = score_chunk_elements
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``[n, c, h, w]`` images -> ``[n, embedding_dim]`` sigmoid embeddings."""
+        return self.embedding(self.features(images))
+
+    def pair_logits(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
+        """Logit of "same class" for aligned pairs of embeddings ``[n, d]`` -> ``[n]``."""
+        return self.head(torch.abs(e1 - e2)).squeeze(-1)
+
+    def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:
+        """All-pairs logits ``[nq, nd]`` (higher = more similar), chunked to bound memory."""
+        w, b = self.head.weight.squeeze(0), self.head.bias
+        step = max(1, self.score_chunk_elements // max(1, len(database) * queries.shape[1]))
+        rows = [torch.abs(q.unsqueeze(1) - database.unsqueeze(0)) @ w + b for q in torch.split(queries, step)]
+        return torch.cat(rows) if rows else queries.new_zeros(0, len(database))
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return self.pair_logits(self.embed(x1), self.embed(x2))

@@ -1,0 +1,101 @@
+"""``SiameseModule``: the LightningModule around a Siamese net with an ``embed`` / ``similarity`` /
+``pair_logits`` interface (e.g. :class:`~cbir_lightning.models.koch.KochSiameseNet`).
+
+Training batches are either aligned pairs ``(x1, x2, same)`` (Koch: BCE per pair) or class batches
+``(images, labels)`` (BCE on every pair of the batch, see
+:func:`~cbir_lightning.losses.pair_bce.all_pairs_bce`).
+Validation, test and predict batches ``(images, labels, indices)`` produce embeddings; the retrieval
+callback turns them into metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import nn
+
+from cbir_lightning.losses.pair_bce import all_pairs_bce, pair_bce
+from cbir_lightning.models.param_groups import layer_param_groups
+
+
+class SiameseModule(pl.LightningModule):
+    """Args:
+    net: the Siamese network.
+    optimizer: optimizer factory (default Adam, lr 6e-5 as in the reference CBIR write-up).
+    lr_scheduler: optional scheduler factory, stepped every ``lr_scheduler_interval``.
+    layer_lr_multipliers / layer_weight_decay: per-layer learning-rate factors and L2 weights, in the
+        order of the net's weight layers (Koch's per-layer settings); ``None`` keeps the optimizer's.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = lambda params: torch.optim.Adam(params, lr=6e-5),
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: str = "epoch",
+        layer_lr_multipliers: Sequence[float] | None = None,
+        layer_weight_decay: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        # Under the CLI the hyperparameters are the config (class paths), which rebuilds the net from a
+        # checkpoint; objects passed from Python are not saved (the weights are in the state dict).
+        from_config = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=[] if from_config else ["net", "optimizer", "lr_scheduler"])
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(images)
+
+    def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:
+        """Scores ``[nq, nd]``, higher = more similar: the net's own similarity."""
+        return self.net.similarity(queries, database)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if len(batch) == 3:
+            x1, x2, same = batch
+            loss = pair_bce(self.net.pair_logits(self.embed(x1), self.embed(x2)), same)
+            size = len(same)
+        else:
+            images, labels = batch
+            embeddings = self.embed(images)
+            loss = all_pairs_bce(self.similarity(embeddings, embeddings), labels)
+            size = len(labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def _embed_step(self, batch) -> dict[str, torch.Tensor]:
+        images, labels, indices = batch
+        return {"embeddings": self.embed(images), "labels": labels, "indices": indices}
+
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._embed_step(batch)
+
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._embed_step(batch)
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        return self._embed_step(batch)
+
+    def configure_optimizers(self):
+        groups = layer_param_groups(
+            self.net, self.hparams.layer_lr_multipliers, self.hparams.layer_weight_decay
+        )
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
+            group["initial_lr"] = group["lr"]
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval},
+        }

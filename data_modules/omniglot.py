@@ -1,0 +1,172 @@
+"""Omniglot DataModule: Siamese training pairs or class batches, N-way one-shot episodes and a
+query/database retrieval split, on alphabets never seen in training.
+
+Images are read once (from folders or straight from the zips, see :mod:`data_modules.omniglot_files`),
+resized with antialiasing to ``image_size`` and kept in memory as uint8 tensors; workers share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data_modules.augment import AffineRanges
+from data_modules.episodes import Episodes, make_episodes
+from data_modules.errors import DataError
+from data_modules.omniglot_download import download_omniglot
+from data_modules.omniglot_files import SMALL_SETS, OmniglotImages, read_omniglot
+from data_modules.pairs import ClassBatchDataset, PairDataset
+from data_modules.samplers import EpochSampler
+
+
+class IndexedImages(Dataset):
+    """Evaluation images as float tensors with their label and their index in the set."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.images[i].float().div(255), self.labels[i], torch.tensor(i)
+
+
+class OmniglotDataModule(pl.LightningDataModule):
+    """Omniglot in torchvision's layout under ``root``.
+
+    Args:
+        root: folder holding ``omniglot-py/<set>/`` folders or ``<set>.zip`` files.
+        sets: which sets to read (default: the two small background sets).
+        val_alphabets: alphabets held out for evaluation (never trained on). ``None``: none held out.
+        train_alphabets: alphabets to train on; ``None``: every other alphabet of ``sets``.
+        train_drawers / val_drawers: drawers (1..20) to use on each side; ``None``: all.
+        image_size: side in pixels the 105 px images are resized to.
+        sampling: ``"pairs"`` (Koch: one balanced pair per sample, ``batch_size`` pairs per batch) or
+            ``"class_batches"`` (``classes_per_batch`` x ``samples_per_class`` images, every pair used).
+        rotation_classes: add the 90/180/270 degree rotations of training characters as new classes.
+        epoch_length: training batches per epoch (both samplings).
+        augment: Koch's affine distortions on training images.
+        ways / shots / trials / episode_seed: the one-shot validation protocol (fixed across epochs).
+        download: fetch missing sets (torchvision's Omniglot download; needs the internet).
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data/omniglot",
+        sets: Sequence[str] = SMALL_SETS,
+        val_alphabets: Sequence[str] | None = ("Japanese_(katakana)", "Sanskrit"),
+        train_alphabets: Sequence[str] | None = None,
+        train_drawers: Sequence[int] | None = None,
+        val_drawers: Sequence[int] | None = None,
+        image_size: int = 105,
+        sampling: Literal["pairs", "class_batches"] = "class_batches",
+        batch_size: int = 128,
+        classes_per_batch: int = 32,
+        samples_per_class: int = 4,
+        rotation_classes: bool = False,
+        epoch_length: int = 200,
+        augment: bool = True,
+        ways: int = 20,
+        shots: int = 1,
+        trials: int = 400,
+        episode_seed: int = 0,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if sampling not in ("pairs", "class_batches"):
+            raise DataError(f"sampling must be 'pairs' or 'class_batches', got {sampling!r}")
+        self.train_images: OmniglotImages | None = None
+        self.val_images: OmniglotImages | None = None
+        self.episodes: Episodes | None = None
+
+    def prepare_data(self) -> None:
+        if self.hparams.download:
+            download_omniglot(self.hparams.root, self.hparams.sets)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_images is not None:
+            return
+        hp = self.hparams
+        images = read_omniglot(hp.root, hp.sets, image_size=hp.image_size)
+        present = set(images.alphabet)
+        val = set(hp.val_alphabets or ())
+        train = set(hp.train_alphabets) if hp.train_alphabets is not None else present - val
+        for name, wanted in (("val_alphabets", val), ("train_alphabets", train)):
+            if wanted - present:
+                raise DataError(
+                    f"{name}: {sorted(wanted - present)} not in {list(hp.sets)} under {hp.root}; "
+                    f"available: {sorted(present)}"
+                )
+        if train & val:
+            raise DataError(f"alphabets {sorted(train & val)} are in both train_alphabets and val_alphabets")
+        self.train_images = _select(images, train, hp.train_drawers)
+        self.val_images = _select(images, val, hp.val_drawers) if val else None
+        if self.val_images is not None and len(self.val_images.images):
+            v = self.val_images
+            self.episodes = make_episodes(
+                v.alphabet, v.labels, v.drawer, hp.ways, hp.shots, hp.trials, hp.episode_seed
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        if self.train_images is None or not len(self.train_images.images):
+            raise DataError("no training images: check train_alphabets and train_drawers")
+        images, labels = self.train_images.images, self.train_images.labels
+        if hp.rotation_classes:
+            num = int(labels.max()) + 1
+            images = torch.cat([torch.rot90(images, r, (2, 3)) for r in range(4)])
+            labels = torch.cat([labels + r * num for r in range(4)])
+        augment = AffineRanges() if hp.augment else None
+        if hp.sampling == "pairs":
+            data = PairDataset(images, labels, hp.epoch_length * hp.batch_size, hp.seed, augment)
+            return self._loader(data, EpochSampler(len(data)), hp.batch_size)
+        data = ClassBatchDataset(
+            images,
+            labels,
+            hp.epoch_length,
+            hp.seed,
+            augment,
+            classes_per_batch=hp.classes_per_batch,
+            samples_per_class=hp.samples_per_class,
+        )
+        return self._loader(data, EpochSampler(len(data)), None)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_images is None:
+            raise DataError("validation needs val_alphabets: set data.init_args.val_alphabets in the config")
+        data = IndexedImages(self.val_images.images, self.val_images.labels)
+        return self._loader(data, None, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=False,
+            shuffle=False,
+        )
+
+
+def _select(images: OmniglotImages, alphabets: set[str], drawers: Sequence[int] | None) -> OmniglotImages:
+    keep = torch.tensor([a in alphabets for a in images.alphabet], dtype=torch.bool)
+    if drawers is not None:
+        keep &= torch.isin(images.drawer, torch.tensor(list(drawers)))
+    return images.subset(keep)

@@ -1,0 +1,95 @@
+"""OmniglotDataModule on the real small sets: layouts (zip, extracted folders), splits, errors."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+import torch
+
+from data_modules import DataError, OmniglotDataModule
+from data_modules.omniglot_files import locate_set, read_omniglot
+
+
+def test_reads_zips_and_dedupes_shared_alphabets(omniglot_root):
+    images = read_omniglot(omniglot_root, image_size=28)
+    assert images.alphabets() == [
+        "Balinese",
+        "Early_Aramaic",
+        "Greek",
+        "Japanese_(katakana)",
+        "Korean",
+        "Latin",
+        "Sanskrit",
+        "Tagalog",
+    ]
+    # 242 distinct characters x 20 drawers (Greek and Latin are in both small sets, read once)
+    assert images.images.shape == (242 * 20, 1, 28, 28) and images.images.dtype == torch.uint8
+    assert len(set(images.character)) == 242
+    assert sorted(set(images.drawer.tolist())) == list(range(1, 21))
+    # ink is 255, background 0: most pixels are background
+    assert images.images.float().mean() < 60
+
+
+def test_extracted_torchvision_layout_matches_zip(omniglot_root, tmp_path):
+    target = tmp_path / "omniglot-py"
+    with zipfile.ZipFile(omniglot_root / "images_background_small2.zip") as archive:
+        members = [m for m in archive.namelist() if "/Tagalog/" in m]
+        archive.extractall(target, members=members)
+    assert locate_set(tmp_path, "images_background_small2") == target / "images_background_small2"
+    from_folder = read_omniglot(tmp_path, ["images_background_small2"], image_size=32)
+    from_zip = read_omniglot(
+        omniglot_root, ["images_background_small2"], alphabets=["Tagalog"], image_size=32
+    )
+    assert torch.equal(from_folder.images, from_zip.images)
+    assert from_folder.character == from_zip.character
+
+
+def test_split_never_trains_on_evaluation_alphabets(omniglot_root):
+    dm = OmniglotDataModule(root=omniglot_root, image_size=28, trials=20, epoch_length=2)
+    dm.setup("fit")
+    train, val = set(dm.train_images.alphabet), set(dm.val_images.alphabet)
+    assert val == {"Japanese_(katakana)", "Sanskrit"} and train.isdisjoint(val)
+    assert not set(dm.train_images.character) & set(dm.val_images.character)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (128, 1, 28, 28) and x.dtype == torch.float32 and len(torch.unique(y)) == 32
+    images, labels, index = next(iter(dm.val_dataloader()))
+    assert torch.equal(index, torch.arange(len(index)))
+    assert dm.episodes.candidates.shape == (20, 20)
+
+
+def test_drawer_split(omniglot_root):
+    dm = OmniglotDataModule(
+        root=omniglot_root,
+        image_size=28,
+        trials=10,
+        train_drawers=list(range(1, 13)),
+        val_drawers=[13, 14, 15, 16],
+    )
+    dm.setup("fit")
+    assert set(dm.train_images.drawer.tolist()) == set(range(1, 13))
+    assert set(dm.val_images.drawer.tolist()) == {13, 14, 15, 16}
+
+
+def test_missing_root_names_expected_layout(tmp_path):
+    dm = OmniglotDataModule(root=tmp_path / "nowhere")
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "images_background_small1" in message and "omniglot-py" in message and "make data" in message
+
+
+def test_corrupt_png_names_the_file(omniglot_root, tmp_path):
+    folder = tmp_path / "omniglot-py" / "images_background_small2" / "Tagalog" / "character01"
+    folder.mkdir(parents=True)
+    (folder / "0001_01.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    with pytest.raises(DataError, match=r"0001_01\.png.*corrupt"):
+        read_omniglot(tmp_path, ["images_background_small2"])
+
+
+def test_unknown_alphabet_and_too_many_ways(omniglot_root):
+    with pytest.raises(DataError, match="Klingon"):
+        OmniglotDataModule(root=omniglot_root, val_alphabets=["Klingon"]).setup("fit")
+    with pytest.raises(DataError, match="ways=50 is larger"):
+        OmniglotDataModule(root=omniglot_root, image_size=28, ways=50).setup("fit")

@@ -1,0 +1,128 @@
+"""Training samples: reproducible under a seed (any num_workers, any epoch), balanced, sharded under DDP;
+Koch's distortions; one-shot episodes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from data_modules.augment import AffineRanges, apply_affine, random_affine_matrices
+from data_modules.episodes import make_episodes
+from data_modules.errors import DataError
+from data_modules.pairs import ClassBatchDataset, PairDataset
+from data_modules.samplers import EpochSampler
+
+
+def _images(num_classes=10, per_class=5, size=12):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (num_classes * per_class, 1, size, size), generator=gen, dtype=torch.uint8)
+    return images, torch.arange(num_classes).repeat_interleave(per_class)
+
+
+def _epoch(dataset, epoch, workers, batch_size):
+    sampler = EpochSampler(len(dataset))
+    sampler.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
+    return list(loader)
+
+
+@pytest.mark.parametrize("kind", ["pairs", "class_batches"])
+def test_same_seed_same_samples_with_workers(kind):
+    images, labels = _images()
+    if kind == "pairs":
+        data, bs = PairDataset(images, labels, 16, seed=3, augment=AffineRanges()), 4
+    else:
+        data, bs = (
+            ClassBatchDataset(images, labels, 4, 3, AffineRanges(), classes_per_batch=4, samples_per_class=3),
+            None,
+        )
+    single = _epoch(data, 1, 0, bs)
+    multi = _epoch(data, 1, 2, bs)
+    for a, b in zip(single, multi, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+    other_epoch = _epoch(data, 2, 0, bs)
+    assert not torch.equal(single[0][0], other_epoch[0][0])
+    other_seed = type(data).__new__(type(data))
+    other_seed.__dict__.update(data.__dict__, seed=4)
+    assert not torch.equal(single[0][0], _epoch(other_seed, 1, 0, bs)[0][0])
+
+
+def test_pairs_are_balanced_and_labelled_right():
+    images, labels = _images()
+    # tag every image with its class in pixel (0, 0) so the pair's classes can be read back
+    images[:, 0, 0, 0] = labels.to(torch.uint8)
+    data = PairDataset(images, labels, 200, seed=0, augment=None)
+    same = []
+    for i in range(len(data)):
+        x1, x2, y = data[i]
+        c1, c2 = round(float(x1[0, 0, 0]) * 255), round(float(x2[0, 0, 0]) * 255)
+        assert (c1 == c2) == bool(y)
+        same.append(float(y))
+    assert sum(same) == len(same) / 2
+
+
+def test_class_batches_have_p_classes_times_k():
+    images, labels = _images()
+    data = ClassBatchDataset(images, labels, 3, 0, None, classes_per_batch=4, samples_per_class=3)
+    x, y = data[0]
+    assert x.shape == (12, 1, 12, 12)
+    assert sorted(torch.bincount(y).tolist())[-4:] == [3, 3, 3, 3]
+    assert len(torch.unique(y)) == 4
+    with pytest.raises(ValueError, match="classes_per_batch"):
+        ClassBatchDataset(images, labels, 3, 0, None, classes_per_batch=11)
+
+
+def test_epoch_sampler_shards_disjointly():
+    shards = []
+    for rank in range(2):
+        sampler = EpochSampler(10, num_replicas=2, rank=rank)
+        sampler.set_epoch(3)
+        shards.append(list(sampler))
+    assert set(shards[0]).isdisjoint(shards[1])
+    assert sorted(shards[0] + shards[1]) == [30 + i for i in range(10)]
+
+
+def test_affine_identity_and_known_shift():
+    image = torch.zeros(1, 1, 21, 21)
+    image[0, 0, 10, 10] = 1.0
+    identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    assert torch.allclose(apply_affine(image, identity), image, atol=1e-6)
+    # a forward shift of +2 px to the right (2 * 2 / 21 in normalised units) moves the dot to column 12
+    shift = torch.tensor([[[1.0, 0.0, 4.0 / 21], [0.0, 1.0, 0.0]]])
+    moved = apply_affine(image, shift)[0, 0]
+    assert moved.argmax().item() == 10 * 21 + 12
+
+
+def test_koch_distortion_ranges():
+    gen = torch.Generator().manual_seed(0)
+    m = random_affine_matrices(4000, gen, AffineRanges())
+    linear, shift = m[:, :, :2], m[:, :, 2]
+    untouched = (linear - torch.eye(2)).abs().amax((1, 2)) < 1e-7
+    # each of 4 distortions off with p=0.5 -> rotation, shear, scale all off with p=1/8
+    assert abs(untouched.float().mean().item() - 1 / 8) < 0.03
+    assert (shift.abs() <= 2 * 2 / 105 + 1e-6).all()
+    assert abs((shift.abs().sum(1) == 0).float().mean().item() - 0.5) < 0.03
+    det = torch.linalg.det(linear)
+    assert det.min() > 0.8**2 * (1 - 0.3**2) - 1e-4 and det.max() < 1.2**2 * (1 + 0.3**2) + 1e-4
+    assert math.isclose(float(AffineRanges().rotation_deg), 10.0)
+
+
+def test_episodes_within_one_alphabet_and_fixed_by_seed():
+    groups = ["A"] * 25 * 4 + ["B"] * 21 * 4 + ["C"] * 5 * 4
+    labels = torch.arange(51).repeat_interleave(4)
+    drawers = torch.arange(1, 5).repeat(51)
+    eps = make_episodes(groups, labels, drawers, ways=20, trials=50, seed=1)
+    assert eps.candidates.shape == (50, 20)
+    for q, cands, t in zip(eps.queries, eps.candidates, eps.targets[:, 0], strict=True):
+        alphabet = {groups[int(c)] for c in cands} | {groups[int(q)]}
+        assert len(alphabet) == 1 and alphabet != {"C"}
+        assert labels[cands[t]] == labels[q] and drawers[cands[t]] != drawers[q]
+        assert len(set(labels[cands].tolist())) == 20
+    again = make_episodes(groups, labels, drawers, ways=20, trials=50, seed=1)
+    assert torch.equal(eps.candidates, again.candidates) and torch.equal(eps.queries, again.queries)
+    with pytest.raises(DataError, match="ways=30 is larger than the classes available.*'A' has 25"):
+        make_episodes(groups, labels, drawers, ways=30, trials=5)
