@@ -8,6 +8,7 @@ report their metrics the same way.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytorch_lightning as pl
 from jsonargparse import set_parsing_settings
@@ -58,7 +59,7 @@ class CbirCLI(LightningCLI):
         results = trainer.validate(
             self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False
         )
-        report(trainer, results[0] if results else {}, checkpoint=best)
+        report(trainer, results[0] if results else {}, checkpoint=str(Path(best).resolve()) if best else None)
 
     def after_validate(self) -> None:
         report(

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from cbir_lightning.models.l1_scores import weighted_l1_scores
+
 
 class KochSiameseNet(nn.Module):
     def __init__(
@@ -65,10 +67,8 @@ class KochSiameseNet(nn.Module):
 
     def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:
         """All-pairs logits ``[nq, nd]`` (higher = more similar), chunked to bound memory."""
-        w, b = self.head.weight.squeeze(0), self.head.bias
-        step = max(1, self.score_chunk_elements // max(1, len(database) * queries.shape[1]))
-        rows = [torch.abs(q.unsqueeze(1) - database.unsqueeze(0)) @ w + b for q in torch.split(queries, step)]
-        return torch.cat(rows) if rows else queries.new_zeros(0, len(database))
+        w = self.head.weight.squeeze(0)
+        return weighted_l1_scores(queries, database, w, self.score_chunk_elements) + self.head.bias
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.pair_logits(self.embed(x1), self.embed(x2))
