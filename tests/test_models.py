@@ -80,3 +80,27 @@ def test_layer_groups_scale_lr_and_decay():
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.2, 0.3, 0.4]
     with pytest.raises(ValueError, match="has 2 entries but the net has 4"):
         layer_param_groups(net, [1, 2])
+
+
+def test_nonpositive_head_is_a_weighted_l1_distance():
+    torch.manual_seed(0)
+    net = KochSiameseNet(
+        input_size=28, channels=[4], kernel_sizes=[3], embedding_dim=6, head_weights="nonpositive"
+    )
+    torch.nn.init.normal_(net.head.weight, std=3.0)  # raw weights of both signs
+    assert (net.head_weight() <= 0).all() and (net.head.weight > 0).any()
+    q, x = torch.rand(1, 6), torch.rand(1, 6)
+    farther = x.clone()
+    farther[0, 2] = q[0, 2] + 2 * (x[0, 2] - q[0, 2])  # move away from q in one dimension
+    assert net.similarity(q, farther) <= net.similarity(q, x)
+    expected = (net.head_weight() * (q - x).abs()).sum() + net.head.bias
+    assert torch.isclose(net.pair_logits(q, x)[0], expected[0], atol=1e-6)
+    start = KochSiameseNet(
+        input_size=28,
+        channels=[4],
+        kernel_sizes=[3],
+        embedding_dim=8,
+        head_init="negative_l1",
+        head_weights="nonpositive",
+    )
+    assert torch.allclose(start.head_weight(), torch.full((8,), -10.0 / 8))
