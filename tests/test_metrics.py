@@ -473,3 +473,280 @@ def test_episode_scores_end_to_end_accuracy():
     assert oneshot_accuracy(l1, targets) == 0.5  # trial 0 picks candidate 2 under L1
     with pytest.raises(ValueError, match="cosine"):
         episode_scores(EPISODE_EMB, EPISODE_QUERIES, EPISODE_CANDIDATES, "manhattan")
+
+
+# --------------------------------------------------------------------------------------------------
+# the ranking engine: ranks of positives by counting, junk, ties, NaN
+
+
+def _reference_ranks(scores, positives, junk) -> list[list[int]]:
+    """Slow reference: sort (score desc, index asc; NaN last) without the junk, read off positive ranks."""
+    out = []
+    for row, pos, bad in zip(scores.tolist(), positives, junk, strict=True):
+        items = [(j, s) for j, s in enumerate(row) if j not in set(bad)]
+        items.sort(
+            key=lambda item: (math.isnan(item[1]), -item[1] if not math.isnan(item[1]) else 0, item[0])
+        )
+        out.append(sorted(rank for rank, (j, _) in enumerate(items, start=1) if j in set(pos)))
+    return out
+
+
+def _padded(lists, width=None) -> torch.Tensor:
+    width = max([len(x) for x in lists] + [0]) if width is None else width
+    return torch.tensor([list(x) + [-1] * (width - len(x)) for x in lists], dtype=torch.long).view(
+        len(lists), width
+    )
+
+
+RANK_CASES = ["ints", "gauss", "nan", "zeros", "constant", "half", "int64", "huge", "tiny"]
+
+
+@pytest.mark.parametrize("kind", RANK_CASES)
+def test_positive_ranks_match_sorting_reference(kind):
+    from cbir_lightning.metrics.ranking import positive_ranks
+
+    g = torch.Generator().manual_seed(RANK_CASES.index(kind))
+    for _ in range(40):
+        c, n = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g))
+        if kind == "ints":  # many exact ties
+            scores = torch.randint(-3, 4, (c, n), generator=g).float()
+        elif kind == "gauss":
+            scores = torch.randn(c, n, generator=g, dtype=torch.float64)
+        elif kind == "nan":
+            scores = torch.randn(c, n, generator=g)
+            scores[scores > 0.8] = math.nan
+            scores[scores < -1.5] = -math.inf
+        elif kind == "zeros":  # -0.0 and +0.0 are equal scores
+            scores = torch.randint(0, 2, (c, n), generator=g).float() * torch.tensor(-0.0)
+            scores[:, ::3] = 0.0
+        elif kind == "constant":
+            scores = torch.full((c, n), 0.5)
+        elif kind == "half":
+            scores = torch.randn(c, n, generator=g).half()
+        elif kind == "int64":  # beyond float32's integers
+            scores = torch.randint(-3, 4, (c, n), generator=g) * 2**40 + torch.randint(
+                0, 2, (c, n), generator=g
+            )
+        elif kind == "huge":  # the score range overflows float32
+            scores = torch.randn(c, n, generator=g).sign() * 3e38
+        else:  # a range so small that the bin scale overflows
+            scores = torch.randint(0, 3, (c, n), generator=g).float() * 1e-45
+        positives, junk = [], []
+        for _ in range(c):
+            perm = torch.randperm(n, generator=g).tolist()
+            p, j = (
+                int(torch.randint(0, n + 1, (1,), generator=g)),
+                int(torch.randint(0, n + 1, (1,), generator=g)),
+            )
+            positives.append(perm[:p])
+            junk.append(perm[p : p + j])
+        ranks = positive_ranks(scores, _padded(positives), _padded(junk))
+        expected = _reference_ranks(scores, positives, junk)
+        for row, exp in zip(ranks.tolist(), expected, strict=True):
+            assert [int(r) for r in row if math.isfinite(r)] == exp
+            assert all(math.isinf(r) for r in row[len(exp) :])
+
+
+def test_positive_ranks_large_rows_and_blocks(monkeypatch):
+    """Rows longer than a block and several blocks (the threaded path) give the reference ranks."""
+    from cbir_lightning.metrics import ranking
+
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(37, 3000, generator=g).round(decimals=2)  # ties
+    positives = [
+        torch.randperm(3000, generator=g)[: int(k)].tolist()
+        for k in torch.randint(0, 200, (37,), generator=g)
+    ]
+    monkeypatch.setattr(ranking, "BLOCK_ELEMENTS", 3000 * 4)  # 10 blocks of <= 4 rows
+    ranks = ranking.positive_ranks(scores, _padded(positives), workers=2)
+    expected = _reference_ranks(scores, positives, [[]] * 37)
+    assert [[int(r) for r in row if math.isfinite(r)] for row in ranks.tolist()] == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# relevance as positive / junk lists; trapezoid AP and mP@k
+
+# One query, 8 database items scored 8..1 (item 0 first). Positives {1, 4, 6}, junk {0, 3}: junk is
+# before and between the positives. Without junk the ranking is items 1 2 4 5 6 7 -> positives at 1, 3, 5.
+LIST_SCORES = torch.tensor([[8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
+
+
+def _list_metrics(positives, junk, **kwargs):
+    q, db = _scores_as_embeddings(LIST_SCORES)
+    return retrieval_metrics(q, db, positives=positives, junk=junk, similarity="dot", **kwargs)
+
+
+def test_list_relevance_hand_values():
+    out = _list_metrics([[1, 4, 6]], [[0, 3]], ks=(1, 2, 4, 10), mp_at_k=True)
+    expected = {
+        "mAP": (1 / 1 + 2 / 3 + 3 / 5) / 3,
+        "mAP@R": (1 / 1 + 2 / 3) / 3,
+        "mAP@1": 1.0,
+        "mAP@2": (1 / 1) / 2,
+        "mAP@4": (1 / 1 + 2 / 3) / 3,
+        "mAP@10": (1 / 1 + 2 / 3 + 3 / 5) / 3,
+        "recall@1": 1.0,
+        "recall@2": 1.0,
+        "precision@1": 1.0,
+        "precision@2": 1 / 2,
+        "precision@4": 2 / 4,
+        "precision@10": 3 / 10,
+        # revisitop pr@k: k' = min(k, last positive rank = 5)
+        "mP@1": 1.0,
+        "mP@2": 1 / 2,
+        "mP@4": 2 / 4,
+        "mP@10": 3 / 5,
+        "num_queries": 1.0,
+    }
+    _assert_close(out, expected)
+    # the junk really is out of the ranking: without it, positives sit at ranks 2, 5, 7
+    out = _list_metrics([[1, 4, 6]], None, ks=(1,))
+    assert out["mAP"] == pytest.approx((1 / 2 + 2 / 5 + 3 / 7) / 3)
+
+
+def test_trapezoid_ap_hand_values():
+    # ranks 1, 3, 5 of R = 3: sum over positives of (precision before + precision at) / 2, / R
+    # rank 1: (1 + 1)/2; rank 3: (1/2 + 2/3)/2; rank 5: (2/4 + 3/5)/2
+    expected = ((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2 + (2 / 4 + 3 / 5) / 2) / 3
+    out = _list_metrics([[1, 4, 6]], [[0, 3]], ks=(1,), ap_rule="trapezoid")
+    assert out["mAP"] == pytest.approx(expected, abs=1e-15)
+    # the trapezoid rule and the step rule agree on a perfect ranking
+    perfect = _list_metrics([[0, 1, 2]], [[]], ks=(1,), ap_rule="trapezoid", mp_at_k=True)
+    assert perfect["mAP"] == 1.0 and perfect["mP@1"] == 1.0
+
+
+def test_list_relevance_queries_without_positives_are_skipped():
+    q, db = _scores_as_embeddings(torch.cat([LIST_SCORES, LIST_SCORES.flip(1)]))
+    # query 0: positive 7 is last; query 1 has only junk -> skipped, even though it lists "positives"
+    out = retrieval_metrics(q, db, positives=[[7], [2]], junk=[[], [2, 3]], similarity="dot", ks=(1,))
+    assert out["num_queries"] == 1.0
+    assert out["mAP"] == pytest.approx(1 / 8)
+    none = retrieval_metrics(q, db, positives=[[], []], junk=None, similarity="dot", ks=(1,))
+    assert none["num_queries"] == 0.0 and math.isnan(none["mAP"])
+
+
+def test_list_relevance_matches_labels_and_exclude_self(random_data):
+    query, database, query_labels, database_labels = random_data
+    positives = [(database_labels == label).nonzero().squeeze(1).tolist() for label in query_labels]
+    from_lists = retrieval_metrics(query, database, positives=positives, ks=(1, 7))
+    from_labels = retrieval_metrics(query, database, query_labels, database_labels, ks=(1, 7))
+    assert from_lists == from_labels
+    self_pos = [(database_labels == label).nonzero().squeeze(1).tolist() for label in database_labels]
+    lists = retrieval_metrics(database, database, positives=self_pos, exclude_self=True, ks=(3,))
+    labels = retrieval_metrics(
+        database, database, database_labels, database_labels, exclude_self=True, ks=(3,)
+    )
+    assert lists == labels
+
+
+def test_list_relevance_errors():
+    q, db = _scores_as_embeddings(LIST_SCORES)
+    with pytest.raises(ValueError, match=r"positives\[0\] holds index 8"):
+        retrieval_metrics(q, db, positives=[[8]], similarity="dot")
+    with pytest.raises(ValueError, match="either"):
+        retrieval_metrics(q, db, [0], [0] * 8, positives=[[1]], similarity="dot")
+    with pytest.raises(ValueError, match="positives lists"):
+        retrieval_metrics(q, db, positives=[[1], [2]], similarity="dot")
+
+
+def test_per_query_metrics_and_ranks():
+    from cbir_lightning.metrics import per_query_metrics
+
+    q, db = _scores_as_embeddings(HAND_SCORES)
+    out = per_query_metrics(q, db, HAND_QUERY_LABELS, HAND_DB_LABELS, similarity="dot", return_ranks=True)
+    assert [r.tolist() for r in out["ranks"]] == [[1, 5], [4, 5], [1], []]
+    assert out["AP"][:3].tolist() == pytest.approx([0.7, 0.325, 1.0])
+    assert math.isnan(out["AP"][3].item())
+    assert out["num_positives"].tolist() == [2, 2, 1, 0]
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_chunk_size_invariance_lists_and_all_metrics(exclude_self):
+    g = torch.Generator().manual_seed(3)
+    database = torch.randint(-2, 3, (70, 5), generator=g).float()  # ties
+    query = database if exclude_self else torch.randint(-2, 3, (33, 5), generator=g).float()
+    positives = [
+        torch.randperm(70, generator=g)[: int(k)].tolist()
+        for k in torch.randint(0, 15, (len(query),), generator=g)
+    ]
+    junk = [
+        torch.randperm(70, generator=g)[: int(k)].tolist()
+        for k in torch.randint(0, 10, (len(query),), generator=g)
+    ]
+    results = [
+        retrieval_metrics(
+            query,
+            database,
+            positives=positives,
+            junk=junk,
+            similarity="dot",
+            ks=(1, 4, 100),
+            exclude_self=exclude_self,
+            chunk_size=c,
+            mp_at_k=True,
+            ap_rule=rule,
+        )
+        for rule in ("step", "trapezoid")
+        for c in (1, 5, 64, None)
+    ]
+    assert all(r == results[0] for r in results[:4]) and all(r == results[4] for r in results[4:])
+    assert results[0]["mAP"] != results[4]["mAP"]  # the two AP rules differ here
+
+
+def test_default_chunk_bounds_memory(monkeypatch):
+    """The default chunk keeps chunk x database under CHUNK_ELEMENTS (but at least MIN_CHUNK queries)."""
+    from cbir_lightning.metrics import ranking, retrieval
+
+    seen = []
+    original = ranking.positive_ranks
+
+    def spy(scores, *args, **kwargs):
+        seen.append(tuple(scores.shape))
+        return original(scores, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "positive_ranks", spy)
+    monkeypatch.setattr(retrieval, "CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(retrieval, "MIN_CHUNK", 2)
+    query, database = torch.randn(9, 4), torch.randn(200, 4)
+    retrieval_metrics(query, database, torch.zeros(9, dtype=torch.long), torch.zeros(200, dtype=torch.long))
+    assert sorted(seen) == [(4, 200), (5, 200)]  # chunks may run on parallel threads
+
+
+def test_workers_keep_inference_mode_and_thread_count():
+    """Chunks run on worker threads: they must see the caller's inference mode (as under Lightning's
+    validation) and leave torch's thread count as it was."""
+    head = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        head.weight.copy_(torch.randint(-2, 3, (4, 4)).float())
+        head.bias.zero_()
+
+    def similarity(q, d):  # a learned head, as SiameseModule.similarity: parameters require grad
+        return head(q) @ d.T
+
+    g = torch.Generator().manual_seed(4)
+    embeddings = torch.randint(-3, 4, (60, 4), generator=g).float()
+    labels = torch.randint(0, 4, (60,), generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            inside = retrieval_metrics(
+                embeddings.clone(),
+                embeddings.clone(),
+                labels,
+                labels,
+                similarity=similarity,
+                exclude_self=True,
+                chunk_size=7,
+            )
+        assert torch.get_num_threads() == 2
+        outside = retrieval_metrics(
+            embeddings, embeddings, labels, labels, similarity=similarity, exclude_self=True, chunk_size=60
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert inside == outside
+    relevant = labels[:, None] == labels[None]
+    _assert_close(
+        inside, _reference_metrics(similarity(embeddings, embeddings).detach(), relevant, (1, 5, 10), True)
+    )

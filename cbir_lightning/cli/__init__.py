@@ -4,6 +4,7 @@ fit / validate / test / predict   train and evaluate from a YAML config (Lightni
 oneshot                           N-way one-shot accuracy of a checkpoint on Lake's run format
 make-runs                         write Lake-format one-shot runs from Omniglot images
 download                          fetch a data set into a root folder
+evaluate                          retrieval metrics of embeddings (labels or Oxford/Paris gnd) or a checkpoint
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from cbir_lightning.errors import USER_ERRORS
 
-TOOL_COMMANDS = ("oneshot", "make-runs", "download")
+TOOL_COMMANDS = ("oneshot", "make-runs", "download", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -9,10 +10,12 @@ import torch
 from jsonargparse import CLI
 
 from cbir_lightning.checkpoints import load_module
+from cbir_lightning.cli.evaluate import evaluate
 from data_modules.images import resize_uint8
 from data_modules.omniglot_download import download_omniglot
 from data_modules.omniglot_files import SMALL_SETS
 from data_modules.oneshot_runs import build_runs_from_omniglot, evaluate_oneshot_runs, load_oneshot_runs
+from data_modules.revisited_download import REVISITED, download_revisited
 
 
 def oneshot(ckpt: str, runs: str, image_size: int | None = None, batch_size: int = 256) -> dict:
@@ -65,24 +68,50 @@ def make_runs(
     return {"runs": str(path), "num_runs": num_runs, "ways": ways}
 
 
-def download(dataset: str, root: str, sets: list[str] | None = None) -> dict:
+def download(dataset: str, root: str, sets: list[str] | None = None, images: bool = True) -> dict:
     """Fetch a data set from its official release into ``root`` (needs the internet).
 
     Args:
-        dataset: ``omniglot``.
-        root: folder to download into.
+        dataset: ``omniglot``, ``roxford5k`` or ``rparis6k``.
+        root: folder to download into (``roxford5k``/``rparis6k``: ``ROOT/<dataset>/gnd_<dataset>.pkl``
+            and ``ROOT/<dataset>/jpg/``).
         sets: Omniglot sets (``images_background``, ``images_evaluation``, ``images_background_small1``...);
             default: the two small background sets.
+        images: ``roxford5k``/``rparis6k``: also fetch the images (about 2-3 GB), not only the ground truth.
     """
+    if dataset in REVISITED:
+        return download_revisited(dataset, root, images=images)
     if dataset != "omniglot":
         from cbir_lightning.errors import CbirError
 
-        raise CbirError(f"unknown dataset {dataset!r}; available: omniglot")
+        raise CbirError(f"unknown dataset {dataset!r}; available: omniglot, {', '.join(REVISITED)}")
     download_omniglot(root, sets or list(SMALL_SETS))
     return {"dataset": dataset, "root": str(Path(root))}
 
 
+def normalize_flags(args: list[str], function) -> list[str]:
+    """Accept ``--query-labels`` for ``--query_labels``, a bare ``--exclude-self`` for
+    ``--exclude_self true``, and ``--config`` for evaluate's ``--config_file``."""
+    params = inspect.signature(function).parameters
+    bools = {name for name, p in params.items() if p.annotation in (bool, "bool")}
+    out = []
+    for i, token in enumerate(args):
+        if not token.startswith("--") or len(token) == 2:
+            out.append(token)
+            continue
+        flag, eq, value = token[2:].partition("=")
+        name = flag.replace("-", "_")
+        if name == "config" and "config_file" in params:
+            name = "config_file"
+        out.append(f"--{name}{eq}{value}")
+        if name in bools and not eq and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            out.append("true")
+    return out
+
+
 def run_tool_command(args: list[str]) -> None:
-    commands = {"oneshot": oneshot, "make-runs": make_runs, "download": download}
+    commands = {"oneshot": oneshot, "make-runs": make_runs, "download": download, "evaluate": evaluate}
+    if args and args[0] in commands:
+        args = [args[0], *normalize_flags(args[1:], commands[args[0]])]
     result = CLI(commands, args=args, as_positional=False)
     print(json.dumps(result), flush=True)

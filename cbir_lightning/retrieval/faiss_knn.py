@@ -1,0 +1,101 @@
+"""k-NN with faiss (imported only when used): exact flat search, or approximate IVF / HNSW.
+
+``flat`` (``IndexFlatIP`` / ``IndexFlatL2``) proposes candidates that are re-scored canonically (see
+:mod:`cbir_lightning.retrieval.exact`), so its rankings equal the torch backend's.
+``ivf`` (``IndexIVFFlat``: ``nlist`` k-means cells, ``nprobe`` visited per query) and ``hnsw``
+(``IndexHNSWFlat``: graph with ``hnsw_m`` links, ``ef_search`` beam) are approximate: faster, but some
+true neighbours are missed; measure with :func:`~cbir_lightning.retrieval.knn.knn_recall`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cbir_lightning.errors import CbirError
+from cbir_lightning.retrieval.exact import canonical_scores, exact_topk, order_candidates, rounding_bound
+from cbir_lightning.retrieval.torch_knn import prepare
+
+INDEXES = ("flat", "ivf", "hnsw")
+
+
+def import_faiss():
+    try:
+        import faiss
+    except ImportError as err:
+        raise CbirError("the faiss backend needs faiss: pip install faiss-cpu") from err
+    return faiss
+
+
+class FaissKnn:
+    """k-NN over a fixed database with faiss.
+
+    Args:
+        database: ``[n, d]`` vectors.
+        metric: ``cosine``, ``dot`` or ``l2`` (scores are ``-distance``).
+        index: ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate).
+        nlist / nprobe: IVF cells (default ``4 * sqrt(n)``) and cells visited per query.
+        hnsw_m / ef_search / ef_construction: HNSW links per node and beam widths.
+    """
+
+    def __init__(
+        self,
+        database,
+        metric: str = "cosine",
+        index: str = "flat",
+        nlist: int | None = None,
+        nprobe: int = 16,
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+        ef_construction: int = 80,
+        seed: int = 0,
+    ) -> None:
+        if index not in INDEXES:
+            raise ValueError(f"Unknown faiss index {index!r}; expected one of {INDEXES}.")
+        faiss = import_faiss()
+        self.metric, self.kind, self.exact = metric, index, index == "flat"
+        self.database = prepare(database, metric)
+        x = self.database.numpy()
+        n, d = x.shape
+        faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        if index == "flat":
+            self.index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+        elif index == "ivf":
+            nlist = nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
+            quantizer = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+            self.index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss_metric)
+            self.index.cp.seed = seed
+            self.index.train(x)
+            self.index.nprobe = min(nprobe, nlist)
+            self._quantizer = quantizer  # keep it alive
+        else:
+            self.index = faiss.IndexHNSWFlat(d, hnsw_m, faiss_metric)
+            self.index.hnsw.efConstruction = ef_construction
+            self.index.hnsw.efSearch = ef_search
+        self.index.add(x)
+        self.max_norm = float(np.linalg.norm(x, axis=1).max()) if n else 0.0
+
+    def search(self, query, k: int) -> tuple[Tensor, Tensor]:
+        """Top-``k`` ``(scores float64 [nq, k], indices int64 [nq, k])``; exact for ``flat``."""
+        query = prepare(query, self.metric)
+        k = min(k, len(self.database))
+        if self.exact:
+            scores, indices = exact_topk(query, self.database, k, self.metric, self._candidates)
+        else:
+            _, found = self.index.search(query.numpy(), k)
+            found = torch.from_numpy(found).long()
+            missing = found < 0  # fewer than k reached: pad with the last item, scored -inf
+            scores = canonical_scores(query, self.database[found.clamp(min=0)], self.metric)
+            scores = scores.masked_fill(missing, -torch.inf)
+            scores, indices = order_candidates(scores, found)
+        return (-(-scores).sqrt() if self.metric == "l2" else scores), indices
+
+    def _candidates(self, query: Tensor, rows: Tensor, size: int) -> tuple[Tensor, Tensor]:
+        distances, found = self.index.search(query.numpy(), size)
+        last = torch.from_numpy(distances[:, -1]).double()
+        bound_score = -last if self.metric == "l2" else last  # faiss L2 gives squared distances
+        error = rounding_bound(query.shape[1], query.double().norm(dim=1), self.max_norm, self.metric)
+        return torch.from_numpy(found).long(), bound_score + error

@@ -1,0 +1,111 @@
+"""k-NN backends: exact torch and faiss flat give identical rankings (also with exact ties), equal to a
+brute-force sort; the approximate faiss indexes report their recall; faiss is imported lazily."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cbir_lightning.retrieval import knn, knn_index, knn_recall
+
+METRICS = ["cosine", "dot", "l2"]
+
+
+def _brute_force(query, database, k, metric):
+    """Reference: float64 scores of all pairs, stable sort (ties: lower index first)."""
+    q, x = query.double(), database.double()
+    if metric == "cosine":
+        q = torch.nn.functional.normalize(query.float(), dim=1).double()
+        x = torch.nn.functional.normalize(database.float(), dim=1).double()
+    scores = -(torch.cdist(q, x) ** 2) if metric == "l2" else q @ x.T
+    return torch.sort(-scores, dim=1, stable=True).indices[:, :k]
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(20, 16, generator=g)
+    labels = torch.randint(0, 20, (2000,), generator=g)
+    database = centers[labels] + 0.5 * torch.randn(2000, 16, generator=g)
+    database[100:120] = database[7]  # exact duplicates: ties at any cut-off
+    query = torch.randn(150, 16, generator=g)
+    query[:10] = database[7]
+    return query, database
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_exact_backends_identical_and_correct(data, metric):
+    pytest.importorskip("faiss")
+    query, database = data
+    scores_t, idx_t = knn(query, database, 15, metric, "torch")
+    scores_f, idx_f = knn(query, database, 15, metric, "faiss")
+    assert torch.equal(idx_t, idx_f)
+    assert torch.equal(scores_t, scores_f)
+    expected = _brute_force(query, database, 15, metric)
+    agree = (idx_t == expected).all(1).double().mean().item()
+    assert agree > 0.99  # brute force rounds differently: at most a rare near-tie may swap
+    assert torch.equal(idx_t[:10], expected[:10])  # the duplicate block: ties by lower index
+    if metric != "dot":  # (a longer vector may beat the query's own duplicate under the dot product)
+        assert idx_t[0, :5].tolist() == [7, 100, 101, 102, 103]
+    assert (scores_t[:, :-1] >= scores_t[:, 1:]).all()
+
+
+def test_all_tied_database_falls_back_to_the_whole_database():
+    database = torch.ones(300, 8)
+    scores, idx = knn(torch.ones(3, 8), database, 5, "dot", "torch")
+    assert idx.tolist() == [[0, 1, 2, 3, 4]] * 3
+    assert scores.unique().tolist() == [8.0]
+
+
+def test_torch_backend_chunking_does_not_change_results(data):
+    query, database = data
+    full = knn_index(database, "cosine", "torch", chunk_size=1000).search(query, 7)
+    small = knn_index(database, "cosine", "torch", chunk_size=3).search(query, 7)
+    assert torch.equal(full[1], small[1]) and torch.equal(full[0], small[0])
+
+
+@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-hnsw"])
+def test_approximate_backends_report_recall(data, backend):
+    pytest.importorskip("faiss")
+    query, database = data
+    exact = knn(query, database, 10, "cosine", "torch")[1]
+    approx = knn(query, database, 10, "cosine", backend)[1]
+    recall = knn_recall(approx, exact)
+    assert 0.5 < recall <= 1.0
+    exhaustive = {"faiss-ivf": {"nlist": 8, "nprobe": 8}, "faiss-hnsw": {"ef_search": 2000}}[backend]
+    wide = knn(query[10:], database, 10, "cosine", backend, **exhaustive)[1]  # (no tied duplicates)
+    assert knn_recall(wide, exact[10:]) > 0.99
+
+
+def test_knn_recall_hand_values():
+    exact = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = torch.tensor([[4, 3, 9, 9], [5, 6, 7, 8]])
+    assert knn_recall(found, exact) == pytest.approx((2 / 4 + 1) / 2)
+    with pytest.raises(ValueError, match="backend"):
+        knn_index(torch.zeros(3, 2), backend="annoy")
+
+
+def test_faiss_is_imported_only_when_used():
+    code = (
+        "import sys, torch; from cbir_lightning.retrieval import knn; "
+        "import cbir_lightning.metrics, cbir_lightning.cli.evaluate; "
+        "knn(torch.randn(4, 3), torch.randn(9, 3), 2); print('faiss' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("n", "k"), [(1000, 10), (1003, 26), (40, 5), (64, 3)])
+def test_grouped_topk_values_equal_topk(n, k):
+    from cbir_lightning.retrieval.torch_knn import grouped_topk
+
+    g = torch.Generator().manual_seed(n)
+    scores = torch.randn(17, n, generator=g).round(decimals=1)  # many ties
+    values, found = grouped_topk(scores, k)
+    assert torch.equal(values, torch.topk(scores, k, dim=1).values)
+    assert torch.equal(scores.gather(1, found), values)
+    assert all(len(set(row)) == k for row in found.tolist())
