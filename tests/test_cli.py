@@ -155,3 +155,9 @@ def test_config_interpolation_resolves(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "input_size: 40" in proc.stdout and "T_max: 3" in proc.stdout
+
+
+def test_unknown_tool_command_flag_is_one_line(tmp_path):
+    proc = run_cli(["oneshot", "--ckpt", "x.ckpt", "--runs", "r", "--bogus", "1"], cwd=tmp_path)
+    _one_line_error(proc, "--bogus")
+    assert proc.returncode == 2

@@ -113,5 +113,5 @@ def run_tool_command(args: list[str]) -> None:
     commands = {"oneshot": oneshot, "make-runs": make_runs, "download": download, "evaluate": evaluate}
     if args and args[0] in commands:
         args = [args[0], *normalize_flags(args[1:], commands[args[0]])]
-    result = CLI(commands, args=args, as_positional=False)
+    result = CLI(commands, args=args, as_positional=False, exit_on_error=False)
     print(json.dumps(result), flush=True)
