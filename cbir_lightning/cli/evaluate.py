@@ -127,7 +127,7 @@ def evaluate_labels(
     return _report(metrics, f"{len(query)} queries x {len(data)} database items, {similarity} scores")
 
 
-def evaluate_checkpoint(ckpt: str, config: str, batch_size: int = 256) -> dict:
+def evaluate_checkpoint(ckpt: str, config: str) -> dict:
     from cbir_lightning.checkpoints import load_module
     from cbir_lightning.metrics import retrieval_metrics
 
