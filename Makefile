@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED := ../shared/data
 
-.PHONY: demo test venv data lint bench clean
+.PHONY: demo test venv data lint bench clean chromium
 
 venv: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 	@touch $@
 
-data: data/omniglot/.ready
+data: data/omniglot/.ready data/cifar10/.ready
 
 data/omniglot/.ready: | venv
 	@mkdir -p data/omniglot
@@ -26,12 +26,29 @@ data/omniglot/.ready: | venv
 	fi
 	@touch $@
 
+# CIFAR-10 subset (configs/cifar10_*.yaml) when the shared copy exists; otherwise those configs can fetch
+# torchvision's CIFAR-10 with --data.init_args.download true. The demo needs only Omniglot.
+data/cifar10/.ready:
+	@if [ -d $(SHARED)/cifar10 ]; then \
+		mkdir -p data/cifar10 && cp -r $(SHARED)/cifar10/train $(SHARED)/cifar10/test data/cifar10/ && touch $@; \
+	else \
+		echo "no $(SHARED)/cifar10: CIFAR-10 configs need --data.init_args.download true"; \
+	fi
+
 demo: venv data
 	$(BIN)/cbir-lightning fit --config configs/omniglot_koch.yaml
 
-test: venv
+test: venv chromium
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
+
+# Headless Chromium for the web page's end-to-end test (tests/test_web.py skips without it): installed
+# from Debian when missing and we are root; otherwise skipped quietly.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+		|| echo "could not install chromium: tests/test_web.py will skip its browser test"; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .

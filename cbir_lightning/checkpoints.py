@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -27,18 +28,86 @@ def check_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_module(path: str | Path, map_location: str = "cpu") -> pl.LightningModule:
-    """Rebuild the module saved by a ``cbir-lightning fit`` run (its class and arguments are in the file)."""
-    from cbir_lightning.models.siamese_module import SiameseModule
+TRUSTED_PACKAGES = ("cbir_lightning.", "data_modules.")
 
+
+def module_class(path: str | Path, hyper_parameters: dict) -> type[pl.LightningModule]:
+    """The LightningModule class a checkpoint was saved with (``_class_path``, written by LightningCLI).
+
+    Classes of this toolkit are imported on demand; any other class must already be imported (as
+    Lightning requires, so a checkpoint cannot make us import arbitrary code). Checkpoints without a
+    class path (saved from Python) are SiameseModule's.
+    """
+    import importlib
+    import sys
+
+    class_path = hyper_parameters.get("_class_path")
+    if not class_path:
+        from cbir_lightning.models.siamese_module import SiameseModule
+
+        return SiameseModule
+    module_name, _, name = str(class_path).rpartition(".")
+    if module_name not in sys.modules and not module_name.startswith(TRUSTED_PACKAGES):
+        raise CbirError(
+            f"checkpoint {path} was saved with class {class_path}, which is not part of cbir_lightning; "
+            f"import {module_name} before loading it"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise CbirError(
+            f"checkpoint {path} needs class {class_path}, which cannot be imported ({err}); "
+            "use the cbir_lightning version that wrote it"
+        ) from err
+    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
+        raise CbirError(f"checkpoint {path}: {class_path} is not a LightningModule")
+    return cls
+
+
+def restore_overrides(hyper_parameters: dict, state_dict: dict) -> dict:
+    """Arguments that must not be re-read when a module is rebuilt from its checkpoint: pretrained
+    backbone weights (``weights``) and a whitening initialisation file (``whitening_init``) are already in
+    the state dict, and may not exist (offline, another machine)."""
+    overrides = {}
+    if hyper_parameters.get("weights") is not None:
+        overrides["weights"] = None
+    if hyper_parameters.get("whitening_init") is not None:
+        overrides["whitening_init"] = None
+        if "whiten.weight" in state_dict:
+            overrides["whitening"] = int(state_dict["whiten.weight"].shape[0])
+    return overrides
+
+
+def load_module(path: str | Path, map_location: str = "cpu", whitening: bool = False) -> pl.LightningModule:
+    """Rebuild the module saved by a ``cbir-lightning fit`` run (its class and arguments are in the file),
+    in eval mode.
+
+    ``whitening=True``: if ``<ckpt>.whitening.pt`` exists beside the checkpoint and the module supports
+    it (``attach_whitening_file``), the module's ``embed`` applies it; by default embeddings are the
+    model's own and callers apply the whitening file themselves (``cbir_lightning.whitening``).
+    """
     path = check_checkpoint(path)
     try:
-        module = SiameseModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, KeyError, EOFError, ValueError, TypeError) as err:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        hyper_parameters = ckpt.get("hyper_parameters", {})
+        cls = module_class(path, hyper_parameters)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "from scratch": the weights follow
+            module = cls.load_from_checkpoint(
+                path,
+                map_location=map_location,
+                weights_only=True,
+                **restore_overrides(hyper_parameters, ckpt.get("state_dict", {})),
+            )
+    except CbirError:
+        raise
+    except (RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError) as err:
         reason = " ".join(str(err).split())[:300]
         raise CbirError(
             f"cannot load checkpoint {path} ({reason}); use a checkpoint written by `cbir-lightning fit`"
         ) from err
+    if whitening and hasattr(module, "attach_whitening_file"):
+        module.attach_whitening_file(path)
     module.eval()
     return module
 

@@ -11,13 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from data_modules.augment import AffineRanges
 from data_modules.episodes import Episodes, make_episodes
 from data_modules.errors import DataError
+from data_modules.images import resize_uint8
 from data_modules.omniglot_download import download_omniglot
 from data_modules.omniglot_files import SMALL_SETS, OmniglotImages, read_omniglot
 from data_modules.pairs import ClassBatchDataset, PairDataset
@@ -149,6 +152,21 @@ class OmniglotDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def eval_transform(self, image: Image.Image) -> torch.Tensor:
+        """Any image as the evaluation loader gives it: grayscale, ink bright (Omniglot's PNGs are black on
+        white), ``image_size`` square with area averaging, float in [0, 1], ``[1, S, S]``."""
+        gray = torch.from_numpy(np.invert(np.asarray(image.convert("L"))))[None, None]
+        return resize_uint8(gray, self.hparams.image_size)[0].float().div(255)
+
+    def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
+        """Training images (evaluation transform) and every pair of drawings of the same character."""
+        if self.train_images is None:
+            self.setup("fit")
+        labels = self.train_images.labels
+        same = labels[:, None] == labels[None, :]
+        pairs = torch.triu(same, diagonal=1).nonzero()
+        return IndexedImages(self.train_images.images, labels), pairs
 
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -80,3 +80,31 @@ class ClassBatchDataset(_LabelledImages):
         classes = torch.randperm(self.num_classes, generator=gen)[: self.classes_per_batch]
         index = torch.cat([self._pick(int(c), self.samples_per_class, gen) for c in classes])
         return self._load(index, gen), self.inverse[index]
+
+
+def training_samples(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    sampling: str,
+    epoch_length: int,
+    seed: int,
+    augment: AffineRanges | None,
+    batch_size: int,
+    classes_per_batch: int,
+    samples_per_class: int,
+) -> tuple[Dataset, int | None]:
+    """The training dataset of a labelled image set and the loader batch size it needs: ``"pairs"``
+    gives ``epoch_length`` batches of ``batch_size`` pairs, ``"class_batches"`` ``epoch_length`` whole
+    batches (loader batch size ``None``)."""
+    if sampling == "pairs":
+        return PairDataset(images, labels, epoch_length * batch_size, seed, augment), batch_size
+    data = ClassBatchDataset(
+        images,
+        labels,
+        epoch_length,
+        seed,
+        augment,
+        classes_per_batch=classes_per_batch,
+        samples_per_class=samples_per_class,
+    )
+    return data, None

@@ -32,3 +32,48 @@ def test_lightning_overhead_prints_a_json_line(omniglot_root):
     assert result["benchmark"] == "lightning_overhead"
     assert result["lightning_pairs_per_s"] > 0 and result["plain_pairs_per_s"] > 0
     assert abs(result["ratio"] - result["lightning_pairs_per_s"] / result["plain_pairs_per_s"]) < 1e-3
+
+
+def test_mining_benchmark_prints_a_json_line():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "mining.py"), "--images", "24", "--clusters", "6",
+         "--query-size", "6", "--pool-size", "12", "--neg-num", "2", "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["benchmark"] == "mining" and result["identical_tuples"] is True
+    assert abs(result["ratio"] - result["ours_s"] / result["cirtorch_s"]) < 1e-2
+
+
+def test_search_benchmark_prints_a_json_line():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "search.py"), "--images", "4", "--database", "2000",
+         "--queries", "20"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["benchmark"] == "search" and result["database"] == 2000
+    assert result["index_images_per_s"] > 0 and result["faiss_p95_ms"] > 0
+    assert abs(result["ratio_p95"] - result["ours_p95_ms"] / result["faiss_p95_ms"]) < 1e-2
+
+
+def test_hamming_benchmark_prints_a_json_line():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "hamming.py"), "--database", "3000", "--queries", "50",
+         "--bits", "16", "--k", "10", "--map-queries", "20", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["benchmark"] == "hamming" and result["database"] == 3000
+    assert result["memory_ratio"] == 32.0 and result["packed_bytes"] == 3000 * 2
+    assert abs(result["speedup"] - result["float_s"] / result["hamming_s"]) < 1e-2
+    assert 0 < result["hamming_mAP"] <= 1 and 0 < result["float_mAP"] <= 1

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cbir_lightning.losses.pair_bce import all_pairs_bce, pair_bce
+from cbir_lightning.losses.pair_bce import all_pairs_bce, all_pairs_softmax, pair_bce
 from cbir_lightning.models import KochSiameseNet, SiameseModule
 from cbir_lightning.models.param_groups import layer_param_groups
 
@@ -65,6 +65,23 @@ def test_all_pairs_bce_balances_positives_and_negatives():
     negatives = [softplus(-1.0), softplus(2.0), softplus(-1.0), softplus(2.0)]  # -log(1 - sigmoid(x))
     expected = (sum(positives) / 2 + sum(negatives) / 4) / 2
     assert math.isclose(all_pairs_bce(logits, labels).item(), expected, rel_tol=1e-6)
+
+
+def test_all_pairs_softmax_by_hand_and_against_cross_entropy():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    logits = torch.randn(5, 5, generator=torch.Generator().manual_seed(0))
+    # hand: anchor 0 picks 1 among {1, 2, 3, 4}; anchor 2 picks 3 among {3, 0, 1, 4}; ...
+    rows = {0: (1, [2, 3, 4]), 1: (0, [2, 3, 4]), 2: (3, [0, 1, 4]), 3: (2, [0, 1, 4])}
+    terms = []
+    for i, (j, negatives) in rows.items():
+        row = logits[i, [j, *negatives]]
+        terms.append(torch.nn.functional.cross_entropy(row[None], torch.tensor([0])).item())
+    assert math.isclose(all_pairs_softmax(logits, labels).item(), sum(terms) / 4, rel_tol=1e-6)
+    # negatives far below their positive: nothing left to learn, the loss is 0
+    one = torch.tensor([[0.0, 0.0, -1e4], [0.0, 0.0, -1e4], [-1e4, -1e4, 0.0]])
+    assert math.isclose(all_pairs_softmax(one, torch.tensor([0, 0, 1])).item(), 0.0, abs_tol=1e-6)
+    with pytest.raises(ValueError, match="two samples of one class"):
+        all_pairs_softmax(torch.zeros(2, 2), torch.tensor([0, 1]))
 
 
 def test_layer_groups_scale_lr_and_decay():

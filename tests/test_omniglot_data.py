@@ -93,3 +93,26 @@ def test_unknown_alphabet_and_too_many_ways(omniglot_root):
         OmniglotDataModule(root=omniglot_root, val_alphabets=["Klingon"]).setup("fit")
     with pytest.raises(DataError, match="ways=50 is larger"):
         OmniglotDataModule(root=omniglot_root, image_size=28, ways=50).setup("fit")
+
+
+def test_eval_transform_matches_the_validation_loader(omniglot_root):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    dm = OmniglotDataModule(root=omniglot_root, image_size=28)
+    dm.setup("fit")
+    v = dm.val_images
+    i = len(v.files) // 2
+    zip_path, inner = v.files[i].split(".zip:")
+    with zipfile.ZipFile(f"{zip_path}.zip") as archive:
+        png = archive.read(inner)
+    image, label, index = dm.val_dataloader().dataset[i]
+    assert torch.equal(dm.eval_transform(Image.open(io.BytesIO(png))), image)
+    # whitening pairs: every pair of drawings of one training character, and only those
+    data, pairs = dm.whitening_data()
+    labels = dm.train_images.labels
+    assert torch.equal(labels[pairs[:, 0]], labels[pairs[:, 1]])
+    counts = torch.bincount(labels)
+    assert len(pairs) == int((counts * (counts - 1) // 2).sum())

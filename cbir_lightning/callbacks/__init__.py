@@ -1,3 +1,5 @@
+from cbir_lightning.callbacks.fit_whitening import FitWhitening
+from cbir_lightning.callbacks.landmark_metrics import LandmarkMetrics
 from cbir_lightning.callbacks.retrieval_metrics import RetrievalMetrics
 
-__all__ = ["RetrievalMetrics"]
+__all__ = ["FitWhitening", "LandmarkMetrics", "RetrievalMetrics"]

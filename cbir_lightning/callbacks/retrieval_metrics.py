@@ -2,7 +2,8 @@
 
 The module's validation/test steps return ``{"embeddings", "labels", "indices"}``; this callback keeps
 them, gathers them over ranks (each dataset item once, see :func:`gather_unique`), scores every item as a
-query against all the others with the module's own ``similarity``, and scores the DataModule's
+query against all the others with the module's own ``similarity`` (or, when the DataModule has a
+``retrieval_split`` mask, its queries against its database only), and scores the DataModule's
 ``episodes`` (if it has any). Every rank computes the same numbers, so the logged values equal a
 single-process run's.
 """
@@ -57,19 +58,32 @@ class RetrievalMetrics(Callback):
         self._score(trainer, pl_module, "test")
 
     def compute(
-        self, pl_module: pl.LightningModule, data: dict[str, torch.Tensor], episodes
+        self,
+        pl_module: pl.LightningModule,
+        data: dict[str, torch.Tensor],
+        episodes,
+        retrieval_split: torch.Tensor | None = None,
     ) -> dict[str, float]:
-        """Metrics from gathered outputs (pure apart from calling the module's similarity)."""
+        """Metrics from gathered outputs (pure apart from calling the module's similarity).
+
+        ``retrieval_split``: optional BoolTensor over dataset indices, True for queries; the queries are then
+        scored against the other items (the database) only, instead of every item against all others.
+        """
         embeddings, labels = data["embeddings"], data["labels"]
+        queries, database, query_labels, database_labels = embeddings, embeddings, labels, labels
+        if retrieval_split is not None:
+            is_query = retrieval_split[data["indices"]]
+            queries, query_labels = embeddings[is_query], labels[is_query]
+            database, database_labels = embeddings[~is_query], labels[~is_query]
         with torch.no_grad():
             metrics = retrieval_metrics(
-                embeddings,
-                embeddings,
-                labels,
-                labels,
+                queries,
+                database,
+                query_labels,
+                database_labels,
                 similarity=pl_module.similarity,
                 ks=self.ks,
-                exclude_self=True,
+                exclude_self=retrieval_split is None,
                 chunk_size=self.chunk_size,
             )
             if episodes is not None:
@@ -89,7 +103,8 @@ class RetrievalMetrics(Callback):
         data = gather_unique(pl_module, self._parts)
         self._parts = []
         episodes = getattr(trainer.datamodule, "episodes", None) if trainer.datamodule is not None else None
-        metrics = self.compute(pl_module, data, episodes)
+        split = getattr(trainer.datamodule, "retrieval_split", None)
+        metrics = self.compute(pl_module, data, episodes, split)
         self.last_metrics = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
         for name, value in self.last_metrics.items():
             pl_module.log(name, value, sync_dist=False, prog_bar=name.endswith(("mAP", "way")))

@@ -5,6 +5,9 @@ oneshot                           N-way one-shot accuracy of a checkpoint on Lak
 make-runs                         write Lake-format one-shot runs from Omniglot images
 download                          fetch a data set into a root folder
 evaluate                          retrieval metrics of embeddings (labels or Oxford/Paris gnd) or a checkpoint
+index / search / recommend        image search: index a folder with a checkpoint, query it, find similar items
+serve                             web page to search an index (upload, crop, results grid)
+whiten                            fit learned (Lw) or PCA whitening for a checkpoint, saved beside it
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import sys
 
 from cbir_lightning.errors import USER_ERRORS
 
-TOOL_COMMANDS = ("oneshot", "make-runs", "download", "evaluate")
+TOOL_COMMANDS = (
+    "oneshot", "make-runs", "download", "evaluate", "index", "search", "recommend", "serve", "whiten"
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,3 +43,20 @@ def main(argv: list[str] | None = None) -> None:
     except (*USER_ERRORS, FileNotFoundError) as err:
         sys.stderr.write(f"cbir-lightning: error: {err}\n")
         raise SystemExit(1) from None
+    except Exception as err:  # jsonargparse wraps errors raised while instantiating the config's classes
+        cause = _user_error_cause(err)
+        if cause is None:
+            raise
+        sys.stderr.write(f"cbir-lightning: error: {cause}\n")
+        raise SystemExit(1) from None
+
+
+def _user_error_cause(err: BaseException) -> BaseException | None:
+    """The first CbirError / DataError in ``err``'s chain of causes, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, USER_ERRORS):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

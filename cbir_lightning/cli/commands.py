@@ -11,6 +11,8 @@ from jsonargparse import CLI
 
 from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli.evaluate import evaluate
+from cbir_lightning.cli.search_commands import index, recommend, search, serve
+from cbir_lightning.cli.whiten import whiten
 from data_modules.images import resize_uint8
 from data_modules.omniglot_download import download_omniglot
 from data_modules.omniglot_files import SMALL_SETS
@@ -110,7 +112,17 @@ def normalize_flags(args: list[str], function) -> list[str]:
 
 
 def run_tool_command(args: list[str]) -> None:
-    commands = {"oneshot": oneshot, "make-runs": make_runs, "download": download, "evaluate": evaluate}
+    commands = {
+        "oneshot": oneshot,
+        "make-runs": make_runs,
+        "download": download,
+        "evaluate": evaluate,
+        "whiten": whiten,
+        "index": index,
+        "search": search,
+        "recommend": recommend,
+        "serve": serve,
+    }
     if args and args[0] in commands:
         args = [args[0], *normalize_flags(args[1:], commands[args[0]])]
     result = CLI(commands, args=args, as_positional=False, exit_on_error=False)

@@ -65,7 +65,21 @@ def _check_rows(array: torch.Tensor, rows: int, path: str, what: str, follows: s
         raise CbirError(f"{what} {path} has {len(array)} rows but {follows} has {rows}{hint}")
 
 
-def evaluate_gnd(queries: str, database: str, gnd: str) -> dict:
+def reranked_similarity(rerank: str, query: torch.Tensor, data: torch.Tensor):
+    """``(query_rows, database_rows, similarity)`` that score with the re-ranked matrix: rows are stand-ins
+    (their index), the similarity looks the scores up, so the metric engine is unchanged."""
+    from cbir_lightning.rerank import rerank_scores
+
+    scores = rerank_scores(rerank, query, data)
+    rows = [torch.arange(n, dtype=torch.float64)[:, None] for n in (len(query), len(data))]
+
+    def similarity(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return scores[q[:, 0].long()][:, x[:, 0].long()]
+
+    return rows[0], rows[1], similarity
+
+
+def evaluate_gnd(queries: str, database: str, gnd: str, rerank: str = "none") -> dict:
     from cbir_lightning.metrics.revisited import original_metrics, revisited_metrics
     from data_modules.gnd import load_gnd
 
@@ -82,13 +96,16 @@ def evaluate_gnd(queries: str, database: str, gnd: str) -> dict:
         raise CbirError(
             f"--queries {queries} has dimension {query.shape[1]}, --database {database} {data.shape[1]}"
         )
-    print(f"{truth.name}: {len(query)} queries, {len(data)} database images, dot-product scores")
+    print(f"{truth.name}: {len(query)} queries, {len(data)} database images, dot products, rerank {rerank}")
+    similarity = "dot"
+    if rerank != "none":
+        query, data, similarity = reranked_similarity(rerank, query, data)
     if truth.revisited:
-        result = revisited_metrics(query, data, truth.gnd)
+        result = revisited_metrics(query, data, truth.gnd, similarity=similarity)
         for name, values in result.items():
             print(f"  {name:6s} " + "  ".join(f"{key} {value:.4f}" for key, value in values.items()))
         return result
-    result = original_metrics(query, data, truth.gnd)
+    result = original_metrics(query, data, truth.gnd, similarity=similarity)
     print(f"  mAP {result['mAP']:.4f}")
     return result
 
@@ -108,7 +125,13 @@ def _report(metrics: dict, what: str) -> dict:
 
 
 def evaluate_labels(
-    queries: str, database: str, query_labels: str, database_labels: str, exclude_self: bool, similarity: str
+    queries: str,
+    database: str,
+    query_labels: str,
+    database_labels: str,
+    exclude_self: bool,
+    similarity: str,
+    rerank: str = "none",
 ) -> dict:
     from cbir_lightning.metrics import retrieval_metrics
 
@@ -121,6 +144,10 @@ def evaluate_labels(
         )
     if exclude_self and (len(query) != len(data) or not np.array_equal(qlabels, dlabels)):
         raise CbirError("--exclude-self needs the queries to be the database (same rows, same labels)")
+    if rerank != "none":
+        if similarity != "dot":
+            raise CbirError("--rerank works on dot-product scores; use --similarity dot")
+        query, data, similarity = reranked_similarity(rerank, query, data)
     metrics = retrieval_metrics(
         query, data, qlabels, dlabels, similarity=similarity, ks=(1, 5, 10), exclude_self=exclude_self
     )
@@ -131,7 +158,7 @@ def evaluate_checkpoint(ckpt: str, config: str) -> dict:
     from cbir_lightning.checkpoints import load_module
     from cbir_lightning.metrics import retrieval_metrics
 
-    module = load_module(ckpt)
+    module = load_module(ckpt, whitening=True)  # applies <ckpt>.whitening.pt if present
     datamodule = datamodule_from_config(config)
     datamodule.setup("validate")
     embeddings, labels = [], []
@@ -141,6 +168,18 @@ def evaluate_checkpoint(ckpt: str, config: str) -> dict:
             embeddings.append(module.embed(images.float()))
             labels.append(batch_labels)
         embeddings, labels = torch.cat(embeddings), torch.cat(labels)
+        split = getattr(datamodule, "retrieval_split", None)  # separate queries and database (CIFAR-10)
+        if split is not None:
+            metrics = retrieval_metrics(
+                embeddings[split],
+                embeddings[~split],
+                labels[split],
+                labels[~split],
+                similarity=module.similarity,
+                chunk_size=512,
+            )
+            sizes = f"{int(split.sum())} query x {int((~split).sum())} database images"
+            return _report(metrics, f"{sizes} of {config}")
         metrics = retrieval_metrics(
             embeddings,
             embeddings,
@@ -193,6 +232,7 @@ def evaluate(
     similarity: str = "dot",
     ckpt: str | None = None,
     config_file: str | None = None,
+    rerank: str = "none",
 ) -> dict:
     """Retrieval metrics as one JSON line: Oxford/Paris ground truth, labels, or a checkpoint.
 
@@ -207,10 +247,17 @@ def evaluate(
         similarity: ``dot``, ``cosine`` or ``l2`` for the labels mode (``--gnd`` always uses dot).
         ckpt: checkpoint of ``cbir-lightning fit``: evaluates its DataModule's validation images.
         config_file: the YAML config of that run (also ``--config``).
+        rerank: ``none``, ``aqe`` (alpha query expansion), ``dba`` (database-side augmentation) or
+            ``diffusion`` (Iscen et al.) re-ranking of dot-product scores, for ``--gnd`` and labels modes.
     """
+    from cbir_lightning.rerank.rerank import check_reranker
+
+    check_reranker(rerank)
     if ckpt is not None or config_file is not None:
         if ckpt is None or config_file is None:
             raise CbirError("evaluate: --ckpt and --config go together")
+        if rerank != "none":
+            raise CbirError("evaluate: --rerank applies to --gnd and labels modes (dot-product embeddings)")
         return evaluate_checkpoint(ckpt, config_file)
     if queries is None or database is None:
         raise CbirError(
@@ -218,9 +265,9 @@ def evaluate(
             "--database-labels, or --ckpt with --config"
         )
     if gnd is not None:
-        return evaluate_gnd(queries, database, gnd)
+        return evaluate_gnd(queries, database, gnd, rerank)
     if query_labels is None or database_labels is None:
         raise CbirError("evaluate: give --gnd, or both --query-labels and --database-labels")
     if similarity not in ("dot", "cosine", "l2"):
         raise CbirError(f"evaluate: --similarity must be dot, cosine or l2, got {similarity!r}")
-    return evaluate_labels(queries, database, query_labels, database_labels, exclude_self, similarity)
+    return evaluate_labels(queries, database, query_labels, database_labels, exclude_self, similarity, rerank)

@@ -24,3 +24,18 @@ def all_pairs_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     pos, neg = same & off_diagonal, ~same
     parts = [losses[m].mean() for m in (pos, neg) if m.any()]
     return torch.stack(parts).mean()
+
+
+def all_pairs_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """N-way cross-entropy inside a batch: every positive pair ``(i, j)`` competes with all of ``i``'s
+    negatives, ``-log(exp(s_ij) / (exp(s_ij) + sum_k exp(s_ik)))`` over ``k`` of another class, averaged
+    over positive pairs. It trains the decision the one-shot task makes (pick the match among N).
+    """
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    pos = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    if not pos.any():
+        raise ValueError("all_pairs_softmax needs at least two samples of one class in the batch")
+    negatives = torch.logsumexp(logits.masked_fill(same, float("-inf")), dim=1, keepdim=True)
+    rows, cols = pos.nonzero(as_tuple=True)
+    s = logits[rows, cols]
+    return (torch.logaddexp(s, negatives[rows, 0]) - s).mean()

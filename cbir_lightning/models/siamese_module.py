@@ -18,8 +18,10 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
-from cbir_lightning.losses.pair_bce import all_pairs_bce, pair_bce
+from cbir_lightning.losses.pair_bce import all_pairs_bce, all_pairs_softmax, pair_bce
 from cbir_lightning.models.param_groups import layer_param_groups
+
+BATCH_LOSSES = {"bce": all_pairs_bce, "softmax": all_pairs_softmax}
 
 
 class SiameseModule(pl.LightningModule):
@@ -29,6 +31,8 @@ class SiameseModule(pl.LightningModule):
     lr_scheduler: optional scheduler factory, stepped every ``lr_scheduler_interval``.
     layer_lr_multipliers / layer_weight_decay: per-layer learning-rate factors and L2 weights, in the
         order of the net's weight layers (Koch's per-layer settings); ``None`` keeps the optimizer's.
+    batch_loss: loss on class batches: ``"bce"`` (balanced BCE on every pair) or ``"softmax"`` (every
+        positive pair against all the anchor's negatives, :func:`all_pairs_softmax`).
     """
 
     def __init__(
@@ -39,8 +43,11 @@ class SiameseModule(pl.LightningModule):
         lr_scheduler_interval: str = "epoch",
         layer_lr_multipliers: Sequence[float] | None = None,
         layer_weight_decay: Sequence[float] | None = None,
+        batch_loss: str = "bce",
     ) -> None:
         super().__init__()
+        if batch_loss not in BATCH_LOSSES:
+            raise ValueError(f"batch_loss must be one of {sorted(BATCH_LOSSES)}, got {batch_loss!r}")
         # Under the CLI the hyperparameters are the config (class paths), which rebuilds the net from a
         # checkpoint; objects passed from Python are not saved (the weights are in the state dict).
         from_config = _given_hyperparameters.get() is not None
@@ -66,7 +73,7 @@ class SiameseModule(pl.LightningModule):
         else:
             images, labels = batch
             embeddings = self.embed(images)
-            loss = all_pairs_bce(self.similarity(embeddings, embeddings), labels)
+            loss = BATCH_LOSSES[self.hparams.batch_loss](self.similarity(embeddings, embeddings), labels)
             size = len(labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss

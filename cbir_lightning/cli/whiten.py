@@ -1,0 +1,33 @@
+"""``cbir-lightning whiten``: fit learned (Lw) or PCA whitening for a checkpoint and save it beside it."""
+
+from __future__ import annotations
+
+
+def whiten(
+    ckpt: str, config_file: str, kind: str = "lw", dim: int | None = None, batch_size: int = 128
+) -> dict:
+    """Fit Lw or PCA whitening for a checkpoint and write it beside it as <ckpt>.whitening.pt.
+
+    The descriptors are the checkpoint's embeddings of the config DataModule's ``whitening_data()``
+    (training images and matching pairs); the file is applied at evaluation. Prints JSON (whitening,
+    kind, dim, input_dim, images, pairs).
+
+    Args:
+        ckpt: checkpoint written by ``cbir-lightning fit``.
+        config_file: the YAML config used with ``fit`` (also ``--config``; its ``data`` section gives
+            the images).
+        kind: ``lw`` (learned from matching pairs) or ``pca``.
+        dim: output dimension (leading components); default: the descriptor size.
+        batch_size: images embedded at a time.
+    """
+    from cbir_lightning.checkpoints import load_module
+    from cbir_lightning.cli.evaluate import datamodule_from_config
+    from cbir_lightning.errors import CbirError
+    from cbir_lightning.whitening.fit import fit_and_save
+    from cbir_lightning.whitening.functional import KINDS
+
+    if kind not in KINDS:
+        raise CbirError(f"unknown whitening kind {kind!r}; choose lw or pca")
+    module = load_module(ckpt)
+    datamodule = datamodule_from_config(config_file)
+    return {**fit_and_save(module, ckpt, datamodule, kind, dim, batch_size), "checkpoint": ckpt}

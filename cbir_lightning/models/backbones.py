@@ -1,0 +1,127 @@
+"""Torchvision backbones by name, cut before their global pooling: images in, feature map out.
+
+``weights`` is a torchvision weights enum member name (``"IMAGENET1K_V1"``, ``"DEFAULT"``; torchvision
+downloads it into the torch hub cache), a local ``.pth`` file holding the torchvision model's state
+dict, or ``None`` (random initialisation, training from scratch). Offline without the cached file the
+error names the file and the folder to put it in.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from cbir_lightning.errors import CbirError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "efficientnet_b1")
+
+
+def _features(name: str, model: nn.Module) -> tuple[nn.Module, int]:
+    """The convolutional part of a torchvision classifier and its output channel count."""
+    if name.startswith("resnet"):
+        return nn.Sequential(*list(model.children())[:-2]), model.fc.in_features
+    if name == "vgg16":
+        # without the last max pooling, as in Radenović et al.
+        return model.features[:-1], 512
+    return model.features, model.classifier[-1].in_features
+
+
+def weights_cache_file(url: str) -> Path:
+    """Where torchvision keeps (and looks for) the file downloaded from ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def download_state_dict(url: str) -> dict:
+    """The state dict at ``url`` via the torch hub cache (downloads if it is not there)."""
+    return torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+
+
+def _load_weights(name: str, model: nn.Module, weights: str) -> None:
+    enum = torchvision.models.get_model_weights(name)
+    path = Path(weights).expanduser()
+    if weights not in enum.__members__:
+        if path.suffix not in (".pth", ".pt", ".ckpt") and not path.exists():
+            raise CbirError(
+                f"weights {weights!r} for {name}: neither a file nor one of {', '.join(enum.__members__)}; "
+                "pass a torchvision weights name, a .pth state-dict file, or null (from scratch)"
+            )
+        if not path.is_file():
+            raise CbirError(
+                f"weights file {path} not found; pass an existing .pth file of {name}'s state dict"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+            model.load_state_dict(state)
+        except Exception as err:
+            reason = " ".join(str(err).split())[:200]
+            raise CbirError(
+                f"weights file {path} is not a state dict of torchvision {name} ({reason})"
+            ) from err
+        return
+    url = enum[weights].url
+    try:
+        state = download_state_dict(url)
+    except Exception as err:
+        reason = " ".join(str(err).split())[:120]
+        target = weights_cache_file(url)
+        raise CbirError(
+            f"cannot get {name} weights {weights} ({reason}); offline: download {url} elsewhere and "
+            f"put it at {target} (folder from $TORCH_HOME, default ~/.cache/torch), "
+            f"or pass weights: /path/to/{target.name}"
+        ) from err
+    model.load_state_dict(state)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """BatchNorm layers in eval mode (running statistics fixed) and their parameters without gradient."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+            for param in layer.parameters():
+                param.requires_grad_(False)
+
+
+class Backbone(nn.Module):
+    """A torchvision network's feature extractor; ``channels`` is its output channel count.
+
+    Args:
+        name: ``resnet18``/``34``/``50``/``101``/``152``, ``vgg16`` or ``efficientnet_b1``.
+        weights: torchvision weights name, local state-dict file, or None (from scratch).
+        freeze_batchnorm: keep BatchNorm in eval mode with frozen parameters, also under ``train()``.
+    """
+
+    def __init__(self, name: str = "resnet50", weights: str | None = None, freeze_batchnorm: bool = False):
+        super().__init__()
+        if name not in BACKBONES:
+            raise CbirError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        model = torchvision.models.get_model(name, weights=None)
+        if weights is not None:
+            _load_weights(name, model, str(weights))
+        else:
+            warnings.warn(
+                f"{name}: no pretrained weights (weights: null), training from scratch; set weights: "
+                "IMAGENET1K_V1 (or a local .pth) for ImageNet features",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.features, self.channels = _features(name, model)
+        self.frozen_batchnorm = freeze_batchnorm
+        if freeze_batchnorm:
+            freeze_batchnorm_(self)
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if self.frozen_batchnorm:
+            freeze_batchnorm_(self)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+
+freeze_batchnorm_ = freeze_batchnorm

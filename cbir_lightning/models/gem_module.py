@@ -1,0 +1,298 @@
+"""``GeMSiameseModule``: CNN backbone + global pooling (MAC, SPoC, GeM, R-MAC) + L2 norm (+ whitening),
+trained as a Siamese net (Radenović, Tolias and Chum).
+
+Training batches (any of):
+
+* tuples ``{"tuples": [[q, p, n_1..n_k], ...]}`` of ``[3, h, w]`` image tensors (sizes may differ
+  between tuples): images of equal size are embedded in one forward pass; the paper's contrastive loss
+  on (q, p) = 1 and (q, n_i) = 0 (:mod:`cbir_lightning.losses.contrastive`);
+* pairs ``(x1, x2, same)``: the same loss with ``y = same``;
+* class batches ``(images, labels)``: the paper's loss on every pair, or a pytorch-metric-learning loss
+  with its miner (``loss: pml_contrastive | pml_triplet | pml_multi_similarity``).
+
+With a PML loss, tuple and pair batches pass their exact pairs to the loss as ``indices_tuple``.
+Validation / test / predict batches ``(images, labels, indices)`` give ``{"embeddings", "labels",
+"indices"}``. One-channel images are repeated to three channels; normalisation (ImageNet mean/std) is
+the DataModule's job.
+
+Evaluation (``embed`` in eval mode) uses ``eval_scales`` (multi-scale, combined by the generalized
+mean with the GeM p) and then, if attached, a post-hoc whitening file: ``load_module`` and the
+validate/test/predict of a checkpoint (``--ckpt_path``) attach ``<ckpt>.whitening.pt`` when it exists
+(``apply_whitening_file: false`` turns that off). ``descriptor`` is the plain single-scale output
+without post-hoc whitening (used for hard-negative mining).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import nn
+
+from cbir_lightning.losses.contrastive import all_pairs_contrastive_loss, contrastive_loss, pair_distances
+from cbir_lightning.losses.pml import PML_LOSSES, build_pml_loss, build_pml_miner
+from cbir_lightning.models.backbones import Backbone
+from cbir_lightning.models.multiscale import multiscale_embed
+from cbir_lightning.pooling.layers import GeM, build_pooling
+from cbir_lightning.whitening.functional import apply_whitening
+from cbir_lightning.whitening.io import load_whitening, whitening_path
+
+LOSSES = ("contrastive", *(f"pml_{name}" for name in PML_LOSSES))
+
+
+def _default_optimizer(params):
+    return torch.optim.Adam(params, lr=1e-6, weight_decay=1e-6)
+
+
+class GeMSiameseModule(pl.LightningModule):
+    """Args:
+    backbone: torchvision network: resnet18/34/50/101/152, vgg16, efficientnet_b1.
+    weights: torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``), a local state-dict file, or
+        null (from scratch).
+    pooling: ``gem`` (learnable p), ``mac``, ``spoc`` or ``rmac``.
+    p: initial GeM p (3 in the paper); ``learn_p: false`` keeps it fixed.
+    p_lr_multiplier: learning-rate factor of p's parameter group (10 in the paper; no weight decay).
+    freeze_batchnorm: BatchNorm layers in eval mode with frozen parameters (the paper's setting).
+    whitening: output dimension of a learnable whitening layer (``nn.Linear`` after pooling, then L2
+        norm again); null: none.
+    whitening_init: whitening file (``*.whitening.pt``) to initialise that layer from
+        (``weight = projection``, ``bias = -projection @ mean``); its dimension is used when
+        ``whitening`` is null.
+    loss: ``contrastive`` (the paper's, summed) or ``pml_contrastive`` / ``pml_triplet`` /
+        ``pml_multi_similarity``.
+    margin: the paper's contrastive margin (0.7; 0.85 in the later recipe).
+    loss_kwargs / miner / miner_kwargs: PML loss arguments; miner ``default`` (the loss's own), a
+        name from ``cbir_lightning.losses.pml.MINERS`` or null (class batches only).
+    eval_scales: image scales combined at evaluation (e.g. ``[1, 0.7071, 0.5]``).
+    apply_whitening_file: at validate/test/predict of a checkpoint, apply ``<ckpt>.whitening.pt``.
+    optimizer / lr_scheduler / lr_scheduler_interval: as SiameseModule (default Adam lr 1e-6, wd 1e-6).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        weights: str | None = None,
+        pooling: str = "gem",
+        p: float = 3.0,
+        learn_p: bool = True,
+        p_lr_multiplier: float = 10.0,
+        freeze_batchnorm: bool = False,
+        whitening: int | None = None,
+        whitening_init: str | None = None,
+        loss: str = "contrastive",
+        margin: float = 0.7,
+        loss_kwargs: dict | None = None,
+        miner: str | None = "default",
+        miner_kwargs: dict | None = None,
+        eval_scales: Sequence[float] = (1.0,),
+        apply_whitening_file: bool = True,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: str = "epoch",
+    ) -> None:
+        super().__init__()
+        from_config = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=[] if from_config else ["optimizer", "lr_scheduler"])
+        if loss not in LOSSES:
+            from cbir_lightning.errors import CbirError
+
+            raise CbirError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        self.backbone = Backbone(backbone, weights, freeze_batchnorm)
+        self.pool = build_pooling(pooling, p, learn_p)
+        self.whiten = self._whitening_layer(self.backbone.channels, whitening, whitening_init)
+        self.pml_loss = self.pml_miner = None
+        if loss != "contrastive":
+            name = loss.removeprefix("pml_")
+            self.pml_loss = build_pml_loss(name, **(loss_kwargs or {}))
+            self.pml_miner = build_pml_miner(name, miner, **(miner_kwargs or {}))
+        self.eval_scales = [float(s) for s in eval_scales]
+        self.post_whitening: dict | None = None
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+
+    @staticmethod
+    def _whitening_layer(channels: int, dim: int | None, init: str | None) -> nn.Linear | None:
+        if init is None:
+            return None if dim is None else nn.Linear(channels, dim)
+        w = load_whitening(init)
+        projection, mean = w["projection"].float(), w["mean"].float()
+        if len(mean) != channels:
+            from cbir_lightning.errors import CbirError
+
+            raise CbirError(
+                f"whitening_init {init} is for {len(mean)}-d descriptors, the net gives {channels}"
+            )
+        dim = dim or len(projection)
+        if dim > len(projection):
+            from cbir_lightning.errors import CbirError
+
+            raise CbirError(f"whitening {dim} exceeds the {len(projection)} rows of whitening_init {init}")
+        layer = nn.Linear(channels, dim)
+        with torch.no_grad():
+            layer.weight.copy_(projection[:dim])
+            layer.bias.copy_(-projection[:dim] @ mean)
+        return layer
+
+    @property
+    def p(self) -> float:
+        """The GeM exponent used to combine scales (1 for other poolings)."""
+        return float(self.pool.p.detach()) if isinstance(self.pool, GeM) else 1.0
+
+    def descriptor(self, images: torch.Tensor) -> torch.Tensor:
+        """Single-scale L2-normalised descriptors ``[N, D]`` (no post-hoc whitening)."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        x = nn.functional.normalize(self.pool(self.backbone(images)), dim=-1)
+        if self.whiten is not None:
+            x = nn.functional.normalize(self.whiten(x), dim=-1)
+        return x
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Training: :meth:`descriptor`. Eval: multi-scale over ``eval_scales``, then the attached
+        post-hoc whitening (if any)."""
+        if self.training:
+            return self.descriptor(images)
+        x = multiscale_embed(self.descriptor, images, self.eval_scales, self.p)
+        if self.post_whitening is not None:
+            x = apply_whitening(x, self.post_whitening)
+        return x
+
+    def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:
+        """Dot products ``[nq, nd]`` (cosine similarity of the L2-normalised descriptors)."""
+        return queries @ database.T
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)
+
+    def attach_whitening(self, whitening: dict | None) -> None:
+        """Apply ``whitening`` (see :mod:`cbir_lightning.whitening`) after ``embed`` at evaluation."""
+        if whitening is not None:
+            dim = self.whiten.out_features if self.whiten is not None else self.backbone.channels
+            if whitening["projection"].shape[1] != dim:
+                from cbir_lightning.errors import CbirError
+
+                raise CbirError(
+                    f"whitening for {whitening['projection'].shape[1]}-d descriptors, the model gives {dim}"
+                )
+        self.post_whitening = whitening
+
+    def attach_whitening_file(self, checkpoint: str | Path | None) -> bool:
+        """Attach ``<checkpoint>.whitening.pt`` if it exists; whether it did."""
+        path = whitening_path(checkpoint) if checkpoint else None
+        if path is None or not path.is_file():
+            return False
+        self.attach_whitening(load_whitening(path))
+        return True
+
+    def _attach_for_evaluation(self) -> None:
+        trainer = self.trainer
+        if self.hparams.get("apply_whitening_file", True) and trainer.state.fn != "fit":
+            ckpt = trainer.ckpt_path
+            if not (ckpt and self.attach_whitening_file(ckpt)):
+                self.post_whitening = None
+
+    def on_validation_start(self) -> None:
+        self._attach_for_evaluation()
+
+    on_test_start = on_predict_start = on_validation_start
+
+    # ---- training -------------------------------------------------------------------------------
+    def embed_many(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Embeddings ``[N, D]`` of a list of ``[C, h, w]`` images, one forward pass per image size."""
+        groups: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(tuple(image.shape), []).append(i)
+        out: torch.Tensor | None = None
+        for indices in groups.values():
+            embedded = self.embed(torch.stack([images[i] for i in indices]))
+            if out is None:
+                out = embedded.new_empty(len(images), embedded.shape[1])
+            out[torch.tensor(indices, device=embedded.device)] = embedded
+        return out
+
+    def _pair_loss(self, embeddings, anchors, others, targets, labels=None) -> torch.Tensor:
+        if self.pml_loss is None:
+            return contrastive_loss(
+                pair_distances(embeddings[anchors], embeddings[others]), targets, self.hparams.margin
+            )
+        pos, neg = targets.bool(), ~targets.bool()
+        indices = (anchors[pos], others[pos], anchors[neg], others[neg])
+        if labels is None:
+            labels = torch.arange(len(embeddings), device=embeddings.device)
+        return self.pml_loss(embeddings, labels, indices)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, dict):
+            tuples = batch["tuples"]
+            sizes = [len(t) for t in tuples]
+            embeddings = self.embed_many([image for t in tuples for image in t])
+            from cbir_lightning.losses.contrastive import tuple_pairs
+
+            anchors, others, targets = (x.to(self.device) for x in tuple_pairs(sizes))
+            labels = torch.arange(len(embeddings), device=self.device)
+            labels[others[targets.bool()]] = anchors[targets.bool()]  # q and p share a label
+            loss, size = self._pair_loss(embeddings, anchors, others, targets, labels), len(tuples)
+        elif len(batch) == 3:
+            x1, x2, same = batch
+            n = len(same)
+            embeddings = self.embed(torch.cat([x1, x2]))
+            anchors = torch.arange(n, device=self.device)
+            labels = torch.arange(2 * n, device=self.device)
+            labels[n:][same.bool()] = anchors[same.bool()]
+            loss = self._pair_loss(embeddings, anchors, anchors + n, same.float(), labels)
+            size = n
+        else:
+            images, labels = batch
+            embeddings = self.embed(images)
+            if self.pml_loss is None:
+                loss = all_pairs_contrastive_loss(embeddings, labels, self.hparams.margin)
+            else:
+                mined = self.pml_miner(embeddings, labels) if self.pml_miner is not None else None
+                loss = self.pml_loss(embeddings, labels, mined)
+            size = len(labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if isinstance(self.pool, GeM):
+            self.log("train/gem_p", self.pool.p.detach()[0], batch_size=size)
+        return loss
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def _embed_step(self, batch) -> dict[str, torch.Tensor]:
+        images, labels, indices = batch
+        return {"embeddings": self.embed(images), "labels": labels, "indices": indices}
+
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._embed_step(batch)
+
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._embed_step(batch)
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        return self._embed_step(batch)
+
+    def param_groups(self) -> list[dict]:
+        """GeM p in its own group (``lr_scale = p_lr_multiplier``, no weight decay); the rest together."""
+        p_params = [self.pool.p] if isinstance(self.pool, GeM) and self.pool.p.requires_grad else []
+        p_ids = {id(x) for x in p_params}
+        rest = [x for x in self.parameters() if x.requires_grad and id(x) not in p_ids]
+        groups = [{"params": rest}]
+        if p_params:
+            groups.append(
+                {"params": p_params, "lr_scale": float(self.hparams.p_lr_multiplier), "weight_decay": 0.0}
+            )
+        return groups
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.param_groups())
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
+            group["initial_lr"] = group["lr"]
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval},
+        }

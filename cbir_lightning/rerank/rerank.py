@@ -1,0 +1,50 @@
+"""One entry point: re-ranked scores of queries against a database for ``none|aqe|dba|diffusion``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from cbir_lightning.errors import CbirError
+from cbir_lightning.rerank.diffusion import diffusion_scores, mutual_knn_affinity
+from cbir_lightning.rerank.expansion import alpha_query_expansion, database_side_augmentation
+
+RERANKERS = ("none", "aqe", "dba", "diffusion")
+
+
+def check_reranker(name: str) -> str:
+    if name not in RERANKERS:
+        raise CbirError(f"--rerank must be one of {', '.join(RERANKERS)}, got {name!r}")
+    return name
+
+
+def rerank_scores(
+    name: str,
+    query: Tensor,
+    database: Tensor,
+    neighbours: int = 2,
+    alpha: float = 3.0,
+    graph_k: int = 50,
+    kq: int = 10,
+    diffusion_alpha: float = 0.99,
+    gamma: float = 3.0,
+) -> Tensor:
+    """Scores ``[nq, n]`` (higher = better) of L2-normalised ``query [nq, d]`` vs ``database [n, d]``.
+
+    ``none``: dot products; ``aqe``: alpha-QE queries (``neighbours``, ``alpha``) vs the database;
+    ``dba``: the queries vs the augmented database (DBA; items replaced by their neighbourhood means);
+    ``diffusion``: diffusion over the database's mutual ``graph_k``-NN graph (``kq``, ``diffusion_alpha``,
+    ``gamma``).
+    """
+    check_reranker(name)
+    query, database = query.double(), database.double()
+    if name == "none":
+        return query @ database.T
+    if name == "aqe":
+        return alpha_query_expansion(query, database, neighbours, alpha) @ database.T
+    if name == "dba":
+        return query @ database_side_augmentation(database, neighbours, alpha).T
+    affinity = mutual_knn_affinity(database, graph_k, gamma)
+    scores = diffusion_scores(query @ database.T, affinity, diffusion_alpha, kq, gamma)
+    # items the diffusion never reaches score 0: order them after, by their plain scores
+    return torch.where(scores > 0, scores + 2.0, (query @ database.T).clamp(-1, 1) + 0.0)

@@ -1,0 +1,1 @@
+"""Image search over a folder: build an incremental on-disk index with a trained checkpoint, query it."""

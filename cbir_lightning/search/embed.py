@@ -1,0 +1,94 @@
+"""Embedding image files through Lightning's predict loop (so devices, DDP and progress bars work).
+
+Files are grouped by the tensor shape the evaluation transform gives for their header's mode and size,
+so every batch stacks; one dataset item is one batch (``batch_size=None`` loader), which
+DistributedSampler shards unchanged. A file that fails to decode yields a blank image and label -1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from cbir_lightning.errors import CbirError
+from cbir_lightning.search.files import MAX_PIXELS, open_image
+
+
+def image_header(path: Path) -> tuple[str, int, int] | str:
+    """``(mode, width, height)`` from the header, or the reason the file cannot be an image."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                return f"image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS})"
+            return image.mode, image.width, image.height
+    except Image.UnidentifiedImageError:
+        return "not an image Pillow can read (corrupt or another format)"
+    except Exception as err:
+        return " ".join(f"{type(err).__name__}: {err}".split())[:200]
+
+
+class ImageBatches(Dataset):
+    """Batches ``(images [b, C, H, W], labels [b] (0 ok, -1 unreadable), indices [b])`` of files."""
+
+    def __init__(self, paths: list[Path], headers: list[tuple[str, int, int]], transform, batch_size: int):
+        self.paths, self.headers, self.transform = paths, headers, transform
+        shapes: dict[tuple, tuple] = {}  # header -> transformed shape (of a blank image of that header)
+        groups: dict[tuple, list[int]] = {}
+        for i, header in enumerate(headers):
+            if header not in shapes:
+                shapes[header] = tuple(transform(Image.new(header[0], header[1:])).shape)
+            groups.setdefault(shapes[header], []).append(i)
+        self.batches = [
+            members[start : start + batch_size]
+            for members in groups.values()
+            for start in range(0, len(members), batch_size)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int):
+        images, labels = [], []
+        for i in self.batches[b]:
+            mode, width, height = self.headers[i]
+            try:
+                image, label = open_image(self.paths[i]), 0
+            except CbirError:
+                image, label = Image.new(mode, (width, height)), -1
+            images.append(self.transform(image))
+            labels.append(label)
+        try:
+            stacked = torch.stack(images)
+        except RuntimeError as err:
+            raise CbirError(
+                f"the DataModule's eval_transform gave different tensor sizes for images of one size "
+                f"({self.paths[self.batches[b][0]]}...): {err}"
+            ) from err
+        return stacked, torch.tensor(labels), torch.tensor(self.batches[b])
+
+
+def predict_embeddings(
+    module, paths: list[Path], headers, transform, batch_size: int = 32, trainer_options: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(embeddings [n, D], labels [n], indices [n])`` of the files, in index order."""
+    import pytorch_lightning as pl
+
+    loader = DataLoader(ImageBatches(paths, headers, transform, batch_size), batch_size=None, num_workers=0)
+    options = {
+        "accelerator": "auto",
+        "devices": 1,
+        "logger": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        **(trainer_options or {}),
+    }
+    trainer = pl.Trainer(**options)
+    outputs = trainer.predict(module, loader)
+    embeddings = torch.cat([o["embeddings"].float().cpu() for o in outputs])
+    labels = torch.cat([o["labels"].cpu() for o in outputs])
+    indices = torch.cat([o["indices"].cpu() for o in outputs])
+    order = torch.argsort(indices)
+    return embeddings[order], labels[order], indices[order]

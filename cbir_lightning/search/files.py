@@ -1,0 +1,89 @@
+"""Image files of a collection: which files count, their identity, and safe decoding."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+from PIL import Image
+
+from cbir_lightning.errors import CbirError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit
+
+
+def scan_images(root: str | Path) -> list[str]:
+    """Paths (relative to ``root``, POSIX, sorted) of every jpg/png/webp file below ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CbirError(f"image folder {root} not found; pass a folder of jpg/png/webp images with --images")
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_image(src: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A fully decoded PIL image; CbirError naming the file if it is unreadable, corrupt or too large
+    (more than ``max_pixels`` pixels: Pillow's decompression-bomb limit)."""
+    label = name or ("<uploaded image>" if isinstance(src, bytes) else str(src))
+    try:
+        data = src if isinstance(src, bytes) else Path(src).read_bytes()
+    except OSError as err:
+        raise CbirError(f"{label}: cannot read image ({err.strerror or err})") from err
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > max_pixels:
+                raise Image.DecompressionBombError(
+                    f"{image.width}x{image.height} pixels, more than the limit of {max_pixels}"
+                )
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise CbirError(f"{label}: image too large ({err}); resize it first") from err
+    except Image.UnidentifiedImageError as err:
+        raise CbirError(
+            f"{label}: corrupt or unsupported image (not an image Pillow can read); replace or remove it"
+        ) from err
+    except Exception as err:  # Pillow raises many types for corrupt data
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise CbirError(
+            f"{label}: corrupt or unsupported image ({reason}); replace or remove the file"
+        ) from err
+    return image
+
+
+def parse_crop(crop: str | list | tuple | None) -> tuple[int, int, int, int] | None:
+    """``"x0,y0,x1,y1"`` (pixels) as a tuple; CbirError if malformed."""
+    if crop is None or crop == "":
+        return None
+    parts = crop.split(",") if isinstance(crop, str) else list(crop)
+    try:
+        box = tuple(int(round(float(v))) for v in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
+        raise CbirError(f"--crop must be x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1, got {crop!r}")
+    return box
+
+
+def crop_image(image: Image.Image, box: tuple[int, int, int, int] | None) -> Image.Image:
+    if box is None:
+        return image
+    x0, y0, x1, y1 = box
+    if x1 > image.width or y1 > image.height:
+        raise CbirError(f"crop {box} lies outside the {image.width}x{image.height} query image")
+    return image.crop(box)

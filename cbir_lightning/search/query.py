@@ -1,0 +1,178 @@
+"""Querying an index: embed a query image with the index's own model, rank, re-rank, recommend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cbir_lightning.errors import CbirError
+from cbir_lightning.rerank.diffusion import diffusion_scores, mutual_knn_affinity
+from cbir_lightning.rerank.expansion import alpha_query_expansion, database_side_augmentation
+from cbir_lightning.rerank.rerank import check_reranker
+from cbir_lightning.search.files import crop_image, file_sha256, open_image, parse_crop
+from cbir_lightning.search.manifest import EMBEDDINGS, FAISS_INDEX, read_manifest
+from cbir_lightning.search.model import SearchModel, checkpoint_identity
+
+SHORTLIST = 100  # re-ranking works on the top items of the first search (Iscen et al.'s truncation)
+
+
+@dataclass
+class SearchIndex:
+    """A loaded index: manifest, vectors ``[n, D]`` and the faiss inner-product index over them."""
+
+    path: Path
+    manifest: dict
+    embeddings: np.ndarray
+    faiss_index: object
+
+    @classmethod
+    def open(cls, path: str | Path) -> SearchIndex:
+        import faiss
+
+        manifest, version = read_manifest(path)
+        try:
+            embeddings = np.load(version / EMBEDDINGS, allow_pickle=False)
+            faiss_index = faiss.read_index(str(version / FAISS_INDEX))
+        except Exception as err:
+            reason = " ".join(str(err).split())[:200]
+            raise CbirError(
+                f"index {path} is damaged ({reason}); rebuild it with `cbir-lightning index`"
+            ) from err
+        if embeddings.shape != (manifest["count"], manifest["dimension"]) or faiss_index.ntotal != len(
+            embeddings
+        ):
+            raise CbirError(f"index {path} is inconsistent (vectors vs manifest); rebuild it")
+        return cls(Path(path), manifest, embeddings, faiss_index)
+
+    @property
+    def items(self) -> list[dict]:
+        return self.manifest["items"]
+
+    def item_path(self, i: int) -> Path:
+        return Path(self.manifest["images_root"]) / self.items[i]["path"]
+
+    def load_model(self, ckpt: str | Path | None = None) -> SearchModel:
+        """The index's model (``ckpt`` overrides the recorded path); CbirError if it is another model."""
+        recorded = self.manifest["model"]
+        ckpt = Path(ckpt or recorded["checkpoint"])
+        if not ckpt.is_file():
+            raise CbirError(
+                f"checkpoint {ckpt} of index {self.path} not found; pass the index's checkpoint with --ckpt "
+                "or rebuild the index"
+            )
+        if checkpoint_identity(ckpt) != recorded["identity"]:
+            raise CbirError(
+                f"checkpoint {ckpt} is not the model index {self.path} was built with "
+                f"({recorded['checkpoint']}); query with that checkpoint or re-index with "
+                f"`cbir-lightning index --ckpt {ckpt} --out {self.path}`"
+            )
+        model = SearchModel.load(ckpt)
+        recorded_whitening = self.manifest.get("whitening") or {}
+        found_whitening = model.describe_whitening() or {}
+        if found_whitening.get("sha256") != recorded_whitening.get("sha256"):
+            raise CbirError(
+                f"the whitening beside {ckpt} differs from the one index {self.path} was built with; "
+                "re-index with `cbir-lightning index`"
+            )
+        return model
+
+    def search_vectors(
+        self, query: Tensor, top_k: int, model: SearchModel | None = None, rerank: str = "none"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``top_k`` ``(scores [nq, k], rows [nq, k])`` for query vectors ``[nq, D]``."""
+        check_reranker(rerank)
+        query = torch.as_tensor(query, dtype=torch.float32)
+        if query.ndim != 2 or query.shape[1] != self.manifest["dimension"]:
+            raise CbirError(
+                f"query vectors of shape {tuple(query.shape)} do not match index dimension "
+                f"{self.manifest['dimension']}"
+            )
+        n = len(self.embeddings)
+        top_k = max(1, min(top_k, n))
+        if self.manifest["scoring"] == "model":
+            if rerank != "none":
+                raise CbirError(
+                    f"--rerank {rerank} needs dot-product vectors, but the model of index {self.path} ranks "
+                    "with its own learned similarity; use --rerank none"
+                )
+            if model is None:
+                raise CbirError(f"index {self.path} scores with its model's similarity; load the model")
+            scores = model.similarity(query, torch.from_numpy(self.embeddings), "model")
+            values, rows = scores.topk(top_k, dim=1)
+            return values.numpy(), rows.numpy()
+        values, rows = self.faiss_index.search(
+            query.numpy(), top_k if rerank == "none" else max(top_k, SHORTLIST)
+        )
+        if rerank == "none":
+            return values, rows
+        out_scores, out_rows = [], []
+        for q, shortlist in zip(query.double(), rows, strict=True):
+            shortlist = shortlist[shortlist >= 0]
+            scores = rerank_shortlist(rerank, q, torch.from_numpy(self.embeddings[shortlist]).double())
+            order = torch.sort(-scores, stable=True).indices[:top_k]
+            out_scores.append(scores[order].numpy())
+            out_rows.append(shortlist[order.numpy()])
+        return np.stack(out_scores), np.stack(out_rows)
+
+    def results(self, scores: np.ndarray, rows: np.ndarray) -> list[dict]:
+        return [
+            {"id": int(r), "path": str(self.item_path(int(r))), "score": round(float(s), 6)}
+            for s, r in zip(scores, rows, strict=True)
+        ]
+
+
+def rerank_shortlist(name: str, query: Tensor, items: Tensor) -> Tensor:
+    """Scores of the shortlist ``items [m, D]`` for one ``query [D]`` after re-ranking among them."""
+    q = query[None]
+    if name == "aqe":
+        return (alpha_query_expansion(q, items) @ items.T)[0]
+    if name == "dba":
+        return (q @ database_side_augmentation(items).T)[0]
+    plain = (q @ items.T)[0]
+    f = diffusion_scores(plain[None], mutual_knn_affinity(items, k=min(50, len(items))))[0]
+    return torch.where(f > 0, f + 2.0, plain)
+
+
+def embed_query(model: SearchModel, image, crop=None) -> Tensor:
+    """The query vector ``[1, D]`` of a PIL image or an image file, optionally cropped (x0,y0,x1,y1)."""
+    if not hasattr(image, "mode"):
+        image = open_image(image)
+    return model.embed_image(crop_image(image, parse_crop(crop)))
+
+
+def search_image(
+    index: SearchIndex, model: SearchModel, image, top_k: int = 10, crop=None, rerank: str = "none"
+) -> list[dict]:
+    scores, rows = index.search_vectors(embed_query(model, image, crop), top_k, model, rerank)
+    return index.results(scores[0], rows[0])
+
+
+def recommend_image(
+    index: SearchIndex,
+    model: SearchModel,
+    image_path: str | Path,
+    top_k: int = 10,
+    duplicate_threshold: float = 0.98,
+) -> dict:
+    """Similar items without the query's exact duplicates (same file hash) and near duplicates (score at or
+    above ``duplicate_threshold``)."""
+    digest = file_sha256(image_path)
+    vector = embed_query(model, image_path)
+    n = len(index.items)
+    scores, rows = index.search_vectors(vector, n if n <= 1000 else top_k + 200, model)
+    exact, near, similar = [], [], []
+    for s, r in zip(scores[0], rows[0], strict=True):
+        if r < 0:
+            continue
+        item = index.results([s], [r])[0]
+        if index.items[int(r)]["sha256"] == digest:
+            exact.append(item)
+        elif s >= duplicate_threshold:
+            near.append(item)
+        elif len(similar) < top_k:
+            similar.append(item)
+    return {"results": similar, "exact_duplicates": exact, "near_duplicates": near}

@@ -1,0 +1,193 @@
+"""CIFAR-10 DataModule: Siamese training (class batches or pairs) on the training images, retrieval with
+query = test images and database = training images (the deep-hashing protocol).
+
+Two layouts under ``root`` (detected):
+
+- torchvision's: ``cifar-10-batches-py/data_batch_1..5`` and ``test_batch`` (pickled dicts with ``data``
+  uint8 ``[N, 3072]``, rows R, G, B planes of 32 x 32, and ``labels``; ``download: true`` fetches it);
+- image folders: ``train/<class>/*.jpg`` and ``test/<class>/*.jpg`` (as in ``../shared/data/cifar10``).
+
+Images are kept in memory as uint8; loaders give float images in [0, 1] normalised with ``mean``/``std``
+(ImageNet's by default, for pretrained backbones; ``null`` to leave them in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from data_modules.augment import AffineRanges
+from data_modules.cifar10_batches import BATCHES_DIR, read_cifar10_batches
+from data_modules.errors import DataError
+from data_modules.image_folders import read_image_folders, to_uint8
+from data_modules.images import resize_uint8
+from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD, NormalizedItems, normalize
+from data_modules.omniglot import IndexedImages
+from data_modules.pairs import ClassBatchDataset, PairDataset
+from data_modules.retrieval_split import balanced_pairs, query_database_items
+from data_modules.samplers import EpochSampler
+
+
+def first_per_class(labels: torch.Tensor, count: int | None) -> torch.Tensor:
+    """Indices of the first ``count`` items of each label, in their original order (all if None)."""
+    if count is None:
+        return torch.arange(len(labels))
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique():
+        keep[(labels == label).nonzero().flatten()[:count]] = True
+    return keep.nonzero().flatten()
+
+
+class CIFAR10DataModule(pl.LightningDataModule):
+    """Args:
+    root: folder holding ``cifar-10-batches-py/`` or ``train/`` and ``test/`` class folders.
+    image_size: side the 32 px images are resized to (area averaging).
+    train_per_class: training images per class (first ones; ``None``: all).
+    query_per_class / database_per_class: test images used as queries, training images used as the
+        retrieval database (first ones; ``None``: all).
+    sampling: ``"class_batches"`` (``classes_per_batch`` x ``samples_per_class`` images, every pair used)
+        or ``"pairs"`` (``batch_size`` balanced pairs ``(x1, x2, same)``).
+    epoch_length: training batches per epoch.
+    augment: Koch's random affine distortions on training images.
+    mean / std: channel normalisation (ImageNet's by default); ``null``: none.
+    whitening_pairs: at most this many same-class training pairs for learned whitening.
+    download: fetch torchvision's CIFAR-10 into ``root`` (needs the internet).
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data/cifar10",
+        image_size: int = 32,
+        train_per_class: int | None = None,
+        query_per_class: int | None = None,
+        database_per_class: int | None = None,
+        sampling: Literal["pairs", "class_batches"] = "class_batches",
+        batch_size: int = 64,
+        classes_per_batch: int = 10,
+        samples_per_class: int = 16,
+        epoch_length: int = 100,
+        augment: bool = False,
+        mean: Sequence[float] | None = IMAGENET_MEAN,
+        std: Sequence[float] | None = IMAGENET_STD,
+        whitening_pairs: int = 20000,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if sampling not in ("pairs", "class_batches"):
+            raise DataError(f"sampling must be 'pairs' or 'class_batches', got {sampling!r}")
+        if (mean is None) != (std is None) or (mean is not None and (len(mean), len(std)) != (3, 3)):
+            raise DataError("mean and std must both be 3 numbers (one per RGB channel) or both null")
+        self.train: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.classes: list[str] = []
+        self.eval_items: IndexedImages | None = None
+        self.retrieval_split: torch.Tensor | None = None
+
+    def prepare_data(self) -> None:
+        if self.hparams.download:
+            from torchvision.datasets import CIFAR10
+
+            for train in (True, False):
+                CIFAR10(str(self.hparams.root), train=train, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train is not None:
+            return
+        hp = self.hparams
+        root = Path(hp.root)
+        if (root / BATCHES_DIR).is_dir():
+            splits = read_cifar10_batches(root / BATCHES_DIR)
+            self.classes = splits.pop("classes")
+            if hp.image_size != 32:
+                splits = {k: (resize_uint8(x, hp.image_size), y) for k, (x, y) in splits.items()}
+        elif (root / "train").is_dir() and (root / "test").is_dir():
+            # read only the images used (the first ones of each class)
+            limits = (hp.train_per_class, hp.database_per_class)
+            per_class = None if None in limits else max(limits)
+            train_x, train_y, self.classes = read_image_folders(
+                root / "train", hp.image_size, None, per_class
+            )
+            test_x, test_y, _ = read_image_folders(
+                root / "test", hp.image_size, self.classes, hp.query_per_class
+            )
+            splits = {"train": (train_x, train_y), "test": (test_x, test_y)}
+        else:
+            raise DataError(
+                f"{root} holds neither {BATCHES_DIR}/ (torchvision's CIFAR-10) nor train/ and test/ class "
+                "folders; run `make data`, point data.init_args.root at the data or set download: true"
+            )
+        train_x, train_y = splits["train"]
+        test_x, test_y = splits["test"]
+        keep = first_per_class(train_y, hp.train_per_class)
+        self.train = (train_x[keep], train_y[keep])
+        q = first_per_class(test_y, hp.query_per_class)
+        d = first_per_class(train_y, hp.database_per_class)
+        self.eval_items, self.retrieval_split = query_database_items(
+            test_x[q], test_y[q], train_x[d], train_y[d]
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        self.setup("fit")
+        images, labels = self.train
+        augment = AffineRanges() if hp.augment else None
+        try:
+            if hp.sampling == "pairs":
+                data = PairDataset(images, labels, hp.epoch_length * hp.batch_size, hp.seed, augment)
+                batch_size = hp.batch_size
+            else:
+                data = ClassBatchDataset(
+                    images,
+                    labels,
+                    hp.epoch_length,
+                    hp.seed,
+                    augment,
+                    classes_per_batch=hp.classes_per_batch,
+                    samples_per_class=hp.samples_per_class,
+                )
+                batch_size = None
+        except ValueError as err:
+            raise DataError(f"CIFAR-10 training set under {hp.root}: {err}") from err
+        return self._loader(data, EpochSampler(len(data)), batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self.eval_items, None, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def eval_transform(self, image: Image.Image) -> torch.Tensor:
+        """Any image as the evaluation loader gives it: RGB, ``image_size`` square (area averaging), float in
+        [0, 1], normalised with ``mean``/``std``: ``[3, S, S]``."""
+        hp = self.hparams
+        x = to_uint8(image.convert("RGB"), hp.image_size).float().div(255)
+        return normalize(x, hp.mean, hp.std) if hp.mean is not None else x
+
+    def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
+        """Training images (evaluation transform) and up to ``whitening_pairs`` same-class pairs."""
+        self.setup("fit")
+        images, labels = self.train
+        pairs = balanced_pairs(labels, self.hparams.whitening_pairs, self.hparams.seed)
+        return NormalizedItems(IndexedImages(images, labels), self.hparams.mean, self.hparams.std), pairs
+
+    def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
+        return DataLoader(
+            NormalizedItems(data, self.hparams.mean, self.hparams.std),
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.hparams.num_workers,
+            shuffle=False,
+        )

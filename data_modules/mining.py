@@ -1,0 +1,188 @@
+"""Hard-negative mining for (query, positive, negatives) tuples, as in Radenović et al. / cirtorch's
+``TuplesDataset.create_epoch_tuples``.
+
+Every epoch: draw ``query_size`` (q, p) pairs and a pool of ``pool_size`` images (both seeded by
+``(seed, epoch)``), embed the queries and the pool with the current model (eval mode, no grad, modes
+restored afterwards), and for each query go down the pool by decreasing dot product (= increasing
+distance for L2-normalised descriptors; ties: lower pool position first) keeping an image when its
+cluster is neither the query's nor one already taken, until ``neg_num`` negatives are found.
+
+Under DDP every rank embeds a shard of the images and the descriptors are all-gathered, so every rank
+mines the same tuples; the tuple sampler then gives each rank its share.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from data_modules.errors import DataError
+from data_modules.samplers import item_generator
+
+
+@dataclass
+class MinedTuples:
+    tuples: torch.Tensor  # [Q, 2 + neg_num] image indices: query, positive, negatives (hardest first)
+    neg_distance: float  # mean L2 distance between the queries and their negatives (nan if none)
+
+
+def draw_epoch(
+    num_pairs: int, num_images: int, query_size: int, pool_size: int, seed: int, epoch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the (q, p) pair list and pool image indices for one epoch (random, without repeats)."""
+    gen = item_generator(seed, epoch)
+    rows = torch.randperm(num_pairs, generator=gen)[: min(query_size, num_pairs)]
+    pool = torch.randperm(num_images, generator=gen)[: min(pool_size, num_images)]
+    return rows, pool
+
+
+def hardest_negatives(
+    query_vecs: torch.Tensor,
+    pool_vecs: torch.Tensor,
+    query_clusters: torch.Tensor,
+    pool_clusters: torch.Tensor,
+    neg_num: int,
+    chunk_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool positions ``[Q, neg_num]`` of each query's hardest negatives (cluster rules above) and their
+    L2 distances to the query. DataError if some query's pool holds fewer than ``neg_num`` other clusters."""
+    nq = len(query_vecs)
+    positions = torch.empty(nq, neg_num, dtype=torch.long, device=pool_vecs.device)
+    pool_clusters = pool_clusters.to(pool_vecs.device)
+    query_clusters = query_clusters.to(pool_vecs.device)
+    for start in range(0, nq, chunk_size):
+        q = query_vecs[start : start + chunk_size]
+        order = torch.sort(q @ pool_vecs.T, dim=1, descending=True, stable=True).indices
+        ranked = pool_clusters[order]  # clusters in rank order, per query
+        by_cluster = torch.sort(ranked, dim=1, stable=True).indices  # same cluster together, by rank
+        grouped = torch.gather(ranked, 1, by_cluster)
+        first_sorted = torch.ones_like(grouped, dtype=torch.bool)
+        first_sorted[:, 1:] = grouped[:, 1:] != grouped[:, :-1]
+        first = torch.zeros_like(first_sorted).scatter_(1, by_cluster, first_sorted)
+        keep = first & (ranked != query_clusters[start : start + chunk_size, None])
+        found = keep.sum(1)
+        if bool((found < neg_num).any()):
+            i = int(torch.nonzero(found < neg_num)[0])
+            raise DataError(
+                f"query {start + i}: the mining pool of {len(pool_vecs)} images holds only {int(found[i])} "
+                f"clusters other than the query's, fewer than neg_num={neg_num}; raise pool_size, lower "
+                "neg_num or add clusters to the data"
+            )
+        pick = keep & (keep.cumsum(1) <= neg_num)
+        positions[start : start + len(q)] = order[pick].view(len(q), neg_num)
+    distances = torch.linalg.vector_norm(query_vecs[:, None] - pool_vecs[positions] + 1e-6, dim=-1)
+    return positions, distances
+
+
+def _device(model: nn.Module) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _collate_list(batch: list) -> list:
+    return batch
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module,
+    images: Dataset,
+    indices: torch.Tensor,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    describe: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Descriptors of ``images[i]`` for ``i`` in ``indices`` -> ``[len(indices), D]``: the model's
+    single-scale ``descriptor`` if it has one (GeMSiameseModule; no multi-scale, no post-hoc whitening),
+    else ``embed``; or ``describe`` when given.
+
+    Images are decoded by a DataLoader (``num_workers``) and embedded ``batch_size`` at a time, images of
+    equal size stacked into one forward pass. The model runs in eval mode; every submodule's mode is
+    restored afterwards. Under an initialised process group each rank embeds ``indices[rank::world]`` and
+    the results are all-gathered (every rank must call this with the same indices).
+    """
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    n = len(indices)
+    per_rank = -(-n // world)
+    shard = indices[rank::world]
+    if len(shard) < per_rank:  # pad to equal shard sizes for all_gather; padded rows are dropped
+        shard = torch.cat([shard, indices[: per_rank - len(shard)]])
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    device = _device(model)
+    describe = describe or getattr(model, "descriptor", None) or model.embed
+    try:
+        loader = DataLoader(
+            Subset(images, shard.tolist()),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_collate_list,
+        )
+        out: list[torch.Tensor] = []
+        for batch in loader:
+            groups: dict[tuple, list[int]] = defaultdict(list)
+            for j, image in enumerate(batch):
+                groups[tuple(image.shape)].append(j)
+            rows: list[torch.Tensor | None] = [None] * len(batch)
+            for members in groups.values():
+                vecs = describe(torch.stack([batch[j] for j in members]).to(device))
+                for j, vec in zip(members, vecs, strict=True):
+                    rows[j] = vec
+            out.extend(rows)
+        dim = out[0].shape[-1] if out else 0
+        local = torch.stack(out) if out else torch.zeros(0, dim, device=device)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    if world == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local.contiguous())
+    return torch.stack(parts, 1).reshape(world * per_rank, -1)[:n]
+
+
+def mine_tuples(
+    model: nn.Module,
+    images: Dataset,
+    clusters: torch.Tensor,
+    qidxs: torch.Tensor,
+    pidxs: torch.Tensor,
+    *,
+    query_size: int,
+    pool_size: int,
+    neg_num: int,
+    seed: int,
+    epoch: int,
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> MinedTuples:
+    """One epoch of tuples (see the module docstring). ``images[i]`` is image ``i`` as a tensor;
+    ``clusters[i]`` its cluster; ``qidxs``/``pidxs`` the matching pairs."""
+    if neg_num < 0 or query_size < 1 or pool_size < neg_num:
+        raise DataError(
+            f"mining needs query_size >= 1 and pool_size >= neg_num >= 0; got query_size={query_size}, "
+            f"pool_size={pool_size}, neg_num={neg_num}"
+        )
+    rows, pool = draw_epoch(len(qidxs), len(clusters), query_size, pool_size, seed, epoch)
+    queries, positives = qidxs[rows], pidxs[rows]
+    if neg_num == 0:
+        return MinedTuples(torch.stack([queries, positives], 1), float("nan"))
+    unique, inverse = torch.unique(torch.cat([queries, pool]), return_inverse=True)
+    vecs = embed_images(model, images, unique, batch_size=batch_size, num_workers=num_workers)
+    query_vecs, pool_vecs = vecs[inverse[: len(queries)]], vecs[inverse[len(queries) :]]
+    positions, distances = hardest_negatives(
+        query_vecs.float(), pool_vecs.float(), clusters[queries], clusters[pool], neg_num
+    )
+    negatives = pool[positions.cpu()]
+    tuples = torch.cat([queries[:, None], positives[:, None], negatives], 1)
+    return MinedTuples(tuples, float(distances.mean()))

@@ -1,0 +1,56 @@
+"""Datasets over photo files, decoded on access (workers decode in parallel).
+
+* :class:`PhotoFiles`: ``ds[i]`` is image ``i`` as a tensor; ``ds[(q, p, n1, ...)]`` is the list of those
+  images (a training tuple, see :mod:`data_modules.tuples`).
+* :class:`LabelledPhotos`: ``(image, label, index)`` evaluation items, optionally cropped to a box first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from data_modules.photos import load_photo
+
+
+class PhotoFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], transform: Callable) -> None:
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.transform(load_photo(self.paths[int(i)]))
+
+    def __getitem__(self, key):
+        if isinstance(key, (tuple, list)):
+            return [self.image(i) for i in key]
+        return self.image(key)
+
+
+class LabelledPhotos(Dataset):
+    """``(image, label, index)``; ``boxes[i]`` (x1, y1, x2, y2), if given, crops image ``i`` before the
+    transform (revisited Oxford/Paris queries)."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: torch.Tensor,
+        transform: Callable,
+        boxes: Sequence[Sequence[float] | None] | None = None,
+    ) -> None:
+        self.paths, self.labels, self.transform = list(paths), labels, transform
+        self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = load_photo(self.paths[i])
+        if self.boxes[i] is not None:
+            image = image.crop(tuple(float(v) for v in self.boxes[i]))
+        return self.transform(image), self.labels[i], torch.tensor(i)

@@ -1,0 +1,227 @@
+"""``cbir-lightning index``: vectors, incremental updates, atomic publication, locks and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from search_helpers import other_checkpoint, photo_folder, reference_vectors
+
+from cbir_lightning.errors import CbirError
+from cbir_lightning.search import index as index_module
+from cbir_lightning.search.index import build_index
+from cbir_lightning.search.manifest import (
+    EMBEDDINGS,
+    FORMAT_VERSION,
+    MANIFEST,
+    current_version,
+    read_manifest,
+)
+
+CPU = {"accelerator": "cpu", "enable_progress_bar": False}
+
+
+def load(index: Path) -> tuple[dict, np.ndarray]:
+    manifest, version = read_manifest(index)
+    return manifest, np.load(version / EMBEDDINGS)
+
+
+def test_vectors_match_direct_embedding_and_bad_files_are_listed(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (photos / "notes.txt").write_text("ignored: not an image suffix")
+    with open(photos / "oxford_002904.jpg", "rb") as f:  # a truncated copy: header fine, pixels missing
+        (photos / "truncated.jpg").write_bytes(f.read()[:2000])
+    result = build_index(tiny_run["ckpt"], photos, tmp_path / "idx", batch_size=4, trainer_options=CPU)
+    manifest, vectors = load(tmp_path / "idx")
+    paths = [item["path"] for item in manifest["items"]]
+    assert {s["path"] for s in result["skipped"]} == {"broken.jpg", "truncated.jpg"}
+    assert "notes.txt" not in paths and len(paths) == 20 == result["count"] == result["embedded"]
+    assert paths == sorted(paths) and "sacre_coeur/02928139_3448003521.jpg" in paths
+    expected = reference_vectors(tiny_run["ckpt"], [photos / p for p in paths])
+    assert np.allclose(vectors, expected.numpy(), atol=1e-5)
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["dimension"] == expected.shape[1]
+    assert manifest["scoring"] == "model" and manifest["whitening"] is None  # Koch: learned L1 head
+    assert manifest["model"]["checkpoint"] == str(Path(tiny_run["ckpt"]).resolve())
+
+
+def test_incremental_update_equals_a_fresh_build(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos", count=8)
+    out = tmp_path / "idx"
+    build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    before, old_vectors = load(out)
+    names = [item["path"] for item in before["items"]]
+    (photos / names[0]).unlink()  # deleted
+    Image.open(photos / names[1]).rotate(90).save(photos / names[1])  # changed
+    os.utime(photos / names[1], ns=(1, 1))
+    extra = photo_folder(tmp_path / "more", count=12)
+    new = sorted(extra.glob("sacre_coeur/*.jpg"))[0]
+    (photos / "new").mkdir()
+    (photos / "new" / "added.jpg").write_bytes(new.read_bytes())  # added
+    result = build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    assert (result["reused"], result["embedded"], result["removed"]) == (6, 2, 1)
+    after, vectors = load(out)
+    fresh = tmp_path / "fresh"
+    build_index(tiny_run["ckpt"], photos, fresh, trainer_options=CPU)
+    reference, reference_vectors_ = load(fresh)
+    assert [i["path"] for i in after["items"]] == [i["path"] for i in reference["items"]]
+    assert np.allclose(vectors, reference_vectors_, atol=1e-6)
+    unchanged = names[2]
+    row_old, row_new = names.index(unchanged), [i["path"] for i in after["items"]].index(unchanged)
+    assert np.array_equal(old_vectors[row_old], vectors[row_new])  # reused, not recomputed
+    assert len([p for p in out.iterdir() if p.name.startswith("v-")]) == 1  # old version removed
+
+
+def test_another_model_reembeds_everything(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos", count=4)
+    out = tmp_path / "idx"
+    build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    other = other_checkpoint(tiny_run["ckpt"], tmp_path / "other.ckpt")
+    result = build_index(other, photos, out, trainer_options=CPU)
+    assert result["reused"] == 0 and result["embedded"] == 4
+    assert read_manifest(out)[0]["model"]["checkpoint"] == str(other.resolve())
+
+
+def test_failed_write_keeps_the_previous_index(tiny_run, tmp_path, monkeypatch):
+    photos = photo_folder(tmp_path / "photos", count=4)
+    out = tmp_path / "idx"
+    build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    live = current_version(out)
+    before = (live / MANIFEST).read_text()
+    Image.open(photos / "bodleian_000132.jpg").rotate(90).save(photos / "rotated.png")
+
+    def crash(vectors, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_module, "write_faiss", crash)
+    with pytest.raises(OSError, match="disk full"):
+        build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    assert current_version(out) == live and (live / MANIFEST).read_text() == before
+    assert not (out / ".lock").exists()
+    monkeypatch.undo()
+    assert build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)["count"] == 5
+    assert len([p for p in out.iterdir() if p.name.startswith("v-")]) == 1  # the partial version is cleaned
+
+
+def test_killed_run_leaves_the_previous_index_intact(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos", count=4)
+    out = tmp_path / "idx"
+    build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    live = current_version(out)
+    before = (live / MANIFEST).read_text()
+    for i in range(20):  # enough new work that the run is still embedding when killed
+        Image.open(photos / "bodleian_000132.jpg").rotate(i * 9).save(photos / f"r{i:02d}.png")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cbir_lightning",
+            "index",
+            "--ckpt",
+            str(tiny_run["ckpt"]),
+            "--images",
+            str(photos),
+            "--out",
+            str(out),
+            "--batch-size",
+            "1",
+            "--accelerator",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = ""
+    while "Predicting DataLoader" not in seen and proc.poll() is None:  # killed while embedding
+        seen += proc.stdout.read(1)
+    assert proc.poll() is None and (out / ".lock").exists(), seen[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert current_version(out) == live and (live / MANIFEST).read_text() == before
+    manifest, vectors = load(out)
+    assert len(manifest["items"]) == len(vectors) == 4
+    # the dead run's lock is stale: the next run takes it over and indexes everything
+    assert build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)["count"] == 24
+
+
+def test_concurrent_run_is_refused_with_one_line(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos", count=2)
+    out = tmp_path / "idx"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(f"{sleeper.pid}\n")
+        with pytest.raises(CbirError, match=f"another `cbir-lightning index` run \\(pid {sleeper.pid}\\)"):
+            build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+        assert (out / ".lock").exists() and current_version(out) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_bad_folders_and_huge_images(tiny_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CbirError, match="no jpg/png/webp images under"):
+        build_index(tiny_run["ckpt"], tmp_path / "empty", tmp_path / "idx", trainer_options=CPU)
+    with pytest.raises(CbirError, match="not found"):
+        build_index(tiny_run["ckpt"], tmp_path / "missing", tmp_path / "idx", trainer_options=CPU)
+    bomb = tmp_path / "bomb"
+    bomb.mkdir()
+    Image.new("1", (10_000, 9_000)).save(bomb / "huge.png")  # 90 Mpx > Pillow's 89.5 Mpx limit
+    with pytest.raises(CbirError, match="no readable image.*huge.png: image too large"):
+        build_index(tiny_run["ckpt"], bomb, tmp_path / "idx", trainer_options=CPU)
+    photo_folder(bomb, count=1)
+    result = build_index(tiny_run["ckpt"], bomb, tmp_path / "idx", trainer_options=CPU)
+    assert result["count"] == 1 and result["skipped"][0]["path"] == "huge.png"
+
+
+def test_wrong_format_version_is_refused(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos", count=1)
+    build_index(tiny_run["ckpt"], photos, tmp_path / "idx", trainer_options=CPU)
+    version = current_version(tmp_path / "idx")
+    manifest = json.loads((version / MANIFEST).read_text())
+    manifest["format_version"] = 999
+    (version / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CbirError, match="format version 999.*rebuild it"):
+        read_manifest(tmp_path / "idx")
+    with pytest.raises(CbirError, match="holds no index"):
+        read_manifest(tmp_path / "photos")
+
+
+def test_whitening_beside_the_checkpoint_is_applied_and_recorded(tiny_run, tmp_path):
+    from cbir_lightning.search.query import SearchIndex
+
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(Path(tiny_run["ckpt"]).read_bytes())
+    photos = photo_folder(tmp_path / "photos", count=6)
+    g = torch.Generator().manual_seed(0)
+    mean, projection = torch.randn(32, generator=g), torch.randn(16, 32, generator=g)
+    torch.save({"kind": "pca", "mean": mean, "projection": projection}, tmp_path / "model.whitening.pt")
+    build_index(ckpt, photos, tmp_path / "idx", trainer_options=CPU)
+    manifest, vectors = load(tmp_path / "idx")
+    assert manifest["whitening"]["kind"] == "pca" and manifest["scoring"] == "dot"
+    assert manifest["dimension"] == 16
+    raw = reference_vectors(ckpt, [photos / i["path"] for i in manifest["items"]]).double()
+    expected = (raw - mean.double()) @ projection.double().T
+    expected = expected / expected.norm(dim=1, keepdim=True)
+    assert np.allclose(vectors, expected.numpy(), atol=1e-5)
+    index = SearchIndex.open(tmp_path / "idx")
+    model = index.load_model()
+    scores, rows = index.search_vectors(torch.from_numpy(vectors[:2]), 3, model, rerank="aqe")
+    assert rows.shape == (2, 3) and rows[0, 0] == 0 and rows[1, 0] == 1
+    # another whitening file: the index no longer matches its model
+    torch.save({"kind": "lw", "mean": mean, "projection": projection[:8]}, tmp_path / "model.whitening.pt")
+    with pytest.raises(CbirError, match="whitening beside .* differs"):
+        index.load_model()
