@@ -17,21 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import pytorch_lightning as pl
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
-from data_modules.augment import AffineRanges
 from data_modules.cifar10_batches import BATCHES_DIR, read_cifar10_batches
 from data_modules.errors import DataError
-from data_modules.image_folders import read_image_folders, to_uint8
+from data_modules.image_folders import read_image_folders
 from data_modules.images import resize_uint8
-from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD, NormalizedItems, normalize
-from data_modules.omniglot import IndexedImages
-from data_modules.pairs import ClassBatchDataset, PairDataset
-from data_modules.retrieval_split import balanced_pairs, query_database_items
-from data_modules.samplers import EpochSampler
+from data_modules.labelled_images import LabelledImagesDataModule
+from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD
+from data_modules.retrieval_split import query_database_items
 
 
 def first_per_class(labels: torch.Tensor, count: int | None) -> torch.Tensor:
@@ -44,7 +38,7 @@ def first_per_class(labels: torch.Tensor, count: int | None) -> torch.Tensor:
     return keep.nonzero().flatten()
 
 
-class CIFAR10DataModule(pl.LightningDataModule):
+class CIFAR10DataModule(LabelledImagesDataModule):
     """Args:
     root: folder holding ``cifar-10-batches-py/`` or ``train/`` and ``test/`` class folders.
     image_size: side the 32 px images are resized to (area averaging).
@@ -59,6 +53,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
     whitening_pairs: at most this many same-class training pairs for learned whitening.
     download: fetch torchvision's CIFAR-10 into ``root`` (needs the internet).
     """
+
+    name = "CIFAR-10"
 
     def __init__(
         self,
@@ -87,10 +83,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
             raise DataError(f"sampling must be 'pairs' or 'class_batches', got {sampling!r}")
         if (mean is None) != (std is None) or (mean is not None and (len(mean), len(std)) != (3, 3)):
             raise DataError("mean and std must both be 3 numbers (one per RGB channel) or both null")
-        self.train: tuple[torch.Tensor, torch.Tensor] | None = None
         self.classes: list[str] = []
-        self.eval_items: IndexedImages | None = None
-        self.retrieval_split: torch.Tensor | None = None
 
     def prepare_data(self) -> None:
         if self.hparams.download:
@@ -133,61 +126,4 @@ class CIFAR10DataModule(pl.LightningDataModule):
         d = first_per_class(train_y, hp.database_per_class)
         self.eval_items, self.retrieval_split = query_database_items(
             test_x[q], test_y[q], train_x[d], train_y[d]
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        self.setup("fit")
-        images, labels = self.train
-        augment = AffineRanges() if hp.augment else None
-        try:
-            if hp.sampling == "pairs":
-                data = PairDataset(images, labels, hp.epoch_length * hp.batch_size, hp.seed, augment)
-                batch_size = hp.batch_size
-            else:
-                data = ClassBatchDataset(
-                    images,
-                    labels,
-                    hp.epoch_length,
-                    hp.seed,
-                    augment,
-                    classes_per_batch=hp.classes_per_batch,
-                    samples_per_class=hp.samples_per_class,
-                )
-                batch_size = None
-        except ValueError as err:
-            raise DataError(f"CIFAR-10 training set under {hp.root}: {err}") from err
-        return self._loader(data, EpochSampler(len(data)), batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("validate")
-        return self._loader(self.eval_items, None, self.hparams.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def eval_transform(self, image: Image.Image) -> torch.Tensor:
-        """Any image as the evaluation loader gives it: RGB, ``image_size`` square (area averaging), float in
-        [0, 1], normalised with ``mean``/``std``: ``[3, S, S]``."""
-        hp = self.hparams
-        x = to_uint8(image.convert("RGB"), hp.image_size).float().div(255)
-        return normalize(x, hp.mean, hp.std) if hp.mean is not None else x
-
-    def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
-        """Training images (evaluation transform) and up to ``whitening_pairs`` same-class pairs."""
-        self.setup("fit")
-        images, labels = self.train
-        pairs = balanced_pairs(labels, self.hparams.whitening_pairs, self.hparams.seed)
-        return NormalizedItems(IndexedImages(images, labels), self.hparams.mean, self.hparams.std), pairs
-
-    def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
-        return DataLoader(
-            NormalizedItems(data, self.hparams.mean, self.hparams.std),
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.hparams.num_workers,
-            shuffle=False,
         )

@@ -23,7 +23,7 @@ from data_modules.errors import DataError
 from data_modules.images import resize_uint8
 from data_modules.omniglot_download import download_omniglot
 from data_modules.omniglot_files import SMALL_SETS, OmniglotImages, read_omniglot
-from data_modules.pairs import ClassBatchDataset, PairDataset
+from data_modules.pairs import training_samples
 from data_modules.samplers import EpochSampler
 
 
@@ -130,19 +130,18 @@ class OmniglotDataModule(pl.LightningDataModule):
             images = torch.cat([torch.rot90(images, r, (2, 3)) for r in range(4)])
             labels = torch.cat([labels + r * num for r in range(4)])
         augment = AffineRanges() if hp.augment else None
-        if hp.sampling == "pairs":
-            data = PairDataset(images, labels, hp.epoch_length * hp.batch_size, hp.seed, augment)
-            return self._loader(data, EpochSampler(len(data)), hp.batch_size)
-        data = ClassBatchDataset(
+        data, batch_size = training_samples(
             images,
             labels,
+            hp.sampling,
             hp.epoch_length,
             hp.seed,
             augment,
-            classes_per_batch=hp.classes_per_batch,
-            samples_per_class=hp.samples_per_class,
+            hp.batch_size,
+            hp.classes_per_batch,
+            hp.samples_per_class,
         )
-        return self._loader(data, EpochSampler(len(data)), None)
+        return self._loader(data, EpochSampler(len(data)), batch_size)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_images is None:

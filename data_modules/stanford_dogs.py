@@ -16,19 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
-from data_modules.augment import AffineRanges
 from data_modules.errors import DataError
 from data_modules.image_folders import read_image, to_uint8
-from data_modules.normalize import NormalizedItems, normalize
+from data_modules.labelled_images import LabelledImagesDataModule
 from data_modules.omniglot import IndexedImages
-from data_modules.pairs import ClassBatchDataset, PairDataset
-from data_modules.retrieval_split import balanced_pairs, query_database_items
-from data_modules.samplers import EpochSampler
+from data_modules.retrieval_split import query_database_items
 from data_modules.stanford_dogs_files import DogsList, read_box, read_list
 
 
@@ -45,7 +39,7 @@ def first_per_label(labels: np.ndarray, count: int | None) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-class StanfordDogsDataModule(pl.LightningDataModule):
+class StanfordDogsDataModule(LabelledImagesDataModule):
     """Args:
     root: folder holding ``Images/``, ``Annotation/`` and ``lists/``.
     image_size: side of the square images (after cropping).
@@ -58,6 +52,8 @@ class StanfordDogsDataModule(pl.LightningDataModule):
         samples (see :class:`~data_modules.CIFAR10DataModule`).
     mean / std: per-channel normalisation (one value per channel); ``null``: images in [0, 1].
     """
+
+    name = "Stanford Dogs"
 
     def __init__(
         self,
@@ -91,9 +87,6 @@ class StanfordDogsDataModule(pl.LightningDataModule):
         channels = 1 if grayscale else 3
         if (mean is None) != (std is None) or (mean is not None and (len(mean), len(std)) != (channels,) * 2):
             raise DataError(f"mean and std must both be {channels} numbers (one per channel) or both null")
-        self.train: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.eval_items: IndexedImages | None = None
-        self.retrieval_split: torch.Tensor | None = None
 
     @property
     def mode(self) -> str:
@@ -137,60 +130,3 @@ class StanfordDogsDataModule(pl.LightningDataModule):
             )
         else:
             self.eval_items, self.retrieval_split = IndexedImages(test_x, test_y), None
-
-    def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        self.setup("fit")
-        images, labels = self.train
-        augment = AffineRanges() if hp.augment else None
-        try:
-            if hp.sampling == "pairs":
-                data = PairDataset(images, labels, hp.epoch_length * hp.batch_size, hp.seed, augment)
-                batch_size = hp.batch_size
-            else:
-                data = ClassBatchDataset(
-                    images,
-                    labels,
-                    hp.epoch_length,
-                    hp.seed,
-                    augment,
-                    classes_per_batch=hp.classes_per_batch,
-                    samples_per_class=hp.samples_per_class,
-                )
-                batch_size = None
-        except ValueError as err:
-            raise DataError(f"Stanford Dogs training split under {hp.root}: {err}") from err
-        return self._loader(data, EpochSampler(len(data)), batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup("validate")
-        return self._loader(self.eval_items, None, self.hparams.eval_batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def eval_transform(self, image: Image.Image) -> torch.Tensor:
-        """An (already cropped) image as the evaluation loader gives it: grayscale or RGB, ``image_size``
-        square (area averaging), float in [0, 1], normalised if ``mean``/``std`` are set."""
-        hp = self.hparams
-        x = to_uint8(image.convert(self.mode), hp.image_size).float().div(255)
-        return normalize(x, hp.mean, hp.std) if hp.mean is not None else x
-
-    def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
-        """Training images (evaluation transform) and up to ``whitening_pairs`` same-breed pairs."""
-        self.setup("fit")
-        images, labels = self.train
-        pairs = balanced_pairs(labels, self.hparams.whitening_pairs, self.hparams.seed)
-        return NormalizedItems(IndexedImages(images, labels), self.hparams.mean, self.hparams.std), pairs
-
-    def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
-        return DataLoader(
-            NormalizedItems(data, self.hparams.mean, self.hparams.std),
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.hparams.num_workers,
-            shuffle=False,
-        )

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 
 from cbir_lightning.losses.dsh import dsh_all_pairs_loss, dsh_pair_loss
 from cbir_lightning.models.dsh_net import DSHNet
+from cbir_lightning.models.embedding_module import EmbeddingModule
 from cbir_lightning.retrieval.hamming import hamming_distances, pack_codes, sign_codes
 
 
-class DSHModule(pl.LightningModule):
+class DSHModule(EmbeddingModule):
     """Args:
     bits: code length k.
     in_channels / input_size / channels / hidden / batch_norm: the net (see :class:`DSHNet`).
@@ -64,9 +64,6 @@ class DSHModule(pl.LightningModule):
         distances = hamming_distances(pack_codes(queries), pack_codes(database))
         return distances.neg().float().to(queries.device)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed(images)
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         hp = self.hparams
         if len(batch) == 3:
@@ -79,26 +76,3 @@ class DSHModule(pl.LightningModule):
             size = len(labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
-
-    def _embed_step(self, batch) -> dict[str, torch.Tensor]:
-        images, labels, indices = batch
-        return {"embeddings": self.embed(images), "labels": labels, "indices": indices}
-
-    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._embed_step(batch)
-
-    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._embed_step(batch)
-
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        return self._embed_step(batch)
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval},
-        }

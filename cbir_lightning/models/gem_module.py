@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
@@ -36,6 +35,7 @@ from torch import nn
 from cbir_lightning.losses.contrastive import all_pairs_contrastive_loss, contrastive_loss, pair_distances
 from cbir_lightning.losses.pml import PML_LOSSES, build_pml_loss, build_pml_miner
 from cbir_lightning.models.backbones import Backbone
+from cbir_lightning.models.embedding_module import EmbeddingModule
 from cbir_lightning.models.multiscale import multiscale_embed
 from cbir_lightning.pooling.layers import GeM, build_pooling
 from cbir_lightning.whitening.functional import apply_whitening
@@ -48,7 +48,7 @@ def _default_optimizer(params):
     return torch.optim.Adam(params, lr=1e-6, weight_decay=1e-6)
 
 
-class GeMSiameseModule(pl.LightningModule):
+class GeMSiameseModule(EmbeddingModule):
     """Args:
     backbone: torchvision network: resnet18/34/50/101/152, vgg16, efficientnet_b1.
     weights: torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``), a local state-dict file, or
@@ -164,9 +164,6 @@ class GeMSiameseModule(pl.LightningModule):
         """Dot products ``[nq, nd]`` (cosine similarity of the L2-normalised descriptors)."""
         return queries @ database.T
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed(images)
-
     def attach_whitening(self, whitening: dict | None) -> None:
         """Apply ``whitening`` (see :mod:`cbir_lightning.whitening`) after ``embed`` at evaluation."""
         if whitening is not None:
@@ -258,20 +255,6 @@ class GeMSiameseModule(pl.LightningModule):
             self.log("train/gem_p", self.pool.p.detach()[0], batch_size=size)
         return loss
 
-    # ---- evaluation -----------------------------------------------------------------------------
-    def _embed_step(self, batch) -> dict[str, torch.Tensor]:
-        images, labels, indices = batch
-        return {"embeddings": self.embed(images), "labels": labels, "indices": indices}
-
-    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._embed_step(batch)
-
-    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._embed_step(batch)
-
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        return self._embed_step(batch)
-
     def param_groups(self) -> list[dict]:
         """GeM p in its own group (``lr_scale = p_lr_multiplier``, no weight decay); the rest together."""
         p_params = [self.pool.p] if isinstance(self.pool, GeM) and self.pool.p.requires_grad else []
@@ -283,16 +266,3 @@ class GeMSiameseModule(pl.LightningModule):
                 {"params": p_params, "lr_scale": float(self.hparams.p_lr_multiplier), "weight_decay": 0.0}
             )
         return groups
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.param_groups())
-        for group in optimizer.param_groups:
-            group["lr"] *= group.get("lr_scale", 1.0)
-            group["initial_lr"] = group["lr"]
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval},
-        }

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
 from cbir_lightning.losses.pair_bce import all_pairs_bce, all_pairs_softmax, pair_bce
+from cbir_lightning.models.embedding_module import EmbeddingModule
 from cbir_lightning.models.param_groups import layer_param_groups
 
 BATCH_LOSSES = {"bce": all_pairs_bce, "softmax": all_pairs_softmax}
 
 
-class SiameseModule(pl.LightningModule):
+class SiameseModule(EmbeddingModule):
     """Args:
     net: the Siamese network.
     optimizer: optimizer factory (default Adam, lr 6e-5 as in the reference CBIR write-up).
@@ -62,9 +62,6 @@ class SiameseModule(pl.LightningModule):
         """Scores ``[nq, nd]``, higher = more similar: the net's own similarity."""
         return self.net.similarity(queries, database)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed(images)
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if len(batch) == 3:
             x1, x2, same = batch
@@ -78,31 +75,7 @@ class SiameseModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
-    def _embed_step(self, batch) -> dict[str, torch.Tensor]:
-        images, labels, indices = batch
-        return {"embeddings": self.embed(images), "labels": labels, "indices": indices}
-
-    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._embed_step(batch)
-
-    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._embed_step(batch)
-
-    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        return self._embed_step(batch)
-
-    def configure_optimizers(self):
-        groups = layer_param_groups(
+    def param_groups(self) -> list[dict]:
+        return layer_param_groups(
             self.net, self.hparams.layer_lr_multipliers, self.hparams.layer_weight_decay
         )
-        optimizer = self.optimizer_factory(groups)
-        for group in optimizer.param_groups:
-            group["lr"] *= group.get("lr_scale", 1.0)
-            group["initial_lr"] = group["lr"]
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval},
-        }

@@ -1,0 +1,91 @@
+"""``LabelledImagesDataModule``: the shell shared by DataModules whose images fit in memory as uint8
+tensors with class labels (CIFAR-10, Stanford Dogs).
+
+A subclass's ``setup`` fills ``self.train = (images, labels)``, ``self.eval_items`` (an
+:class:`~data_modules.omniglot.IndexedImages`) and ``self.retrieval_split`` (True for queries, or
+``None``: every item against all others); this class gives the training samples (class batches or
+pairs, :func:`~data_modules.pairs.training_samples`), the evaluation loaders, ``eval_transform`` and
+``whitening_data``. Hyperparameters used here: ``image_size``, ``sampling``, ``batch_size``,
+``classes_per_batch``, ``samples_per_class``, ``epoch_length``, ``augment``, ``mean``, ``std``,
+``whitening_pairs``, ``eval_batch_size``, ``num_workers``, ``seed``, ``root``.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from data_modules.augment import AffineRanges
+from data_modules.errors import DataError
+from data_modules.image_folders import to_uint8
+from data_modules.normalize import NormalizedItems, normalize
+from data_modules.omniglot import IndexedImages
+from data_modules.pairs import training_samples
+from data_modules.retrieval_split import balanced_pairs
+from data_modules.samplers import EpochSampler
+
+
+class LabelledImagesDataModule(pl.LightningDataModule):
+    name = "images"  # used in error messages
+    mode = "RGB"  # PIL mode of the images
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.eval_items: IndexedImages | None = None
+        self.retrieval_split: torch.Tensor | None = None
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        self.setup("fit")
+        images, labels = self.train
+        try:
+            data, batch_size = training_samples(
+                images,
+                labels,
+                hp.sampling,
+                hp.epoch_length,
+                hp.seed,
+                AffineRanges() if hp.augment else None,
+                hp.batch_size,
+                hp.classes_per_batch,
+                hp.samples_per_class,
+            )
+        except ValueError as err:
+            raise DataError(f"{self.name} training set under {hp.root}: {err}") from err
+        return self._loader(data, EpochSampler(len(data)), batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self.eval_items, None, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def eval_transform(self, image: Image.Image) -> torch.Tensor:
+        """Any image as the evaluation loader gives it: ``mode`` (RGB or grayscale), ``image_size`` square
+        (area averaging), float in [0, 1], normalised with ``mean``/``std`` when they are set."""
+        hp = self.hparams
+        x = to_uint8(image.convert(self.mode), hp.image_size).float().div(255)
+        return normalize(x, hp.mean, hp.std) if hp.mean is not None else x
+
+    def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
+        """Training images (evaluation transform) and up to ``whitening_pairs`` same-class pairs."""
+        self.setup("fit")
+        images, labels = self.train
+        pairs = balanced_pairs(labels, self.hparams.whitening_pairs, self.hparams.seed)
+        return NormalizedItems(IndexedImages(images, labels), self.hparams.mean, self.hparams.std), pairs
+
+    def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
+        return DataLoader(
+            NormalizedItems(data, self.hparams.mean, self.hparams.std),
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.hparams.num_workers,
+            shuffle=False,
+        )
