@@ -225,3 +225,28 @@ def test_whitening_beside_the_checkpoint_is_applied_and_recorded(tiny_run, tmp_p
     torch.save({"kind": "lw", "mean": mean, "projection": projection[:8]}, tmp_path / "model.whitening.pt")
     with pytest.raises(CbirError, match="whitening beside .* differs"):
         index.load_model()
+
+
+def test_ddp_index_equals_a_single_process_index(tiny_run, tmp_path):
+    """Two CPU processes (gloo) each embed a shard; rank 0 gathers, writes the same index, prints one line."""
+    photos = photo_folder(tmp_path / "photos", count=7)  # odd: DistributedSampler repeats a batch
+    build_index(tiny_run["ckpt"], photos, tmp_path / "single", batch_size=2, trainer_options=CPU)
+    args = ["--ckpt", str(tiny_run["ckpt"]), "--images", str(photos), "--out", str(tmp_path / "ddp")]
+    args += ["--batch-size", "2", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cbir_lightning", "index", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1 and json.loads(lines[0])["count"] == 7, proc.stdout
+    single, single_vectors = load(tmp_path / "single")
+    ddp, ddp_vectors = load(tmp_path / "ddp")
+    assert [i["path"] for i in ddp["items"]] == [i["path"] for i in single["items"]]
+    assert np.allclose(ddp_vectors, single_vectors, atol=1e-5)
+    assert not (tmp_path / "ddp" / ".lock").exists()

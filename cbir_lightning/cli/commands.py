@@ -126,4 +126,5 @@ def run_tool_command(args: list[str]) -> None:
     if args and args[0] in commands:
         args = [args[0], *normalize_flags(args[1:], commands[args[0]])]
     result = CLI(commands, args=args, as_positional=False, exit_on_error=False)
-    print(json.dumps(result), flush=True)
+    if result is not None:  # None: a DDP worker process (rank 0 prints the result)
+        print(json.dumps(result), flush=True)

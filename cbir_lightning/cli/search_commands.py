@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def index(ckpt: str, images: str, out: str, batch_size: int = 32, accelerator: str = "auto") -> dict:
+def index(
+    ckpt: str,
+    images: str,
+    out: str,
+    batch_size: int = 32,
+    accelerator: str = "auto",
+    devices: int = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
+) -> dict | None:
     """Embed every jpg/png/webp below ``images`` into the index folder ``out`` (incremental, atomic).
 
     Args:
@@ -14,10 +23,15 @@ def index(ckpt: str, images: str, out: str, batch_size: int = 32, accelerator: s
         out: index folder; unchanged files keep their vectors, deleted ones are dropped.
         batch_size: images embedded at a time (grouped by size).
         accelerator: Lightning accelerator for the predict loop (``auto``, ``cpu``, ``gpu``).
+        devices / strategy / num_nodes: Lightning Trainer settings; ``--devices 4 --strategy ddp`` shards
+            the images over 4 processes (GPUs), and rank 0 gathers the vectors and writes the index.
     """
     from cbir_lightning.search.index import build_index
 
-    result = build_index(ckpt, images, out, batch_size, {"accelerator": accelerator})
+    options = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
+    result = build_index(ckpt, images, out, batch_size, options)
+    if result is None:  # a DDP worker process: rank 0 reports
+        return None
     for skipped in result["skipped"]:
         print(f"skipped {skipped['path']}: {skipped['reason']}")
     return result

@@ -2,11 +2,13 @@
 
 Files are grouped by the tensor shape the evaluation transform gives for their header's mode and size,
 so every batch stacks; one dataset item is one batch (``batch_size=None`` loader), which
-DistributedSampler shards unchanged. A file that fails to decode yields a blank image and label -1.
+DistributedSampler shards unchanged; under DDP the shards are gathered on every rank. A file that
+fails to decode yields a blank image and label -1.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -86,9 +88,26 @@ def predict_embeddings(
         **(trainer_options or {}),
     }
     trainer = pl.Trainer(**options)
-    outputs = trainer.predict(module, loader)
-    embeddings = torch.cat([o["embeddings"].float().cpu() for o in outputs])
-    labels = torch.cat([o["labels"].cpu() for o in outputs])
-    indices = torch.cat([o["indices"].cpu() for o in outputs])
-    order = torch.argsort(indices)
+    outputs = trainer.predict(module, loader) or []
+    parts = [
+        (o["embeddings"].float().cpu(), o["labels"].cpu(), o["indices"].cpu()) for o in outputs
+    ]
+    if trainer.world_size > 1:
+        # each rank predicted a shard of the batches (DistributedSampler may repeat a few): collect all
+        import torch.distributed as dist
+
+        gathered: list = [None] * trainer.world_size
+        dist.all_gather_object(gathered, parts)
+        parts = [part for rank_parts in gathered for part in rank_parts]
+    embeddings, labels, indices = (torch.cat([p[k] for p in parts]) for k in range(3))
+    order = torch.argsort(indices, stable=True)
+    first = torch.ones(len(order), dtype=torch.bool)
+    first[1:] = indices[order][1:] != indices[order][:-1]
+    order = order[first]
     return embeddings[order], labels[order], indices[order]
+
+
+def is_launched_worker() -> bool:
+    """True in the extra processes Lightning's DDP launcher starts (every rank but global rank 0): they
+    embed their shard and hand it to rank 0, which alone writes the index."""
+    return int(os.environ.get("LOCAL_RANK", 0)) != 0 or int(os.environ.get("NODE_RANK", 0)) != 0

@@ -7,13 +7,14 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cbir_lightning.errors import CbirError
-from cbir_lightning.search.embed import image_header, predict_embeddings
+from cbir_lightning.search.embed import image_header, is_launched_worker, predict_embeddings
 from cbir_lightning.search.files import file_sha256, open_image, scan_images
 from cbir_lightning.search.lock import index_lock
 from cbir_lightning.search.manifest import (
@@ -74,14 +75,16 @@ def build_index(
     """
     images, out = Path(images).resolve(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with index_lock(out):
+    worker = is_launched_worker()
+    with nullcontext() if worker else index_lock(out):
         relative = scan_images(images)
         if not relative:
             raise CbirError(f"no jpg/png/webp images under {images}; nothing to index")
         model = SearchModel.load(ckpt)
         whitening = model.describe_whitening()
         reuse, old = _previous(out, images, model, whitening)
-        _clean_stale(out, current_version(out))
+        if not worker:
+            _clean_stale(out, current_version(out))
         items, rows, todo, skipped, reused = [], [], [], [], 0
         for rel in relative:
             stat = (images / rel).stat()
@@ -103,6 +106,8 @@ def build_index(
             raw, labels, _ = predict_embeddings(
                 model.module, paths, [h for _, _, h in todo], model.transform, batch_size, trainer_options
             )
+            if worker:
+                return None
             vectors = model.post_process(raw).numpy()
             fresh = iter(range(len(todo)))
             for slot in [i for i, item in enumerate(items) if item is None]:
