@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import faiss
 import numpy as np
 import torch
+from timing import timed
 
 from cbir_lightning.metrics import retrieval_metrics
 from cbir_lightning.retrieval.hamming import binary_index, hamming_distances, hamming_knn, pack_codes
@@ -26,15 +26,6 @@ from cbir_lightning.retrieval.hamming import binary_index, hamming_distances, ha
 def relaxed_codes(n: int, centres: torch.Tensor, noise: float, g: torch.Generator):
     labels = torch.randint(0, len(centres), (n,), generator=g)
     return centres[labels] + noise * torch.randn(n, centres.shape[1], generator=g), labels
-
-
-def timed(fn, repeats: int):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import faiss
 import torch
 import torch.nn.functional as F
+from timing import timed
 
 from cbir_lightning.retrieval import knn_index, knn_recall
 
@@ -23,15 +23,6 @@ from cbir_lightning.retrieval import knn_index, knn_recall
 def clustered(n: int, centers: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
     labels = torch.randint(0, len(centers), (n,), generator=generator)
     return F.normalize(centers[labels] + noise * torch.randn(n, centers.shape[1], generator=generator), dim=1)
-
-
-def timed(fn, repeats: int = 1):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main() -> None:

@@ -97,6 +97,31 @@ def test_only_indexed_files_are_served_by_id(server):
     assert status(url + "/api/indexes/1/items") == 404
 
 
+def test_chunked_upload_without_length_is_refused_while_streaming(server):
+    """A client that announces no Content-Length cannot make the server store an oversized body."""
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(server["url"])
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    conn.putrequest("POST", "/api/search")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=xyz")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    head = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="q.jpg"\r\n\r\n'
+    chunk = b"x" * 65536
+    try:
+        conn.send(b"%x\r\n%s\r\n" % (len(head), head))
+        for _ in range(64):  # 4 MiB of one file part, far over the 0.6 MB limit
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        conn.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed before the client finished sending
+    response = conn.getresponse()
+    assert response.status == 413 and b"Too Large" in response.read()
+    conn.close()
+
+
 def test_upload_crop_and_results_grid_in_chromium(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():

@@ -1,6 +1,7 @@
 """FastAPI app over one or more indexes. Only indexed files are served, by (index, item id), never by path.
 
-Uploads are limited in size and must decode as JPEG/PNG/WebP with Pillow (the name is ignored).
+Uploads are limited in size (a declared Content-Length at once, a chunked body while it streams) and must
+decode as JPEG/PNG/WebP with Pillow (the name is ignored).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import RERANKERS
@@ -57,6 +59,11 @@ def read_upload(data: bytes, limit: int) -> Image.Image:
 def create_app(index_paths: list[Path], max_upload_bytes: int = 10 * 1024 * 1024) -> FastAPI:
     catalogue = Catalogue(index_paths)
     app = FastAPI(title="cbir-lightning search")
+
+    # A body without Content-Length (chunked) is counted while it streams and refused past the limit
+    # (Starlette's middleware, inner); a declared oversize length is refused at once, with the limit in
+    # the message, by the outer middleware below (middleware added later wraps the earlier ones).
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_upload_bytes + 64 * 1024)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
