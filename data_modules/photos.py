@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from data_modules.errors import DataError
+from data_modules.image_folders import read_image
 from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 
@@ -24,12 +25,7 @@ def load_photo(path: str | Path, what: str = "image") -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} {path} not found; check the data root and that the image tree is complete")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as exc:  # PIL raises many types for corrupt data
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-        raise DataError(f"{path}: corrupt or unreadable image ({reason}); replace the file") from exc
+    return read_image(path, "RGB")
 
 
 class PhotoTransform:

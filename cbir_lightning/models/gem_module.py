@@ -32,7 +32,13 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
-from cbir_lightning.losses.contrastive import all_pairs_contrastive_loss, contrastive_loss, pair_distances
+from cbir_lightning.errors import CbirError
+from cbir_lightning.losses.contrastive import (
+    all_pairs_contrastive_loss,
+    contrastive_loss,
+    pair_distances,
+    tuple_pairs,
+)
 from cbir_lightning.losses.pml import PML_LOSSES, build_pml_loss, build_pml_miner
 from cbir_lightning.models.backbones import Backbone
 from cbir_lightning.models.embedding_module import EmbeddingModule
@@ -98,8 +104,6 @@ class GeMSiameseModule(EmbeddingModule):
         from_config = _given_hyperparameters.get() is not None
         self.save_hyperparameters(ignore=[] if from_config else ["optimizer", "lr_scheduler"])
         if loss not in LOSSES:
-            from cbir_lightning.errors import CbirError
-
             raise CbirError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.backbone = Backbone(backbone, weights, freeze_batchnorm)
         self.pool = build_pooling(pooling, p, learn_p)
@@ -120,15 +124,11 @@ class GeMSiameseModule(EmbeddingModule):
         w = load_whitening(init)
         projection, mean = w["projection"].float(), w["mean"].float()
         if len(mean) != channels:
-            from cbir_lightning.errors import CbirError
-
             raise CbirError(
                 f"whitening_init {init} is for {len(mean)}-d descriptors, the net gives {channels}"
             )
         dim = dim or len(projection)
         if dim > len(projection):
-            from cbir_lightning.errors import CbirError
-
             raise CbirError(f"whitening {dim} exceeds the {len(projection)} rows of whitening_init {init}")
         layer = nn.Linear(channels, dim)
         with torch.no_grad():
@@ -169,8 +169,6 @@ class GeMSiameseModule(EmbeddingModule):
         if whitening is not None:
             dim = self.whiten.out_features if self.whiten is not None else self.backbone.channels
             if whitening["projection"].shape[1] != dim:
-                from cbir_lightning.errors import CbirError
-
                 raise CbirError(
                     f"whitening for {whitening['projection'].shape[1]}-d descriptors, the model gives {dim}"
                 )
@@ -226,8 +224,6 @@ class GeMSiameseModule(EmbeddingModule):
             tuples = batch["tuples"]
             sizes = [len(t) for t in tuples]
             embeddings = self.embed_many([image for t in tuples for image in t])
-            from cbir_lightning.losses.contrastive import tuple_pairs
-
             anchors, others, targets = (x.to(self.device) for x in tuple_pairs(sizes))
             labels = torch.arange(len(embeddings), device=self.device)
             labels[others[targets.bool()]] = anchors[targets.bool()]  # q and p share a label
