@@ -53,7 +53,7 @@ chromium:
 lint: venv
 	$(BIN)/ruff check .
 
-bench: venv
+bench: venv data
 	$(BIN)/python benchmarks/lightning_overhead.py
 
 clean:

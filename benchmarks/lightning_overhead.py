@@ -5,6 +5,8 @@ Prints pairs/s of each (every ordered pair inside a class batch counts) and thei
 line. Goal: ratio (Lightning / plain) >= 0.95.
 
     .venv/bin/python benchmarks/lightning_overhead.py [--steps 60] [--repeats 3] [--root DIR]
+
+``--root`` defaults to ``data/omniglot`` (filled by ``make data``).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/omniglot"))
+    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / "data/omniglot"))
     parser.add_argument("--image-size", type=int, default=28)
     args = parser.parse_args()
     dm = OmniglotDataModule(

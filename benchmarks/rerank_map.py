@@ -5,7 +5,7 @@ landmark (queries sharing positives) has a random centre; easy positives are the
 hard positives plus more noise, everything else is random. They are scored by ``cbir-lightning
 evaluate --gnd ... --rerank ...`` code (revisitop protocol). Prints one JSON line last.
 
-    .venv/bin/python benchmarks/rerank_map.py --gnd ../shared/data/landmarks/gnd/gnd_roxford5k.pkl
+    .venv/bin/python benchmarks/rerank_map.py --gnd data/roxford5k/gnd_roxford5k.pkl
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--gnd",
-        default=str(Path(__file__).resolve().parents[2] / "shared/data/landmarks/gnd/gnd_roxford5k.pkl"),
+        default=str(Path(__file__).resolve().parents[1] / "data/roxford5k/gnd_roxford5k.pkl"),
+        help="ground truth; `cbir-lightning download --dataset roxford5k --root data --images false` "
+        "writes the default",
     )
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--easy-noise", type=float, default=1.2)
