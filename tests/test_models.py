@@ -121,3 +121,23 @@ def test_nonpositive_head_is_a_weighted_l1_distance():
         head_weights="nonpositive",
     )
     assert torch.allclose(start.head_weight(), torch.full((8,), -10.0 / 8))
+
+
+def test_channels_last_net_computes_what_the_contiguous_net_does():
+    kwargs = dict(
+        input_size=28, channels=[8, 8], kernel_sizes=[3, 3], padding=1, batch_norm=True, embedding_dim=16
+    )
+    torch.manual_seed(0)
+    nhwc = KochSiameseNet(**kwargs)
+    nchw = KochSiameseNet(**kwargs, channels_last=False)
+    nchw.load_state_dict(nhwc.state_dict())
+    second_conv = 4  # conv, bn, relu, pool, conv: the first conv has one input channel (either layout)
+    assert nhwc.features[second_conv].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not nchw.features[second_conv].weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(6, 1, 28, 28)
+    for net in (nhwc, nchw):
+        net.train()
+        net.embed(images).sum().backward()
+    torch.testing.assert_close(nhwc.eval().embed(images), nchw.eval().embed(images), rtol=1e-5, atol=1e-5)
+    for a, b in zip(nhwc.parameters(), nchw.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
