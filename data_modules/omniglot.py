@@ -53,6 +53,8 @@ class OmniglotDataModule(pl.LightningDataModule):
         sampling: ``"pairs"`` (Koch: one balanced pair per sample, ``batch_size`` pairs per batch) or
             ``"class_batches"`` (``classes_per_batch`` x ``samples_per_class`` images, every pair used).
         rotation_classes: add the 90/180/270 degree rotations of training characters as new classes.
+        reflection_classes: add the mirror images of training characters (and of their rotations) as
+            new classes.
         epoch_length: training batches per epoch (both samplings).
         augment: Koch's affine distortions on training images.
         ways / shots / trials / episode_seed: the one-shot validation protocol (fixed across epochs).
@@ -73,6 +75,7 @@ class OmniglotDataModule(pl.LightningDataModule):
         classes_per_batch: int = 32,
         samples_per_class: int = 4,
         rotation_classes: bool = False,
+        reflection_classes: bool = False,
         epoch_length: int = 200,
         augment: bool = True,
         ways: int = 20,
@@ -129,6 +132,9 @@ class OmniglotDataModule(pl.LightningDataModule):
             num = int(labels.max()) + 1
             images = torch.cat([torch.rot90(images, r, (2, 3)) for r in range(4)])
             labels = torch.cat([labels + r * num for r in range(4)])
+        if hp.reflection_classes:
+            num = int(labels.max()) + 1
+            images, labels = torch.cat([images, images.flip(3)]), torch.cat([labels, labels + num])
         augment = AffineRanges() if hp.augment else None
         data, batch_size = training_samples(
             images,

@@ -58,6 +58,39 @@ def test_split_never_trains_on_evaluation_alphabets(omniglot_root):
     assert dm.episodes.candidates.shape == (20, 20)
 
 
+@pytest.mark.parametrize(
+    "rotations, reflections, variants", [(True, False, 4), (False, True, 2), (True, True, 8)]
+)
+def test_rotated_and_mirrored_characters_become_new_classes(omniglot_root, rotations, reflections, variants):
+    dm = OmniglotDataModule(
+        root=omniglot_root,
+        image_size=20,
+        val_alphabets=None,
+        train_alphabets=["Tagalog"],
+        rotation_classes=rotations,
+        reflection_classes=reflections,
+        augment=False,
+    )
+    dm.setup("fit")
+    base, base_labels = dm.train_images.images, dm.train_images.labels
+    data = dm.train_dataloader().dataset
+    assert data.num_classes == variants * len(torch.unique(base_labels)) == variants * 17
+    # the variants of one drawing, in the order rotations 0-3, then their mirror images
+    turns = [torch.rot90(base, r, (2, 3)) for r in (range(4) if rotations else [0])]
+    expected = turns + ([t.flip(3) for t in turns] if reflections else [])
+    assert torch.equal(data.images, torch.cat(expected))
+    # a variant of a character is one class, never the class of another variant or character
+    classes = data.inverse.view(variants, len(base))
+    for v in range(variants):
+        assert torch.equal(
+            torch.unique(classes[v], return_inverse=True)[1],
+            torch.unique(base_labels, return_inverse=True)[1],
+        )
+    assert len(torch.unique(classes)) == variants * 17 and not set(classes[0].tolist()) & set(
+        classes[-1].tolist()
+    )
+
+
 def test_drawer_split(omniglot_root):
     dm = OmniglotDataModule(
         root=omniglot_root,
