@@ -1,5 +1,6 @@
 """Lightning overhead: the demo's Koch net and Omniglot class batches trained N steps by the Lightning
-Trainer and by a plain PyTorch loop, in one process, in alternating order, on the same data.
+Trainer and by a plain PyTorch loop, both in each of a few processes, in alternating order, on the same
+data.
 
 Prints pairs/s of each (every ordered pair inside a class batch counts) and their ratio, then one JSON
 line. Goal: ratio (Lightning / plain) >= 0.95. ``ratio`` is the median over the paired (Lightning, plain)
