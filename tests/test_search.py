@@ -184,7 +184,7 @@ def synthetic_index(tmp_path: Path, n: int = 60, d: int = 8) -> SearchIndex:
     index.add(x.numpy())
     items = [{"path": f"{i}.jpg", "size": 1, "mtime_ns": 1, "sha256": str(i)} for i in range(n)]
     manifest = {"items": items, "images_root": str(tmp_path), "scoring": "dot", "dimension": d, "count": n}
-    return SearchIndex(tmp_path, manifest, x.numpy(), index)
+    return SearchIndex(tmp_path, manifest, x.numpy(), index, tmp_path)
 
 
 @pytest.mark.parametrize("rerank", ["none", "aqe", "dba", "diffusion"])

@@ -28,6 +28,7 @@ class SearchIndex:
     manifest: dict
     embeddings: np.ndarray
     faiss_index: object
+    version: Path  # the version folder these vectors were read from (``CURRENT`` at open time)
 
     @classmethod
     def open(cls, path: str | Path) -> SearchIndex:
@@ -46,7 +47,7 @@ class SearchIndex:
             embeddings
         ):
             raise CbirError(f"index {path} is inconsistent (vectors vs manifest); rebuild it")
-        return cls(Path(path), manifest, embeddings, faiss_index)
+        return cls(Path(path), manifest, embeddings, faiss_index, version)
 
     @property
     def items(self) -> list[dict]:
