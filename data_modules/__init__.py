@@ -4,6 +4,7 @@ from data_modules.cifar10 import CIFAR10DataModule
 from data_modules.errors import DataError
 from data_modules.landmarks import LandmarksTestDataModule
 from data_modules.omniglot import OmniglotDataModule
+from data_modules.photo_collection import PhotoCollectionDataModule
 from data_modules.sfm import SfMPairsDataModule
 from data_modules.stanford_dogs import StanfordDogsDataModule
 
@@ -12,6 +13,7 @@ __all__ = [
     "DataError",
     "LandmarksTestDataModule",
     "OmniglotDataModule",
+    "PhotoCollectionDataModule",
     "SfMPairsDataModule",
     "StanfordDogsDataModule",
 ]

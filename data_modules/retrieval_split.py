@@ -25,9 +25,17 @@ def query_database_items(
 
 
 def balanced_pairs(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """Up to ``count`` distinct same-label index pairs ``[P, 2]`` (i < j), drawn reproducibly."""
-    same = labels[:, None] == labels[None, :]
-    pairs = torch.triu(same, diagonal=1).nonzero()
+    """Up to ``count`` distinct same-label index pairs ``[P, 2]`` (i < j), drawn reproducibly.
+
+    Memory is the number of same-label pairs (per class ``c (c - 1) / 2``), not ``n^2``: a large
+    collection of small classes is fine.
+    """
+    order = torch.argsort(labels, stable=True)
+    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    per_class = [torch.combinations(members, 2) for members in torch.split(order, counts.tolist())]
+    pairs = torch.cat([p for p in per_class if len(p)] or [torch.zeros(0, 2, dtype=torch.long)])
+    # members are in index order within a class, so i < j; sort rows as triu(same).nonzero() lists them
+    pairs = pairs[torch.argsort(pairs[:, 0] * len(labels) + pairs[:, 1])]
     if len(pairs) > count:
         gen = torch.Generator().manual_seed(int(seed))
         pairs = pairs[torch.randperm(len(pairs), generator=gen)[:count].sort().values]
