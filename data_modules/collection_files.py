@@ -4,7 +4,9 @@ Two layouts:
 
 * class folders: ``<root>/<label>/<image>`` (jpg, jpeg, png, webp, bmp; one level deep);
 * a table, ``labels_file`` (``.csv`` or ``.tsv``, with a header row): a path column (relative to ``root``
-  or absolute), a label column and, optionally, a group column and a split column.
+  or absolute), a label column and, optionally, a group column and a split column;
+* the Stanford Dogs release (``Images/``, ``Annotation/``, ``lists/{train,test}_list.mat``): every listed
+  photo, labelled by breed folder, with its VOC annotation for cropping to the dog.
 
 The split is class-disjoint: whole units (labels, or groups when a group column is named: e.g. hold out
 artists while relevance is by style) go either to training or to evaluation, so retrieval is measured on
@@ -35,6 +37,7 @@ class Collection:
     labels: list[str]
     groups: list[str]
     splits: list[str] | None
+    boxes: list[Path] | None = None  # per photo: VOC annotation to crop to (see photo_datasets.load_cropped)
 
 
 def read_class_folders(root: Path) -> Collection:
@@ -104,21 +107,52 @@ def read_table(
     return Collection(paths, labels, groups, splits if split_column is not None else None)
 
 
-def held_out_units(units: list[str], held_out: float | int, seed: int) -> set[str]:
-    """The split units kept for evaluation: ``held_out`` of them (a count, or a fraction in (0, 1)),
-    drawn reproducibly from the sorted unit names with ``seed``."""
+def read_stanford_dogs(root: Path) -> Collection:
+    """Every photo of ``lists/train_list.mat`` and ``lists/test_list.mat`` (the release's official
+    lists), labelled by its breed folder (``<wnid>-<breed>``, sorted as the release numbers them)."""
+    from data_modules.stanford_dogs_files import read_list
+
+    paths, labels, boxes = [], [], []
+    for split in ("train", "test"):
+        listing = read_list(root / "lists" / f"{split}_list.mat")
+        for file, annotation in zip(listing.files, listing.annotations, strict=True):
+            photo = root / "Images" / file
+            if not photo.is_file():
+                raise DataError(f"{photo} (in lists/{split}_list.mat) not found; re-extract images.tar")
+            paths.append(photo)
+            labels.append(Path(file).parent.name)
+            boxes.append(root / "Annotation" / annotation)
+    return Collection(paths, labels, labels, None, boxes)
+
+
+def held_out_units(units: list[str], held_out: float | int | list[str], seed: int | None) -> set[str]:
+    """The split units kept for evaluation: the names listed, or ``held_out`` of them (a count, or a
+    fraction in (0, 1)) drawn reproducibly with ``seed`` from the sorted names, or the last ones in
+    sorted order when ``seed`` is None (e.g. Stanford Dogs breeds 41-60 of 60)."""
     names = sorted(set(units))
+    if isinstance(held_out, (list, tuple)):
+        unknown = sorted(set(held_out) - set(names))
+        if unknown or not 0 < len(set(held_out)) < len(names):
+            raise DataError(
+                f"held_out_classes lists {len(set(held_out))} classes, unknown: {unknown[:5]}; list some "
+                f"(not all) of the {len(names)} classes, e.g. {names[:3]}"
+            )
+        return set(held_out)
     count = int(held_out) if held_out >= 1 else int(round(held_out * len(names)))
     if not 1 <= count < len(names):
         raise DataError(
             f"held_out_classes={held_out} leaves {count} of {len(names)} classes for evaluation; "
             "choose a count between 1 and the number of classes - 1, or a fraction in (0, 1)"
         )
+    if seed is None:
+        return set(names[-count:])
     order = np.random.default_rng(seed).permutation(len(names))
     return {names[i] for i in order[:count]}
 
 
-def split_collection(collection: Collection, held_out: float | int, seed: int) -> np.ndarray:
+def split_collection(
+    collection: Collection, held_out: float | int | list[str], seed: int | None
+) -> np.ndarray:
     """Boolean mask, True for evaluation items: the split column if given, else class-disjoint units."""
     if collection.splits is not None:
         unknown = sorted(set(collection.splits) - set(TRAIN_SPLITS) - set(EVAL_SPLITS))

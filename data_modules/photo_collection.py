@@ -21,7 +21,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.collection_files import Collection, read_class_folders, read_table, split_collection
+from data_modules.collection_files import (
+    Collection,
+    read_class_folders,
+    read_stanford_dogs,
+    read_table,
+    split_collection,
+)
 from data_modules.errors import DataError
 from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD
 from data_modules.photo_datasets import LabelledPhotos
@@ -56,13 +62,16 @@ class SquareView:
 class PhotoCollectionDataModule(pl.LightningDataModule):
     """Args:
     root: the collection: class folders ``<root>/<label>/<image>``, or the folder that ``labels_file``'s
-        paths are relative to.
+        paths are relative to, or the Stanford Dogs release (``layout: stanford_dogs``).
     labels_file: a ``.csv``/``.tsv`` with a header (relative to ``root`` or absolute); null: class folders.
+    layout: ``auto`` (a table if ``labels_file`` is set, else class folders) or ``stanford_dogs`` (the
+        release's lists and box annotations; ``crop`` crops each photo to its dog).
+    crop: crop to the annotated box where the layout has boxes.
     path_column / label_column / group_column / split_column: the table's columns. Relevance is the
         label; the class-disjoint split holds out whole groups (labels when no group column); a split
         column (``train``/``val``/``test``) gives the split instead.
-    held_out_classes: evaluation classes (groups): a count, or a fraction in (0, 1).
-    split_seed: which classes are held out.
+    held_out_classes: evaluation classes (groups): a count, a fraction in (0, 1), or a list of names.
+    split_seed: which classes are held out; null: the last ones in sorted order.
     image_size: side of the square photos.
     classes_per_batch / samples_per_class / epoch_length / augment: training class batches.
     mean / std: normalisation (ImageNet's by default).
@@ -74,12 +83,14 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
         self,
         root: str | Path = "data/photos",
         labels_file: str | None = None,
+        layout: str = "auto",
+        crop: bool = True,
         path_column: str = "path",
         label_column: str = "label",
         group_column: str | None = None,
         split_column: str | None = None,
-        held_out_classes: float = 0.25,
-        split_seed: int = 0,
+        held_out_classes: float | list[str] = 0.25,
+        split_seed: int | None = 0,
         image_size: int = 224,
         classes_per_batch: int = 16,
         samples_per_class: int = 2,
@@ -94,6 +105,8 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if layout not in ("auto", "stanford_dogs"):
+            raise DataError(f"layout must be 'auto' or 'stanford_dogs', got {layout!r}")
         if image_size < 1:
             raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
         if samples_per_class < 2:
@@ -118,6 +131,8 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
                 f"photo collection {root} not found; set data.init_args.root to a folder of class folders "
                 "(<root>/<label>/<image>.jpg) or of the photos a labels_file lists"
             )
+        if hp.layout == "stanford_dogs":
+            return read_stanford_dogs(root)
         if hp.labels_file is None:
             return read_class_folders(root)
         table = Path(hp.labels_file)
@@ -143,23 +158,30 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
                 f"{train_classes} classes; set classes_per_batch to at most {train_classes}"
             )
 
-    def _subset(self, evaluation: bool) -> tuple[list[Path], torch.Tensor]:
+    def _subset(self, evaluation: bool) -> tuple[list[Path], torch.Tensor, list | None]:
+        """Paths, labels and crop boxes (None: whole photos) of the training or evaluation photos."""
         self.setup()
         keep = torch.nonzero(self.is_eval == evaluation).flatten().tolist()
-        return [self.collection.paths[i] for i in keep], self.labels[keep]
+        boxes = self.collection.boxes if self.hparams.crop else None
+        return (
+            [self.collection.paths[i] for i in keep],
+            self.labels[keep],
+            [boxes[i] for i in keep] if boxes is not None else None,
+        )
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        paths, labels = self._subset(False)
+        paths, labels, boxes = self._subset(False)
         data = StreamedClassBatches(
             paths, labels, hp.epoch_length, hp.seed, hp.image_size, self.view.to_tensor, self.view.view,
-            hp.classes_per_batch, hp.samples_per_class, hp.augment,
+            hp.classes_per_batch, hp.samples_per_class, hp.augment, boxes,
         )
         return self._loader(data, EpochSampler(len(data)), None)
 
     def val_dataloader(self) -> DataLoader:
-        paths, labels = self._subset(True)
-        return self._loader(LabelledPhotos(paths, labels, self.view), None, self.hparams.eval_batch_size)
+        paths, labels, boxes = self._subset(True)
+        photos = LabelledPhotos(paths, labels, self.view, boxes)
+        return self._loader(photos, None, self.hparams.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
@@ -173,9 +195,9 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
 
     def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
         """Training photos (evaluation view) and up to ``whitening_pairs`` same-class pairs."""
-        paths, labels = self._subset(False)
+        paths, labels, boxes = self._subset(False)
         pairs = balanced_pairs(labels, self.hparams.whitening_pairs, self.hparams.seed)
-        return LabelledPhotos(paths, labels, self.view), pairs
+        return LabelledPhotos(paths, labels, self.view, boxes), pairs
 
     def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
         workers = self.hparams.num_workers

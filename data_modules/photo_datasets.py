@@ -11,9 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from data_modules.photos import load_photo
+from data_modules.stanford_dogs_files import read_box
 
 
 class PhotoFiles(Dataset):
@@ -32,16 +34,30 @@ class PhotoFiles(Dataset):
         return self.image(key)
 
 
+Box = Sequence[float] | Path | None
+
+
+def load_cropped(path: Path, box: Box = None) -> Image.Image:
+    """Photo ``path`` as RGB, cropped to ``box``: ``(x1, y1, x2, y2)`` pixels, or a PASCAL VOC annotation
+    file whose largest box is used (clamped to the image, see :func:`read_box`), or None (whole photo)."""
+    image = load_photo(path)
+    if box is None:
+        return image
+    if isinstance(box, Path):
+        return image.crop(read_box(box, *image.size))
+    return image.crop(tuple(float(v) for v in box))
+
+
 class LabelledPhotos(Dataset):
-    """``(image, label, index)``; ``boxes[i]`` (x1, y1, x2, y2), if given, crops image ``i`` before the
-    transform (revisited Oxford/Paris queries)."""
+    """``(image, label, index)``; ``boxes[i]``, if given, crops image ``i`` before the transform
+    (revisited Oxford/Paris query boxes, Stanford Dogs annotation files; see :func:`load_cropped`)."""
 
     def __init__(
         self,
         paths: Sequence[Path],
         labels: torch.Tensor,
         transform: Callable,
-        boxes: Sequence[Sequence[float] | None] | None = None,
+        boxes: Sequence[Box] | None = None,
     ) -> None:
         self.paths, self.labels, self.transform = list(paths), labels, transform
         self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
@@ -50,7 +66,4 @@ class LabelledPhotos(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = load_photo(self.paths[i])
-        if self.boxes[i] is not None:
-            image = image.crop(tuple(float(v) for v in self.boxes[i]))
-        return self.transform(image), self.labels[i], torch.tensor(i)
+        return self.transform(load_cropped(self.paths[i], self.boxes[i])), self.labels[i], torch.tensor(i)

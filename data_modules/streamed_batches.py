@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data_modules.photos import load_photo
+from data_modules.photo_datasets import Box, load_cropped
 from data_modules.samplers import item_generator
 
 
@@ -56,6 +56,7 @@ class StreamedClassBatches(Dataset):
     length: batches per epoch (keys are ``epoch * length + i``, see EpochSampler).
     to_tensor: PIL image (already ``image_size`` square) -> normalised tensor.
     augment: random resized crop + flip; otherwise the evaluation view ``eval_view``.
+    boxes: per photo, a box to crop to first (see :func:`~data_modules.photo_datasets.load_cropped`).
     """
 
     def __init__(
@@ -70,8 +71,10 @@ class StreamedClassBatches(Dataset):
         classes_per_batch: int,
         samples_per_class: int,
         augment: bool = True,
+        boxes: Sequence[Box] | None = None,
     ) -> None:
         self.paths, self.labels = list(paths), labels
+        self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)
         self.length, self.seed, self.image_size = int(length), int(seed), int(image_size)
         self.to_tensor, self.eval_view, self.augment = to_tensor, eval_view, augment
         counts = torch.bincount(labels)
@@ -89,8 +92,8 @@ class StreamedClassBatches(Dataset):
             return members[torch.randperm(len(members), generator=gen)[:k]]
         return members[torch.randint(len(members), (k,), generator=gen)]
 
-    def _view(self, path: Path, gen: torch.Generator) -> torch.Tensor:
-        image = load_photo(path)
+    def _view(self, i: int, gen: torch.Generator) -> torch.Tensor:
+        image = load_cropped(self.paths[i], self.boxes[i])
         view = random_resized_crop(image, self.image_size, gen) if self.augment else self.eval_view(image)
         return self.to_tensor(view)
 
@@ -98,5 +101,5 @@ class StreamedClassBatches(Dataset):
         gen = item_generator(self.seed, key)
         chosen = torch.randperm(len(self.members), generator=gen)[: self.classes_per_batch]
         index = torch.cat([self._pick(self.members[int(c)], gen) for c in chosen])
-        images = torch.stack([self._view(self.paths[int(i)], gen) for i in index])
+        images = torch.stack([self._view(int(i), gen) for i in index])
         return images, self.labels[index]

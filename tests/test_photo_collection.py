@@ -108,3 +108,25 @@ def test_missing_photo_is_named(tmp_path):
     (tmp_path / "t.tsv").write_text("path\tlabel\n\nmissing.jpg\tx\n")
     with pytest.raises(DataError, match=r"t\.tsv line 3: photo .*missing\.jpg not found"):
         make(tmp_path, labels_file="t.tsv")
+
+
+def test_stanford_dogs_release_breeds_41_to_60_held_out_and_cropped_to_the_dog():
+    root = DOGS.parent
+    if not (root / "lists" / "train_list.mat").is_file():
+        pytest.skip(f"no Stanford Dogs release at {root}")
+    module = make(root, layout="stanford_dogs", held_out_classes=20, split_seed=None)
+    names = module.class_names
+    assert len(names) == 60 and names == sorted(names)
+    held = {names[i] for i in module.labels[module.is_eval].unique().tolist()}
+    assert held == set(names[40:])  # breeds 41-60 in the release's (wnid) order
+    assert int(module.is_eval.sum()) == 20 * 50
+    from data_modules.stanford_dogs_files import read_box
+
+    i = int(torch.nonzero(module.is_eval)[0])
+    path, annotation = module.collection.paths[i], module.collection.boxes[i]
+    photo = Image.open(path).convert("RGB")
+    expected = module.eval_transform(photo.crop(read_box(annotation, *photo.size)))
+    images, labels, _ = module.val_dataloader().dataset[0]
+    assert torch.equal(images, expected) and not torch.equal(images, module.eval_transform(photo))
+    uncropped = make(root, layout="stanford_dogs", held_out_classes=20, split_seed=None, crop=False)
+    assert torch.equal(uncropped.val_dataloader().dataset[0][0], module.eval_transform(photo))
