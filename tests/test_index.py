@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 from search_helpers import other_checkpoint, photo_folder, reference_vectors
@@ -24,9 +25,14 @@ from cbir_lightning.search.manifest import (
     MANIFEST,
     current_version,
     read_manifest,
+    toolkit_versions,
 )
 
 CPU = {"accelerator": "cpu", "enable_progress_bar": False}
+HOLD_LOCK = (  # python -c: take the writer lock of the index folder argv[1], say so, hold it until killed
+    "import sys, time; from pathlib import Path; from cbir_lightning.search.lock import index_lock\n"
+    "with index_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)"
+)
 
 
 def load(index: Path) -> tuple[dict, np.ndarray]:
@@ -58,6 +64,7 @@ def test_incremental_update_equals_a_fresh_build(tiny_run, tmp_path):
     out = tmp_path / "idx"
     build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
     before, old_vectors = load(out)
+    first = current_version(out)  # kept as the previous version after the update
     names = [item["path"] for item in before["items"]]
     (photos / names[0]).unlink()  # deleted
     Image.open(photos / names[1]).rotate(90).save(photos / names[1])  # changed
@@ -77,7 +84,7 @@ def test_incremental_update_equals_a_fresh_build(tiny_run, tmp_path):
     unchanged = names[2]
     row_old, row_new = names.index(unchanged), [i["path"] for i in after["items"]].index(unchanged)
     assert np.array_equal(old_vectors[row_old], vectors[row_new])  # reused, not recomputed
-    assert len([p for p in out.iterdir() if p.name.startswith("v-")]) == 1  # old version removed
+    assert [p.name for p in toolkit_versions(out)] == sorted([first.name, current_version(out).name])
 
 
 def test_another_model_reembeds_everything(tiny_run, tmp_path):
@@ -105,10 +112,11 @@ def test_failed_write_keeps_the_previous_index(tiny_run, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
     assert current_version(out) == live and (live / MANIFEST).read_text() == before
-    assert not (out / ".lock").exists()
+    assert [p for p in out.iterdir() if p.name.startswith("v-")] == [live]  # the partial one is removed
     monkeypatch.undo()
-    assert build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)["count"] == 5
-    assert len([p for p in out.iterdir() if p.name.startswith("v-")]) == 1  # the partial version is cleaned
+    assert build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)["count"] == 5  # lock released
+    versions = {p.name for p in out.iterdir() if p.name.startswith("v-")}
+    assert versions == {live.name, current_version(out).name}
 
 
 def test_killed_run_leaves_the_previous_index_intact(tiny_run, tmp_path):
@@ -160,15 +168,21 @@ def test_concurrent_run_is_refused_with_one_line(tiny_run, tmp_path):
     photos = photo_folder(tmp_path / "photos", count=2)
     out = tmp_path / "idx"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen(  # another process holds the index's lock
+        [sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        (out / ".lock").write_text(f"{sleeper.pid}\n")
-        with pytest.raises(CbirError, match=f"another `cbir-lightning index` run \\(pid {sleeper.pid}\\)"):
+        assert holder.stdout.readline().strip() == "locked"
+        message = f"another `cbir-lightning index` run \\(pid {holder.pid} on host .*, started .*\\) is"
+        with pytest.raises(CbirError, match=message):
             build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
-        assert (out / ".lock").exists() and current_version(out) is None
+        assert current_version(out) is None
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
+    # the dead holder's lock file (its pid still written in it) does not block the next run
+    assert f"pid {holder.pid}" in (out / ".lock").read_text()
+    assert build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)["count"] == 2
 
 
 def test_bad_folders_and_huge_images(tiny_run, tmp_path):
@@ -249,4 +263,112 @@ def test_ddp_index_equals_a_single_process_index(tiny_run, tmp_path):
     ddp, ddp_vectors = load(tmp_path / "ddp")
     assert [i["path"] for i in ddp["items"]] == [i["path"] for i in single["items"]]
     assert np.allclose(ddp_vectors, single_vectors, atol=1e-5)
-    assert not (tmp_path / "ddp" / ".lock").exists()
+    assert (tmp_path / "ddp" / ".lock").read_text() == ""  # released: no holder named
+
+
+def test_out_that_is_not_an_index_or_lies_in_the_images_is_refused_and_nothing_is_deleted(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos", count=2)
+    names = sorted(p.name for p in photos.iterdir())
+    album = tmp_path / "Pictures"
+    (album / "v-day-2019").mkdir(parents=True)
+    (album / "v-day-2019" / "beach.txt").write_text("holiday")
+    with pytest.raises(
+        CbirError, match=f"--out {album} is not empty and holds no index.*pass a new or empty"
+    ):
+        build_index(tiny_run["ckpt"], photos, album, trainer_options=CPU)
+    assert (album / "v-day-2019" / "beach.txt").read_text() == "holiday"
+    for out in (photos, photos / "sacre_coeur", photos / "new-index"):  # the image folder or inside it
+        with pytest.raises(CbirError, match=f"index folder {out} is inside the image folder {photos}"):
+            build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    assert sorted(p.name for p in photos.iterdir()) == names
+    # an index folder keeps a user's folders in it, even one named like a version (no marker inside)
+    out = tmp_path / "idx"
+    build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    (out / "v-day-2019").mkdir()
+    (out / "v-20190101000000-deadbeef").mkdir()
+    (out / "v-20190101000000-deadbeef" / "mine.txt").write_text("mine")
+    for _ in range(3):
+        build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    assert (out / "v-day-2019").is_dir() and (out / "v-20190101000000-deadbeef" / "mine.txt").is_file()
+    assert len(toolkit_versions(out)) == 2  # the live version and the one before it
+
+
+def test_corrupt_current_is_rebuilt(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos", count=2)
+    out = tmp_path / "idx"
+    build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    (out / "CURRENT").write_bytes(b"\x00\xffgarbage/../text\n")
+    with pytest.raises(CbirError, match="CURRENT is corrupt; rebuild it with `cbir-lightning index`"):
+        read_manifest(out)
+    assert build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)["count"] == 2
+    manifest, vectors = load(out)
+    assert len(manifest["items"]) == len(vectors) == 2
+
+
+def test_symlinks_out_of_the_collection_are_skipped_and_listed(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos", count=3)
+    names = sorted(p.name for p in photos.iterdir())
+    outside = photo_folder(tmp_path / "outside", count=2)
+    (photos / "escape.jpg").symlink_to(outside / "bodleian_000132.jpg")
+    (photos / "elsewhere").symlink_to(outside, target_is_directory=True)
+    (photos / "alias.jpg").symlink_to(photos / names[1])  # inside the collection: indexed
+    result = build_index(tiny_run["ckpt"], photos, tmp_path / "idx", trainer_options=CPU)
+    manifest, _ = load(tmp_path / "idx")
+    assert [i["path"] for i in manifest["items"]] == ["alias.jpg", *names]
+    assert {s["path"]: s["reason"].split(" outside ")[0] for s in result["skipped"]} == {
+        "elsewhere": "symlink to a folder",
+        "escape.jpg": "symlink to a file",
+    }
+
+
+class ChangeFilesWhenEmbedded(pl.Callback):
+    """Deletes one image and rewrites another once the predict loop has embedded them all."""
+
+    def __init__(self, vanish: Path, change: Path):
+        self.vanish, self.change = vanish, change
+
+    def on_predict_end(self, trainer, module):
+        self.vanish.unlink()
+        Image.open(self.change).rotate(90).save(self.change)
+
+
+def test_files_that_vanish_or_change_while_indexed_are_skipped_and_listed(tiny_run, tmp_path):
+    photos = photo_folder(tmp_path / "photos", count=5)
+    vanish, change = photos / "bodleian_000132.jpg", photos / "oxford_002904.jpg"
+    options = {**CPU, "callbacks": [ChangeFilesWhenEmbedded(vanish, change)]}
+    result = build_index(tiny_run["ckpt"], photos, tmp_path / "idx", trainer_options=options)
+    assert result["count"] == 3 and {s["path"]: s["reason"] for s in result["skipped"]} == {
+        vanish.name: "vanished while being indexed",
+        change.name: "changed while being indexed; run `cbir-lightning index` again to add it",
+    }
+    assert result["embedded"] == 3 and vanish.name not in [
+        i["path"] for i in load(tmp_path / "idx")[0]["items"]
+    ]
+    again = build_index(tiny_run["ckpt"], photos, tmp_path / "idx", trainer_options=CPU)
+    assert (again["count"], again["reused"], again["embedded"], again["skipped"]) == (4, 3, 1, [])
+
+
+def test_ddp_workers_embed_rank_0s_file_list(tiny_run, tmp_path):
+    """A file added after rank 0 listed the folder (once its Trainer exists, before the worker processes
+    start) is not seen by the workers either: the index holds rank 0's files with their own vectors."""
+    photos = photo_folder(tmp_path / "photos", count=7)
+    build_index(tiny_run["ckpt"], photos, tmp_path / "single", batch_size=2, trainer_options=CPU)
+    args = ["--ckpt", str(tiny_run["ckpt"]), "--images", str(photos), "--out", str(tmp_path / "ddp")]
+    args += ["--batch-size", "2", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cbir_lightning", "index", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen = []
+    for line in proc.stdout:  # rank 0 has listed the folder and is about to launch the workers
+        seen.append(line)
+        if line.startswith("GPU available"):
+            break
+    Image.open(photos / "bodleian_000132.jpg").rotate(45).save(photos / "000_added.png")  # sorts first
+    seen += proc.stdout.readlines()
+    assert proc.wait(timeout=300) == 0, "".join(seen)[-3000:]
+    single, single_vectors = load(tmp_path / "single")
+    ddp, ddp_vectors = load(tmp_path / "ddp")
+    assert [i["path"] for i in ddp["items"]] == [i["path"] for i in single["items"]]
+    assert np.allclose(ddp_vectors, single_vectors, atol=1e-5)

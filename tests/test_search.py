@@ -145,6 +145,35 @@ def test_bad_queries_and_indexes_give_one_line(built, tmp_path, capsys):
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_nonsense_crops_and_batch_sizes_give_one_line(built, tmp_path, capsys):
+    good = str(built["photos"] / "bodleian_000132.jpg")
+    for crop, message in [
+        ("0,0,99999999999,99999999999", "lies outside the"),
+        ("5,5,1,1", "--crop must be x0,y0,x1,y1"),
+        ("0,0,1e999,5", "--crop must be x0,y0,x1,y1"),
+        ("nan,0,5,5", "--crop must be x0,y0,x1,y1"),
+        ("-1,0,5,5", "--crop must be x0,y0,x1,y1"),
+        ("1,2,3", "--crop must be x0,y0,x1,y1"),
+    ]:
+        code, out, err = cli(
+            ["search", "--index", str(built["index"]), "--query", good, f"--crop={crop}"], capsys
+        )
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (crop, err)
+    for size in ("0", "-3"):
+        args = [
+            "--ckpt",
+            str(built["ckpt"]),
+            "--images",
+            str(built["photos"]),
+            "--out",
+            str(tmp_path / "idx"),
+        ]
+        code, out, err = cli(["index", *args, f"--batch-size={size}"], capsys)
+        assert code == 1 and len(err.strip().splitlines()) == 1, (size, err)
+        assert f"--batch-size must be a positive number of images, got {size}" in err
+        assert not (tmp_path / "idx").exists()
+
+
 def test_recommend_removes_exact_and_near_duplicates(built, capsys):
     image = built["photos"] / "pitt_rivers_000033.jpg"
     ranking = brute_force(built, image)

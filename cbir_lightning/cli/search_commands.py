@@ -20,8 +20,11 @@ def index(
     Args:
         ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is applied).
         images: folder searched recursively.
-        out: index folder; unchanged files keep their vectors, deleted ones are dropped.
-        batch_size: images embedded at a time (grouped by size).
+        out: index folder: new, empty or an existing index (any other folder, or one inside ``images``, is
+            refused; only version folders written by this command are ever deleted, and the previous
+            version is kept for readers). Unchanged files keep their vectors, deleted ones are dropped;
+            files that vanish or change during the run and symlinks out of ``images`` are skipped and listed.
+        batch_size: images embedded at a time (grouped by size); a positive number.
         accelerator: Lightning accelerator for the predict loop (``auto``, ``cpu``, ``gpu``).
         devices / strategy / num_nodes: Lightning Trainer settings; ``--devices 4 --strategy ddp`` shards
             the images over 4 processes (GPUs), and rank 0 gathers the vectors and writes the index.
@@ -62,6 +65,7 @@ def search(
     from cbir_lightning.search.query import SearchIndex, search_image
     from cbir_lightning.search.sheet import contact_sheet
 
+    parse_crop(crop)  # a bad --crop is refused (one line) before any work
     opened = SearchIndex.open(index)
     model = opened.load_model(ckpt)
     image = open_image(query)
@@ -101,21 +105,67 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     max_upload_mb: float = 10.0,
+    max_upload_pixels: int = 25_000_000,
+    max_concurrent: int = 2,
+    max_waiting: int = 16,
+    allowed_hosts: list[str] | None = None,
+    token: str | None = None,
+    insecure: bool = False,
 ) -> dict:
     """Web page to search indexes: upload or pick a query, crop it, see the results grid.
 
+    Loopback only by default. Requests whose Host header is not ``127.0.0.1``, ``localhost``, ``[::1]``,
+    the bind host or one of ``--allowed-hosts`` get 400 (DNS rebinding). With a token (``--token`` or the
+    environment variable ``CBIR_SERVE_TOKEN``) every ``/api`` request needs it (``Authorization: Bearer
+    TOKEN``, or open the page once as ``http://HOST:PORT/?token=TOKEN``, which sets a cookie). Binding a
+    non-loopback host without a token refuses to start unless ``--insecure`` says that is intended.
+    A rebuilt index (``cbir-lightning index`` again) is served within a second, without a restart.
+    Error responses carry an error id, never a server path; the details go to the log (stderr).
+
     Args:
         index: an index folder, or several as ``--index "[A, B]"`` (chosen in the page).
-        host: interface to listen on (loopback by default; ``0.0.0.0`` exposes it to the network).
+        host: interface to listen on (loopback by default; ``0.0.0.0`` exposes it to the network and then
+            needs ``--token`` or ``--insecure``).
         port: TCP port.
         max_upload_mb: largest accepted upload.
+        max_upload_pixels: largest accepted upload in pixels, read from the image header before decoding
+            (25 MP: a 6000x4000 camera photo).
+        max_concurrent: searches decoded and embedded at once; more wait.
+        max_waiting: searches that may wait for a slot; beyond that (or after 30 s of waiting) 503.
+        allowed_hosts: more Host names accepted, e.g. ``"[myhost.lan, 192.168.1.5]"``; ``"[*]"`` any.
+        token: the bearer token clients must send (default: ``$CBIR_SERVE_TOKEN``).
+        insecure: allow a non-loopback ``host`` without a token.
     """
+    import logging
+    import os
+
     import uvicorn
 
+    from cbir_lightning.errors import CbirError
+    from cbir_lightning.web.access import TOKEN_ENV, is_loopback
+    from cbir_lightning.web.access import allowed_hosts as host_list
     from cbir_lightning.web.app import create_app
 
+    token = token or os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(host) and not token and not insecure:
+        raise CbirError(
+            f"--host {host} exposes the server to the network; set a token with --token or "
+            f"${TOKEN_ENV} (or pass --insecure to serve without one)"
+        )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cbir_lightning.web").setLevel(logging.INFO)  # reloads, errors with their ids
     index = [index] if isinstance(index, str) else list(index)
-    app = create_app([Path(p) for p in index], max_upload_bytes=int(max_upload_mb * 1024 * 1024))
-    print(f"serving {len(index)} index(es) on http://{host}:{port}", flush=True)
+    app = create_app(
+        [Path(p) for p in index],
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_upload_pixels=max_upload_pixels,
+        max_concurrent=max_concurrent,
+        max_waiting=max_waiting,
+        allowed_hosts=host_list(host, allowed_hosts),
+        token=token,
+    )
+    where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    hint = " (open it once as /?token=TOKEN)" if token else ""
+    print(f"serving {len(index)} index(es) on {where}{hint}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return {"served": [str(p) for p in index], "host": host, "port": port}

@@ -8,6 +8,7 @@ fails to decode yields a blank image and label -1.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -89,22 +90,35 @@ def predict_embeddings(
     }
     trainer = pl.Trainer(**options)
     outputs = trainer.predict(module, loader) or []
-    parts = [
-        (o["embeddings"].float().cpu(), o["labels"].cpu(), o["indices"].cpu()) for o in outputs
-    ]
+    parts = [(o["embeddings"].float().cpu(), o["labels"].cpu(), o["indices"].cpu()) for o in outputs]
     if trainer.world_size > 1:
-        # each rank predicted a shard of the batches (DistributedSampler may repeat a few): collect all
+        # each rank predicted a shard of the batches (DistributedSampler may repeat a few): collect all,
+        # with each rank's file list, since the indices mean something only if every rank had the same
         import torch.distributed as dist
 
         gathered: list = [None] * trainer.world_size
-        dist.all_gather_object(gathered, parts)
-        parts = [part for rank_parts in gathered for part in rank_parts]
+        dist.all_gather_object(gathered, (file_list_digest(paths, headers), parts))
+        if len({digest for digest, _ in gathered}) > 1:
+            raise CbirError(
+                "the DDP processes of `cbir-lightning index` saw different image files (the folder changed "
+                "while they started); run the same command again"
+            )
+        parts = [part for _, rank_parts in gathered for part in rank_parts]
     embeddings, labels, indices = (torch.cat([p[k] for p in parts]) for k in range(3))
     order = torch.argsort(indices, stable=True)
     first = torch.ones(len(order), dtype=torch.bool)
     first[1:] = indices[order][1:] != indices[order][:-1]
     order = order[first]
     return embeddings[order], labels[order], indices[order]
+
+
+def file_list_digest(paths: list[Path], headers: list) -> str:
+    """A digest of the files (and headers) one rank embeds, in order: equal on every rank or the gathered
+    indices would name other files."""
+    digest = hashlib.sha256()
+    for path, header in zip(paths, headers, strict=True):
+        digest.update(f"{path}\0{list(header)}\n".encode())
+    return digest.hexdigest()
 
 
 def is_launched_worker() -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 import warnings
 from pathlib import Path
 
@@ -15,16 +17,46 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit
 
 
-def scan_images(root: str | Path) -> list[str]:
-    """Paths (relative to ``root``, POSIX, sorted) of every jpg/png/webp file below ``root``."""
+def scan_collection(root: str | Path) -> tuple[list[str], list[dict]]:
+    """``(paths, skipped)``: the paths (relative to ``root``, POSIX, sorted) of every jpg/png/webp file
+    below ``root``, and ``{"path", "reason"}`` for each symlink (file or folder) that resolves outside
+    ``root``: those are neither followed nor indexed. A symlinked folder inside ``root`` is not followed
+    either (its files are indexed under their own paths); hidden files are ignored."""
     root = Path(root)
     if not root.is_dir():
         raise CbirError(f"image folder {root} not found; pass a folder of jpg/png/webp images with --images")
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-    )
+    real_root = root.resolve()
+    paths, skipped = [], []
+    for folder, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(folder)
+        for name in dirnames:
+            if (here / name).is_symlink() and not _inside(here / name, real_root):
+                rel = (here / name).relative_to(root).as_posix()
+                skipped.append({"path": rel, "reason": f"symlink to a folder outside {root}; not followed"})
+        for name in filenames:
+            path = here / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink() and not _inside(path, real_root):
+                skipped.append({"path": rel, "reason": f"symlink to a file outside {root}; not followed"})
+            elif path.is_file():
+                paths.append(rel)
+    return sorted(paths), sorted(skipped, key=lambda s: s["path"])
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    """True if ``path`` with every symlink resolved lies inside ``real_root``."""
+    try:
+        return path.resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def scan_images(root: str | Path) -> list[str]:
+    """Paths (relative to ``root``, POSIX, sorted) of every jpg/png/webp file below ``root`` (see
+    ``scan_collection``: symlinks out of ``root`` are left out)."""
+    return scan_collection(root)[0]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -67,16 +99,19 @@ def open_image(src: str | Path | bytes, name: str | None = None, max_pixels: int
 
 
 def parse_crop(crop: str | list | tuple | None) -> tuple[int, int, int, int] | None:
-    """``"x0,y0,x1,y1"`` (pixels) as a tuple; CbirError if malformed."""
+    """``"x0,y0,x1,y1"`` (pixels) as a tuple of ints; CbirError (one line) if it is not four finite,
+    non-negative numbers with x0 < x1 and y0 < y1."""
     if crop is None or crop == "":
         return None
-    parts = crop.split(",") if isinstance(crop, str) else list(crop)
+    parts = crop.split(",") if isinstance(crop, str) else list(crop) if isinstance(crop, list | tuple) else []
     try:
-        box = tuple(int(round(float(v))) for v in parts)
-    except ValueError:
+        numbers = [float(v) for v in parts]
+        box = tuple(int(round(v)) for v in numbers) if all(math.isfinite(v) for v in numbers) else ()
+    except (TypeError, ValueError, OverflowError):
         box = ()
     if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
-        raise CbirError(f"--crop must be x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1, got {crop!r}")
+        shown = " ".join(repr(crop).split())[:80]
+        raise CbirError(f"--crop must be x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1, got {shown}")
     return box
 
 

@@ -1,13 +1,18 @@
-"""``build_index``: embed a folder of images into an index folder, incrementally and atomically."""
+"""``build_index``: embed a folder of images into an index folder, incrementally and atomically.
+
+Guarantees: only one run writes an index folder at a time (an OS lock); the live version is replaced
+atomically and the one before it is kept for readers that resolved ``CURRENT`` just before; only folders
+this toolkit wrote are ever deleted; a folder that is neither empty nor an index, or that lies inside the
+image folder, is refused; a file that vanishes or changes while it is indexed is skipped and listed.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
 import time
-import uuid
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +20,29 @@ import torch
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.search.embed import image_header, is_launched_worker, predict_embeddings
-from cbir_lightning.search.files import file_sha256, open_image, scan_images
+from cbir_lightning.search.files import file_sha256, open_image, scan_collection
 from cbir_lightning.search.lock import index_lock
 from cbir_lightning.search.manifest import (
+    CURRENT,
     EMBEDDINGS,
     FAISS_INDEX,
     FORMAT_VERSION,
+    LOCK,
     MANIFEST,
     current_version,
+    new_version,
     publish,
     read_manifest,
+    toolkit_versions,
 )
 from cbir_lightning.search.model import SearchModel
 
+FILE_LIST_ENV = "CBIR_INDEX_FILE_LIST"  # rank 0's list of files to embed, for the DDP worker processes
+
 
 def _previous(out: Path, images: Path, model: SearchModel, whitening: dict | None) -> tuple[dict, np.ndarray]:
-    """Reusable rows of the live index, ``{path: (item, row)}``, if the same model indexed ``images``."""
+    """Reusable rows of the live index, ``{path: (item, row)}``, if the same model indexed ``images`` and
+    the live version is readable (otherwise nothing is reused: the index is rebuilt)."""
     try:
         manifest, version = read_manifest(out)
     except CbirError:
@@ -43,7 +55,11 @@ def _previous(out: Path, images: Path, model: SearchModel, whitening: dict | Non
     if not same:
         print(f"{out}: built by another model, whitening or folder; embedding every image again")
         return {}, np.zeros((0, 0), np.float32)
-    embeddings = np.load(version / EMBEDDINGS, allow_pickle=False)
+    try:
+        embeddings = np.load(version / EMBEDDINGS, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        print(f"{version / EMBEDDINGS} is unreadable ({err}); embedding every image again")
+        return {}, np.zeros((0, 0), np.float32)
     return {item["path"]: (item, row) for row, item in enumerate(manifest["items"])}, embeddings
 
 
@@ -55,10 +71,145 @@ def write_faiss(vectors: np.ndarray, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def _clean_stale(out: Path, keep: Path | None) -> None:
-    for child in out.iterdir():
-        if child.is_dir() and child.name.startswith("v-") and (keep is None or child != keep):
-            shutil.rmtree(child, ignore_errors=True)
+def check_out_folder(out: Path, images: Path) -> None:
+    """CbirError (one line, naming the folder and the fix) unless ``out`` may hold the index of ``images``:
+    it lies outside ``images`` and is new, empty (but for the toolkit's own files) or an index folder (it
+    holds a version folder this toolkit wrote)."""
+    real_out, real_images = out.resolve(), images.resolve()
+    if real_out == real_images or real_out.is_relative_to(real_images):
+        raise CbirError(
+            f"index folder {out} is inside the image folder {images} being indexed; pass an --out folder "
+            f"outside {images}"
+        )
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CbirError(f"--out {out} is a file; pass a new or empty folder, or an index folder")
+    own = {CURRENT, LOCK}
+    foreign = [c for c in out.iterdir() if c.name not in own and not c.name.startswith(f".{CURRENT}.")]
+    if foreign and not toolkit_versions(out):
+        raise CbirError(
+            f"--out {out} is not empty and holds no index written by `cbir-lightning index` (it has "
+            f"{foreign[0].name!r}); pass a new or empty folder, or an existing index folder"
+        )
+
+
+def _live_version(out: Path) -> Path | None:
+    """The live version of ``out``, or None if it has none or its ``CURRENT`` is corrupt (rebuilt)."""
+    try:
+        return current_version(out)
+    except CbirError as err:
+        print(f"{err}: building a new index")
+        return None
+
+
+def _prune(out: Path, keep: set[Path]) -> None:
+    """Delete the version folders this toolkit wrote in ``out``, except those in ``keep``."""
+    for version in toolkit_versions(out):
+        if version not in keep:
+            shutil.rmtree(version, ignore_errors=True)
+
+
+def _plan(images: Path, out: Path, model: SearchModel, whitening: dict | None) -> dict:
+    """What a run must do: ``items``/``rows`` (None where the file is to be embedded; reused item and
+    vector otherwise), ``todo`` ``[(rel, stat, header)]``, ``skipped``, ``reused`` and the old paths."""
+    relative, skipped = scan_collection(images)
+    if not relative:
+        raise CbirError(f"no jpg/png/webp images under {images}; nothing to index")
+    reuse, old = _previous(out, images, model, whitening)
+    items, rows, todo, reused = [], [], [], 0
+    for rel in relative:
+        try:
+            stat = (images / rel).stat()
+        except OSError:
+            skipped.append({"path": rel, "reason": "vanished while being indexed"})
+            continue
+        prev = reuse.get(rel)
+        if prev and prev[0]["size"] == stat.st_size and prev[0]["mtime_ns"] == stat.st_mtime_ns:
+            items.append(prev[0])
+            rows.append(old[prev[1]])
+            reused += 1
+            continue
+        header = image_header(images / rel)
+        if isinstance(header, str):
+            skipped.append({"path": rel, "reason": header})
+            continue
+        todo.append((rel, stat, header))
+        items.append(None)
+        rows.append(None)
+    return {
+        "items": items,
+        "rows": rows,
+        "todo": todo,
+        "skipped": skipped,
+        "reused": reused,
+        "removed": len(set(reuse) - set(relative)),
+    }
+
+
+def _embedded_item(images: Path, rel: str, stat: os.stat_result) -> dict | str:
+    """The manifest item of a file just embedded, or why it is skipped: it vanished, or its size or
+    mtime differ from those seen before embedding (then its vector may be of other content)."""
+    try:
+        digest = file_sha256(images / rel)
+        after = (images / rel).stat()
+    except FileNotFoundError:
+        return "vanished while being indexed"
+    except OSError as err:
+        return f"cannot read it ({err.strerror or err})"
+    if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+        return "changed while being indexed; run `cbir-lightning index` again to add it"
+    return {"path": rel, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+
+
+def _unreadable_reason(path: Path) -> str:
+    if not path.exists():
+        return "vanished while being indexed"
+    try:
+        open_image(path)
+    except CbirError as err:
+        return str(err).split(": ", 1)[-1]
+    return "could not be decoded"
+
+
+def _embed_in_worker(ckpt: str | Path, batch_size: int, trainer_options: dict | None) -> None:
+    """A DDP worker process: embed its shard of exactly rank 0's file list (read from the file named by
+    ``CBIR_INDEX_FILE_LIST``) and hand it to rank 0 in ``predict_embeddings``."""
+    model = SearchModel.load(ckpt)
+    listed = json.loads(Path(os.environ[FILE_LIST_ENV]).read_text())
+    paths, headers = [Path(p) for p, _ in listed], [tuple(h) for _, h in listed]
+    predict_embeddings(model.module, paths, headers, model.transform, batch_size, trainer_options)
+
+
+def _predict(model: SearchModel, paths: list[Path], headers: list, batch_size: int, options: dict | None):
+    """``predict_embeddings`` on rank 0, with the file list written to a temporary file named in the
+    environment, so the DDP workers Lightning launches embed exactly these files (not their own scan)."""
+    fd, listing = tempfile.mkstemp(prefix="cbir-index-files-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump([[str(p), list(h)] for p, h in zip(paths, headers, strict=True)], f)
+    os.environ[FILE_LIST_ENV] = listing
+    try:
+        return predict_embeddings(model.module, paths, headers, model.transform, batch_size, options)
+    finally:
+        os.environ.pop(FILE_LIST_ENV, None)
+        Path(listing).unlink(missing_ok=True)
+
+
+def _write_version(out: Path, manifest: dict, embeddings: np.ndarray) -> Path:
+    """A complete new version folder in ``out`` (marker first, every file fsynced); removed if writing
+    fails."""
+    version = new_version(out)
+    try:
+        np.save(version / EMBEDDINGS, embeddings)
+        write_faiss(embeddings, version / FAISS_INDEX)
+        (version / MANIFEST).write_text(json.dumps(manifest))
+        for name in (EMBEDDINGS, FAISS_INDEX, MANIFEST):
+            with open(version / name, "rb") as f:
+                os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(version, ignore_errors=True)
+        raise
+    return version
 
 
 def build_index(
@@ -67,74 +218,53 @@ def build_index(
     out: str | Path,
     batch_size: int = 32,
     trainer_options: dict | None = None,
-) -> dict:
+) -> dict | None:
     """Index every jpg/png/webp below ``images`` with the checkpoint into the folder ``out``.
 
     Unchanged files (same path, size and mtime, same model and whitening) keep their vectors; new or
-    changed ones are embedded; deleted ones are dropped; unreadable ones are skipped and listed.
+    changed ones are embedded; deleted ones are dropped; unreadable files, files that vanish or change
+    during the run and symlinks out of ``images`` are skipped and listed. Returns None in a DDP worker.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CbirError(f"--batch-size must be a positive number of images, got {batch_size!r}")
     images, out = Path(images).resolve(), Path(out)
+    if is_launched_worker() and FILE_LIST_ENV in os.environ:
+        return _embed_in_worker(ckpt, batch_size, trainer_options)
+    if not images.is_dir():
+        scan_collection(images)  # CbirError naming the missing folder
+    check_out_folder(out, images)
+    if is_launched_worker():  # a worker started without rank 0's list (e.g. on another node): same plan
+        model = SearchModel.load(ckpt)
+        plan = _plan(images, out, model, model.describe_whitening())
+        todo = plan["todo"]
+        if todo:
+            paths, headers = [images / rel for rel, _, _ in todo], [h for _, _, h in todo]
+            predict_embeddings(model.module, paths, headers, model.transform, batch_size, trainer_options)
+        return None
     out.mkdir(parents=True, exist_ok=True)
-    worker = is_launched_worker()
-    with nullcontext() if worker else index_lock(out):
-        relative = scan_images(images)
-        if not relative:
-            raise CbirError(f"no jpg/png/webp images under {images}; nothing to index")
+    with index_lock(out):
         model = SearchModel.load(ckpt)
         whitening = model.describe_whitening()
-        reuse, old = _previous(out, images, model, whitening)
-        if not worker:
-            _clean_stale(out, current_version(out))
-        items, rows, todo, skipped, reused = [], [], [], [], 0
-        for rel in relative:
-            stat = (images / rel).stat()
-            prev = reuse.get(rel)
-            if prev and prev[0]["size"] == stat.st_size and prev[0]["mtime_ns"] == stat.st_mtime_ns:
-                items.append(prev[0])
-                rows.append(old[prev[1]])
-                reused += 1
-                continue
-            header = image_header(images / rel)
-            if isinstance(header, str):
-                skipped.append({"path": rel, "reason": header})
-                continue
-            todo.append((rel, stat, header))
-            items.append(None)
-            rows.append(None)
+        plan = _plan(images, out, model, whitening)
+        items, rows, todo, skipped = plan["items"], plan["rows"], plan["todo"], plan["skipped"]
         if todo:
-            paths = [images / rel for rel, _, _ in todo]
-            raw, labels, _ = predict_embeddings(
-                model.module, paths, [h for _, _, h in todo], model.transform, batch_size, trainer_options
-            )
-            if worker:
-                return None
+            paths, headers = [images / rel for rel, _, _ in todo], [h for _, _, h in todo]
+            raw, labels, _ = _predict(model, paths, headers, batch_size, trainer_options)
             vectors = model.post_process(raw).numpy()
-            fresh = iter(range(len(todo)))
-            for slot in [i for i, item in enumerate(items) if item is None]:
-                j = next(fresh)
-                rel, stat, _ = todo[j]
-                if labels[j] < 0:
-                    try:
-                        open_image(images / rel)
-                        reason = "could not be decoded"
-                    except CbirError as err:
-                        reason = str(err).split(": ", 1)[-1]
-                    skipped.append({"path": rel, "reason": reason})
+            slots = [i for i, item in enumerate(items) if item is None]
+            for j, (slot, (rel, stat, _)) in enumerate(zip(slots, todo, strict=True)):
+                path = images / rel
+                found = _embedded_item(images, rel, stat) if labels[j] >= 0 else _unreadable_reason(path)
+                if isinstance(found, str):
+                    skipped.append({"path": rel, "reason": found})
                     continue
-                items[slot] = {
-                    "path": rel,
-                    "size": stat.st_size,
-                    "mtime_ns": stat.st_mtime_ns,
-                    "sha256": file_sha256(images / rel),
-                }
-                rows[slot] = vectors[j]
+                items[slot], rows[slot] = found, vectors[j]
         keep = [i for i, item in enumerate(items) if item is not None]
         if not keep:
             reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
             raise CbirError(f"no readable image under {images} ({reasons}); nothing to index")
         items = [items[i] for i in keep]
         embeddings = np.stack([rows[i] for i in keep]).astype(np.float32)
-        scoring = model.scoring(torch.from_numpy(embeddings[:16]))
         manifest = {
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -142,29 +272,21 @@ def build_index(
             "model": {"checkpoint": str(model.checkpoint), "identity": model.identity},
             "whitening": whitening,
             "dimension": int(embeddings.shape[1]),
-            "scoring": scoring,
+            "scoring": model.scoring(torch.from_numpy(embeddings[:16])),
             "count": len(items),
             "items": items,
             "skipped": skipped,
         }
-        version = out / f"v-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        version.mkdir()
-        np.save(version / EMBEDDINGS, embeddings)
-        write_faiss(embeddings, version / FAISS_INDEX)
-        (version / MANIFEST).write_text(json.dumps(manifest))
-        for name in (EMBEDDINGS, FAISS_INDEX, MANIFEST):
-            with open(version / name, "rb") as f:
-                os.fsync(f.fileno())
-        previous = current_version(out)
+        version = _write_version(out, manifest, embeddings)
+        previous = _live_version(out)
         publish(out, version)
-        if previous is not None and previous != version:
-            shutil.rmtree(previous, ignore_errors=True)
+        _prune(out, keep={version, previous})  # the previous version stays for readers that just opened it
         return {
             "index": str(out),
             "count": len(items),
-            "embedded": len(items) - reused,
-            "reused": reused,
-            "removed": len(set(reuse) - set(relative)),
+            "embedded": len(items) - plan["reused"],
+            "reused": plan["reused"],
+            "removed": plan["removed"],
             "skipped": skipped,
             "dimension": manifest["dimension"],
             "whitening": whitening is not None,

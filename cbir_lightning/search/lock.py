@@ -1,48 +1,57 @@
-"""A lock file that refuses a second writer of an index (a dead writer's stale lock is taken over)."""
+"""The writer lock of an index folder: an OS lock (``flock``) on the file ``.lock``, never unlinked.
+
+The kernel holds the lock for the open file and drops it when the holder exits, however it dies, so a
+dead writer never blocks the next run and two runs can never both hold it. The holder's host, pid and
+start time are written into the file after the lock is taken, only to name it in the refusal.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.search.manifest import LOCK
 
 
-def _alive(pid: int) -> bool:
+def _holder(fd: int) -> str:
+    """Who holds the lock, as written by the holder ("pid N on host H, started T"), or a placeholder."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return " ".join(text.split())[:300] or "whose pid is not written yet"
 
 
 @contextmanager
 def index_lock(index: Path):
-    lock = index / ".lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _alive(pid):
-                raise CbirError(
-                    f"another `cbir-lightning index` run (pid {pid}) is writing {index}; wait for it to "
-                    f"finish (or delete {lock} if that process is not an index run)"
-                ) from None
-            lock.unlink(missing_ok=True)  # stale: its writer died
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        break
-    else:
-        raise CbirError(f"cannot take the lock {lock}; delete it if no index run is active")
+    """Hold the writer lock of the index folder ``index`` for the ``with`` body; CbirError (one line naming
+    the holder and the folder) at once if another process holds it."""
+    lock = Path(index) / LOCK
     try:
-        yield
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise CbirError(
+            f"cannot open the lock file {lock} ({err.strerror or err}); pass an --out folder you can write"
+        ) from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            raise CbirError(
+                f"another `cbir-lightning index` run ({holder}) is writing {index}; wait for it to finish"
+            ) from None
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started {started}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # still locked: nobody reads a finished run as the holder
     finally:
-        lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock

@@ -2,14 +2,23 @@
 ``embeddings.npy`` (row i = item i) and ``faiss.index`` (inner product over those rows).
 
 A new version is written in full beside the live one, then ``CURRENT`` is replaced atomically, so a
-reader (or a killed writer) always sees one complete version.
+reader (or a killed writer) always sees one complete version. The version before the live one is kept
+(a reader that resolved ``CURRENT`` just before a publish can still read it); older ones are deleted.
+
+Only folders this toolkit wrote are ever deleted: a version folder is named ``v-YYYYmmddHHMMSS-<8 hex>``
+and holds the marker file ``.cbir-lightning-version`` (written first, so a half-written version of a
+killed run is recognised too; an empty folder of that name counts too) or, for indexes written before
+the marker existed, a manifest with a ``format_version``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 from cbir_lightning.errors import CbirError
@@ -19,6 +28,9 @@ MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 FAISS_INDEX = "faiss.index"
 CURRENT = "CURRENT"
+LOCK = ".lock"
+VERSION_MARKER = ".cbir-lightning-version"
+VERSION_NAME = re.compile(r"v-\d{14}-[0-9a-f]{8}")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -35,14 +47,50 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def current_version(index: Path) -> Path | None:
-    """The live version folder of an index, or None if it has none yet."""
+    """The live version folder of an index, or None if it has none yet; CbirError if ``CURRENT`` is not
+    the name of a folder in ``index`` (garbage text)."""
     pointer = index / CURRENT
-    if not pointer.is_file():
+    try:
+        name = pointer.read_bytes().decode("utf-8", "replace").strip()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
-    name = pointer.read_text().strip()
-    if not name or "/" in name or name.startswith("."):
+    if not name or "/" in name or name.startswith(".") or not name.isprintable() or "\ufffd" in name:
         raise CbirError(f"index {index}: {pointer} is corrupt; rebuild it with `cbir-lightning index`")
     return index / name
+
+
+def is_toolkit_version(folder: Path) -> bool:
+    """True only for a version folder this toolkit wrote: the exact name pattern and the marker file (or a
+    manifest with ``format_version``, as written before the marker existed), or an empty folder of that
+    name (a run killed between creating it and writing the marker: deleting it loses nothing). Never
+    follows a symlink."""
+    if not VERSION_NAME.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+        return False
+    if (folder / VERSION_MARKER).is_file() or not any(folder.iterdir()):
+        return True
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "format_version" in manifest
+
+
+def toolkit_versions(index: Path) -> list[Path]:
+    """The version folders this toolkit wrote in ``index``, oldest first (by name: the name starts with
+    the creation time)."""
+    try:
+        children = list(index.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted((c for c in children if is_toolkit_version(c)), key=lambda c: c.name)
+
+
+def new_version(index: Path) -> Path:
+    """Create an empty version folder in ``index`` whose first file is the marker, and return it."""
+    version = index / f"v-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    version.mkdir()
+    (version / VERSION_MARKER).write_text(f"written by cbir-lightning index, pid {os.getpid()}\n")
+    return version
 
 
 def read_manifest(index: str | Path) -> tuple[dict, Path]:

@@ -14,9 +14,10 @@ from cbir_lightning.rerank.diffusion import diffusion_scores, mutual_knn_affinit
 from cbir_lightning.rerank.expansion import alpha_query_expansion, database_side_augmentation
 from cbir_lightning.rerank.rerank import check_reranker
 from cbir_lightning.search.files import crop_image, file_sha256, open_image, parse_crop
-from cbir_lightning.search.manifest import EMBEDDINGS, FAISS_INDEX, read_manifest
+from cbir_lightning.search.manifest import CURRENT, EMBEDDINGS, FAISS_INDEX, read_manifest
 from cbir_lightning.search.model import SearchModel, checkpoint_identity
 
+OPEN_ATTEMPTS = 4  # reads of an index whose CURRENT moved meanwhile, before giving up
 SHORTLIST = 100  # re-ranking works on the top items of the first search (Iscen et al.'s truncation)
 
 
@@ -32,6 +33,20 @@ class SearchIndex:
 
     @classmethod
     def open(cls, path: str | Path) -> SearchIndex:
+        """The live version of the index folder ``path``. If that version vanishes while it is read (a
+        writer published twice meanwhile and pruned it), ``CURRENT`` is resolved again and the read
+        retried; CbirError naming the folder and the fix if it still fails."""
+        for attempt in range(OPEN_ATTEMPTS):
+            seen = _current_text(Path(path))
+            try:
+                return cls._open_version(path)
+            except CbirError:
+                if attempt == OPEN_ATTEMPTS - 1 or _current_text(Path(path)) == seen:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_version(cls, path: str | Path) -> SearchIndex:
         import faiss
 
         manifest, version = read_manifest(path)
@@ -124,6 +139,14 @@ class SearchIndex:
             {"id": int(r), "path": str(self.item_path(int(r))), "score": round(float(s), 6)}
             for s, r in zip(scores, rows, strict=True)
         ]
+
+
+def _current_text(index: Path) -> bytes | None:
+    """The raw ``CURRENT`` pointer of an index folder (None if unreadable): changes on every publish."""
+    try:
+        return (index / CURRENT).read_bytes()
+    except OSError:
+        return None
 
 
 def rerank_shortlist(name: str, query: Tensor, items: Tensor) -> Tensor:

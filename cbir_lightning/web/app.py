@@ -1,68 +1,173 @@
 """FastAPI app over one or more indexes. Only indexed files are served, by (index, item id), never by path.
 
-Uploads are limited in size (a declared Content-Length at once, a chunked body while it streams) and must
-decode as JPEG/PNG/WebP with Pillow (the name is ignored).
+Guarantees:
+
+- Uploads are limited in bytes (a declared Content-Length at once, a chunked body while it streams) and in
+  pixels (read from the header before anything is decoded), and only JPEG/PNG/WebP decoders ever run.
+- Decoding, embedding and searching run in worker threads behind a :class:`Gate` (``max_concurrent`` at
+  once, ``max_waiting`` more queue, the rest get 503), so a slow search never stalls the event loop.
+- Error responses never contain server paths: the client gets a generic message with an error id, the
+  details go to the ``cbir_lightning.web`` log.
+- Requests whose Host header is not allowed get 400 (DNS rebinding); with a ``token``, ``/api`` needs it.
+- A new index version (``cbir-lightning index`` run again) is picked up without a restart: the live
+  version is checked at most once per ``reload_s`` seconds per index; the model is reloaded only if the
+  index's model changed.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import RERANKERS
 from cbir_lightning.search.files import open_image
+from cbir_lightning.search.manifest import current_version
 from cbir_lightning.search.query import SearchIndex, search_image
+from cbir_lightning.web.access import LOOPBACK_HOSTS, TokenMiddleware
+from cbir_lightning.web.gate import Gate
+from cbir_lightning.web.uploads import DEFAULT_MAX_UPLOAD_PIXELS, UploadRefused, decode_upload
 
 STATIC = Path(__file__).parent / "static"
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+log = logging.getLogger("cbir_lightning.web")
+
+
+def model_key(index: SearchIndex) -> tuple:
+    """What identifies an index's model: the checkpoint's identity and path, and the whitening."""
+    model = index.manifest.get("model") or {}
+    whitening = index.manifest.get("whitening") or {}
+    return model.get("identity"), model.get("checkpoint"), whitening.get("sha256")
 
 
 class Catalogue:
-    """The served indexes and their models (loaded on first use)."""
+    """The served indexes, each reopened when its live version changes, and their models (loaded on
+    first use, reloaded only when the index's model changes)."""
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.indexes = [SearchIndex.open(p) for p in paths]
-        self.models: dict[int, object] = {}
+    def __init__(self, paths: list[Path], reload_s: float = 1.0) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.indexes = [SearchIndex.open(p) for p in self.paths]
+        self.checked = [time.monotonic()] * len(self.paths)
+        self.reload_s = reload_s
+        self.models: dict[int, tuple[tuple, object]] = {}
+        self.index_lock = threading.Lock()
+        self.model_lock = threading.Lock()
 
     def index(self, i: int) -> SearchIndex:
+        """Index ``i`` at its live version (checked at most once per ``reload_s``); 404 if none."""
         if not 0 <= i < len(self.indexes):
             raise HTTPException(404, f"no index {i}")
+        if time.monotonic() - self.checked[i] >= self.reload_s:
+            self.refresh(i)
         return self.indexes[i]
 
-    def model(self, i: int):
-        if i not in self.models:
-            self.models[i] = self.index(i).load_model()
-        return self.models[i]
+    def refresh(self, i: int) -> None:
+        """Reopen index ``i`` if ``CURRENT`` names another version; keep the old one if that fails."""
+        with self.index_lock:
+            if time.monotonic() - self.checked[i] < self.reload_s:
+                return  # another thread just checked
+            self.checked[i] = time.monotonic()
+            try:
+                live = current_version(self.paths[i])
+                if live is None or live.name == self.indexes[i].version.name:
+                    return
+                self.indexes[i] = SearchIndex.open(self.paths[i])
+                log.info("index %s: now serving version %s", self.paths[i], self.indexes[i].version.name)
+            except Exception as err:  # a half-removed or broken index: keep serving the opened version
+                log.warning("index %s: keeping version %s (%s)", self.paths[i], self.indexes[i].version, err)
+
+    def model(self, i: int, index: SearchIndex):
+        """The model of ``index`` (index ``i``), reused while its model key stays the same."""
+        key = model_key(index)
+        with self.model_lock:
+            cached = self.models.get(i)
+            if cached is None or cached[0] != key:
+                self.models[i] = (key, index.load_model())
+            return self.models[i][1]
 
 
-def read_upload(data: bytes, limit: int) -> Image.Image:
-    if len(data) > limit:
-        raise HTTPException(413, f"upload too large: {len(data)} bytes, the limit is {limit} bytes")
+def error_response(err: BaseException) -> JSONResponse:
+    """500 with a generic message and an error id; the details (which may name paths) go to the log."""
+    error_id = secrets.token_hex(4)
+    log.error("error %s: %s: %s", error_id, type(err).__name__, err, exc_info=err)
+    return JSONResponse(
+        {
+            "detail": f"the server could not answer this request (error {error_id}); its log has the details",
+            "error_id": error_id,
+        },
+        500,
+    )
+
+
+def check_crop(crop: str) -> tuple[int, int, int, int] | None:
+    """The crop box ``x0,y0,x1,y1`` or None; 422 if malformed."""
+    if not crop:
+        return None
     try:
-        image = open_image(data, "upload")
-    except CbirError as err:
-        reason = "too large" if "too large" in str(err) else "Pillow cannot decode it"
-        raise HTTPException(415, f"upload refused: not a JPEG, PNG or WebP image ({reason})") from err
-    if image.format not in ACCEPTED_FORMATS:
-        raise HTTPException(415, f"upload refused: {image.format} is not a JPEG, PNG or WebP image")
-    return image
+        box = tuple(int(round(float(v))) for v in crop.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
+        raise HTTPException(422, "crop must be x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1")
+    return box
 
 
-def create_app(index_paths: list[Path], max_upload_bytes: int = 10 * 1024 * 1024) -> FastAPI:
-    catalogue = Catalogue(index_paths)
-    app = FastAPI(title="cbir-lightning search")
+def check_rerank(index: SearchIndex, rerank: str) -> str:
+    allowed = list(RERANKERS) if index.manifest["scoring"] == "dot" else ["none"]
+    if rerank not in allowed:
+        raise HTTPException(422, f"rerank must be one of {', '.join(allowed)} for this index")
+    return rerank
+
+
+def run_search(
+    catalogue: Catalogue, i: int, index: SearchIndex, query, box, top_k: int, rerank: str, max_pixels: int
+) -> list[dict]:
+    """Decode the query (upload bytes, or an indexed item's path), embed it and search (a worker thread)."""
+    try:
+        image = decode_upload(query, max_pixels) if isinstance(query, bytes) else open_image(query)
+    except UploadRefused as err:
+        raise HTTPException(err.status, err.message) from err
+    if box and (box[2] > image.width or box[3] > image.height):
+        size = f"{image.width}x{image.height}"
+        raise HTTPException(422, f"crop {list(box)} lies outside the {size} query image")
+    return search_image(index, catalogue.model(i, index), image, top_k, box, rerank)
+
+
+def add_access_middleware(app: FastAPI, hosts: list[str] | None, token: str | None) -> None:
+    """Token check inside, Host check outside (middleware added later wraps the earlier ones)."""
+    if token:
+        app.add_middleware(TokenMiddleware, token=token)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts or LOOPBACK_HOSTS), www_redirect=False)
+
+
+def create_app(
+    index_paths: list[Path],
+    max_upload_bytes: int = 10 * 1024 * 1024,
+    max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+    max_concurrent: int = 2,
+    max_waiting: int = 16,
+    allowed_hosts: list[str] | None = None,
+    token: str | None = None,
+    reload_s: float = 1.0,
+) -> FastAPI:
+    """The app; ``allowed_hosts`` defaults to the loopback names, ``token`` None means no token needed."""
+    catalogue = Catalogue(index_paths, reload_s)
+    gate = Gate(max_concurrent, max_waiting)
+    app = FastAPI(title="cbir-lightning search", docs_url=None, redoc_url=None, openapi_url=None)
 
     # A body without Content-Length (chunked) is counted while it streams and refused past the limit
     # (Starlette's middleware, inner); a declared oversize length is refused at once, with the limit in
-    # the message, by the outer middleware below (middleware added later wraps the earlier ones).
+    # the message, by the outer middleware below.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_upload_bytes + 64 * 1024)
 
     @app.middleware("http")
@@ -74,19 +179,22 @@ def create_app(index_paths: list[Path], max_upload_bytes: int = 10 * 1024 * 1024
             )
         return await call_next(request)
 
+    add_access_middleware(app, allowed_hosts, token)
+
+    def describe(i: int, index: SearchIndex) -> dict:
+        return {
+            "id": i,
+            "name": index.path.name,
+            "count": len(index.items),
+            "checkpoint": Path(index.manifest["model"]["checkpoint"]).name,
+            "rerankers": list(RERANKERS) if index.manifest["scoring"] == "dot" else ["none"],
+            "max_upload_bytes": max_upload_bytes,
+            "max_upload_pixels": max_upload_pixels,
+        }
+
     @app.get("/api/indexes")
     def indexes() -> list[dict]:
-        return [
-            {
-                "id": i,
-                "name": index.path.name,
-                "count": len(index.items),
-                "checkpoint": Path(index.manifest["model"]["checkpoint"]).name,
-                "rerankers": list(RERANKERS) if index.manifest["scoring"] == "dot" else ["none"],
-                "max_upload_bytes": max_upload_bytes,
-            }
-            for i, index in enumerate(catalogue.indexes)
-        ]
+        return [describe(i, catalogue.index(i)) for i in range(len(catalogue.indexes))]
 
     @app.get("/api/indexes/{i}/items")
     def items(i: int, offset: int = 0, limit: int = 60) -> list[dict]:
@@ -94,15 +202,19 @@ def create_app(index_paths: list[Path], max_upload_bytes: int = 10 * 1024 * 1024
         stop = min(len(index.items), offset + max(0, min(limit, 500)))
         return [{"id": j, "name": Path(index.items[j]["path"]).name} for j in range(max(0, offset), stop)]
 
-    @app.get("/api/indexes/{i}/images/{j}")
-    def image(i: int, j: int) -> FileResponse:
-        index = catalogue.index(i)
+    def item_file(index: SearchIndex, i: int, j: int) -> Path:
+        """The file of item ``j``; 404 (no path in the message) if there is none or it left the disk."""
         if not 0 <= j < len(index.items):
             raise HTTPException(404, f"no item {j} in index {i}")
         path = index.item_path(j)
         if not path.is_file():
+            log.warning("index %s: item %d (%s) is no longer on disk", index.path, j, path)
             raise HTTPException(404, f"item {j} is no longer on disk; re-index")
-        return FileResponse(path)
+        return path
+
+    @app.get("/api/indexes/{i}/images/{j}")
+    def image(i: int, j: int) -> FileResponse:
+        return FileResponse(item_file(catalogue.index(i), i, j))
 
     @app.post("/api/search")
     async def search(
@@ -113,22 +225,22 @@ def create_app(index_paths: list[Path], max_upload_bytes: int = 10 * 1024 * 1024
         item: Annotated[int | None, Form()] = None,
         file: Annotated[UploadFile | None, File()] = None,
     ) -> dict:
-        chosen = catalogue.index(index)
-        if file is not None and file.filename:
-            query = read_upload(await file.read(max_upload_bytes + 1), max_upload_bytes)
-        elif item is not None:
-            if not 0 <= item < len(chosen.items):
-                raise HTTPException(404, f"no item {item} in index {index}")
-            query = open_image(chosen.item_path(item))
-        else:
+        chosen = await run_in_threadpool(catalogue.index, index)
+        box, rerank = check_crop(crop), check_rerank(chosen, rerank)
+        upload = file is not None and bool(file.filename)
+        if not upload and item is None:
             raise HTTPException(422, "upload an image or pick one from the collection")
-        try:
-            model = await run_in_threadpool(catalogue.model, index)
-            results = await run_in_threadpool(
-                search_image, chosen, model, query, max(1, min(top_k, 100)), crop or None, rerank
-            )
-        except CbirError as err:
-            raise HTTPException(400, str(err)) from err
+        async with gate.slot():  # the upload is read into memory only inside the gate
+            if upload:
+                query = await file.read(max_upload_bytes + 1)
+                if len(query) > max_upload_bytes:
+                    raise HTTPException(
+                        413, f"upload too large: {len(query)} bytes, the limit is {max_upload_bytes} bytes"
+                    )
+            else:
+                query = await run_in_threadpool(item_file, chosen, index, item)
+            args = (catalogue, index, chosen, query, box, max(1, min(top_k, 100)), rerank, max_upload_pixels)
+            results = await run_in_threadpool(run_search, *args)
         return {
             "results": [
                 {
@@ -142,8 +254,12 @@ def create_app(index_paths: list[Path], max_upload_bytes: int = 10 * 1024 * 1024
         }
 
     @app.exception_handler(CbirError)
-    async def user_error(request: Request, err: CbirError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, 400)
+    async def cbir_error(request: Request, err: CbirError) -> JSONResponse:
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, err: Exception) -> JSONResponse:
+        return error_response(err)
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
     return app
