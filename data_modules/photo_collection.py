@@ -151,12 +151,6 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
         self.labels = torch.tensor([index[name] for name in collection.labels])
         self.is_eval = torch.from_numpy(split_collection(collection, hp.held_out_classes, hp.split_seed))
         self.collection = collection
-        train_classes = int(torch.unique(self.labels[~self.is_eval]).numel())
-        if hp.classes_per_batch > train_classes:
-            raise DataError(
-                f"classes_per_batch={hp.classes_per_batch} but the training split of {hp.root} has "
-                f"{train_classes} classes; set classes_per_batch to at most {train_classes}"
-            )
 
     def _subset(self, evaluation: bool) -> tuple[list[Path], torch.Tensor, list | None]:
         """Paths, labels and crop boxes (None: whole photos) of the training or evaluation photos."""
@@ -172,6 +166,12 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         paths, labels, boxes = self._subset(False)
+        classes = int(torch.unique(labels).numel())
+        if hp.classes_per_batch > classes:
+            raise DataError(
+                f"classes_per_batch={hp.classes_per_batch} but the training split of {hp.root} has "
+                f"{classes} classes; set classes_per_batch to at most {classes}"
+            )
         data = StreamedClassBatches(
             paths, labels, hp.epoch_length, hp.seed, hp.image_size, self.view.to_tensor, self.view.view,
             hp.classes_per_batch, hp.samples_per_class, hp.augment, boxes,

@@ -100,7 +100,7 @@ def test_split_column_and_whitening_pairs(tmp_path):
 )
 def test_bad_settings_are_one_line(wikiart, options, message):
     with pytest.raises(DataError, match=message) as err:
-        make(wikiart, **options)
+        make(wikiart, **options).train_dataloader()
     assert "\n" not in str(err.value)
 
 

@@ -77,3 +77,36 @@ def test_unknown_model_and_missing_file_are_one_line():
         timm_classifier("efficientnet_lite9")
     with pytest.raises(CbirError, match="not a file; pass imagenet"):
         timm_classifier("efficientnet_lite0", "/nonexistent/w.pth")
+
+
+def test_gem_on_a_frozen_pretrained_backbone_trains_only_the_new_layers(lite0):
+    from cbir_lightning.models import GeMSiameseModule
+
+    module = GeMSiameseModule(
+        backbone="efficientnet_lite0", weights="imagenet", whitening=32, freeze="backbone",
+        optimizer=lambda groups: torch.optim.SGD(groups, lr=0.1),
+    )
+    module.train()
+    assert not module.backbone.training  # BatchNorm statistics stay as loaded
+    before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
+    optimizer = module.configure_optimizers()
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in [*module.whiten.parameters(), module.pool.p]}
+    loss = module.training_step((torch.rand(4, 3, 64, 64), torch.tensor([0, 0, 1, 1])), 0)
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(v, module.backbone.state_dict()[k]) for k, v in before.items())
+
+
+def test_backbone_learning_rate_multiplier():
+    from cbir_lightning.models import GeMSiameseModule
+
+    module = GeMSiameseModule(
+        backbone="efficientnet_lite0", backbone_lr_multiplier=0.1, whitening=16,
+        optimizer=lambda groups: torch.optim.SGD(groups, lr=0.5),
+    )
+    groups = module.configure_optimizers().param_groups
+    lrs = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert {lrs[id(p)] for p in module.backbone.parameters()} == {0.05}
+    assert {lrs[id(p)] for p in module.whiten.parameters()} == {0.5}
+    assert lrs[id(module.pool.p)] == 5.0

