@@ -31,37 +31,53 @@ def check_checkpoint(path: str | Path) -> Path:
 TRUSTED_PACKAGES = ("cbir_lightning.", "data_modules.")
 
 
-def module_class(path: str | Path, hyper_parameters: dict) -> type[pl.LightningModule]:
-    """The LightningModule class a checkpoint was saved with (``_class_path``, written by LightningCLI).
+def _trusted_class(path: str | Path, class_path: str, base: type, what: str) -> type:
+    """The class ``class_path`` named by checkpoint ``path``, if it is a subclass of ``base``.
 
-    Classes of this toolkit are imported on demand; any other class must already be imported (as
-    Lightning requires, so a checkpoint cannot make us import arbitrary code). Checkpoints without a
-    class path (saved from Python) are SiameseModule's.
+    Classes of this toolkit's packages are imported on demand; any other class must already be imported
+    (so a checkpoint cannot make us import arbitrary code). CbirError naming the file otherwise.
     """
     import importlib
     import sys
 
+    module_name, _, name = str(class_path).rpartition(".")
+    if module_name not in sys.modules and not module_name.startswith(TRUSTED_PACKAGES):
+        raise CbirError(
+            f"checkpoint {path} was saved with {what} class {class_path}, which is not part of "
+            f"cbir_lightning; import {module_name} before loading it"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise CbirError(
+            f"checkpoint {path} needs class {class_path}, which cannot be imported ({err}); "
+            "use the cbir_lightning version that wrote it"
+        ) from err
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise CbirError(f"checkpoint {path}: {class_path} is not a {base.__name__}")
+    return cls
+
+
+def module_class(path: str | Path, hyper_parameters: dict) -> type[pl.LightningModule]:
+    """The LightningModule class a checkpoint was saved with (``_class_path``, written by LightningCLI),
+    imported under the rule of ``_trusted_class``. Checkpoints without a class path (saved from Python)
+    are SiameseModule's.
+    """
     class_path = hyper_parameters.get("_class_path")
     if not class_path:
         from cbir_lightning.models.siamese_module import SiameseModule
 
         return SiameseModule
-    module_name, _, name = str(class_path).rpartition(".")
-    if module_name not in sys.modules and not module_name.startswith(TRUSTED_PACKAGES):
-        raise CbirError(
-            f"checkpoint {path} was saved with class {class_path}, which is not part of cbir_lightning; "
-            f"import {module_name} before loading it"
-        )
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise CbirError(
-            f"checkpoint {path} needs class {class_path}, which cannot be imported ({err}); "
-            "use the cbir_lightning version that wrote it"
-        ) from err
-    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
-        raise CbirError(f"checkpoint {path}: {class_path} is not a LightningModule")
-    return cls
+    return _trusted_class(path, class_path, pl.LightningModule, "model")
+
+
+def datamodule_class(path: str | Path, datamodule_args: dict) -> type[pl.LightningDataModule] | None:
+    """The LightningDataModule class a checkpoint records (``_class_path`` of its
+    ``datamodule_hyper_parameters``), imported under the same rule as the model's; None if none."""
+    class_path = datamodule_args.get("_class_path")
+    if not class_path:
+        return None
+    return _trusted_class(path, class_path, pl.LightningDataModule, "DataModule")
 
 
 def restore_overrides(hyper_parameters: dict, state_dict: dict) -> dict:
@@ -113,6 +129,17 @@ def load_module(path: str | Path, map_location: str = "cpu", whitening: bool = F
 
 
 def checkpoint_datamodule_args(path: str | Path) -> dict:
-    """The DataModule arguments the checkpoint was trained with (empty if none were saved)."""
+    """The DataModule arguments the checkpoint was trained with (empty if none were saved); a recorded
+    ``_class_path`` has been checked by ``datamodule_class`` (trusted package or already imported), so
+    callers may instantiate it."""
     ckpt = torch.load(check_checkpoint(path), map_location="cpu", weights_only=True)
-    return dict(ckpt.get("datamodule_hyper_parameters", {}))
+    args = dict(ckpt.get("datamodule_hyper_parameters", {}))
+    datamodule_class(path, args)
+    return args
+
+
+def last_checkpoint(dirpaths: list[str | Path]) -> Path | None:
+    """The newest ``last*.ckpt`` in the given checkpoint folders (what ``--ckpt_path last`` resumes), or
+    None when there is none."""
+    found = [p for d in dirpaths for p in Path(d).glob("last*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None

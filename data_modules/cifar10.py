@@ -25,6 +25,7 @@ from data_modules.image_folders import read_image_folders
 from data_modules.images import resize_uint8
 from data_modules.labelled_images import LabelledImagesDataModule
 from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD
+from data_modules.pairs import check_sampling
 from data_modules.retrieval_split import query_database_items
 
 
@@ -79,8 +80,7 @@ class CIFAR10DataModule(LabelledImagesDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if sampling not in ("pairs", "class_batches"):
-            raise DataError(f"sampling must be 'pairs' or 'class_batches', got {sampling!r}")
+        check_sampling(sampling, classes_per_batch, samples_per_class)
         if (mean is None) != (std is None) or (mean is not None and (len(mean), len(std)) != (3, 3)):
             raise DataError("mean and std must both be 3 numbers (one per RGB channel) or both null")
         self.classes: list[str] = []

@@ -23,7 +23,7 @@ from data_modules.errors import DataError
 from data_modules.images import resize_uint8
 from data_modules.omniglot_download import download_omniglot
 from data_modules.omniglot_files import SMALL_SETS, OmniglotImages, read_omniglot
-from data_modules.pairs import training_samples
+from data_modules.pairs import check_sampling, training_samples
 from data_modules.samplers import EpochSampler
 
 
@@ -89,8 +89,7 @@ class OmniglotDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if sampling not in ("pairs", "class_batches"):
-            raise DataError(f"sampling must be 'pairs' or 'class_batches', got {sampling!r}")
+        check_sampling(sampling, classes_per_batch, samples_per_class)
         self.train_images: OmniglotImages | None = None
         self.val_images: OmniglotImages | None = None
         self.episodes: Episodes | None = None

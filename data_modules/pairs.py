@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_modules.augment import AffineRanges, koch_distort
+from data_modules.errors import DataError
 from data_modules.samplers import item_generator
 
 
@@ -82,6 +83,35 @@ class ClassBatchDataset(_LabelledImages):
         return self._load(index, gen), self.inverse[index]
 
 
+def check_sampling(sampling: str, classes_per_batch: int, samples_per_class: int) -> None:
+    """DataError naming the key and the fix unless ``sampling`` is known and, for class batches, every
+    batch can hold positive pairs (``samples_per_class`` >= 2) and negative pairs (``classes_per_batch``
+    >= 2). Whether there are that many classes is checked when the training set is built."""
+    if sampling not in ("pairs", "class_batches"):
+        raise DataError(f"sampling must be 'pairs' or 'class_batches', got {sampling!r}")
+    if sampling != "class_batches":
+        return
+    if samples_per_class < 2:
+        raise DataError(
+            f"data.init_args.samples_per_class is {samples_per_class}: class batches need at least 2 images "
+            "of each class to form positive pairs; set samples_per_class: 2 or more"
+        )
+    if classes_per_batch < 2:
+        raise DataError(
+            f"data.init_args.classes_per_batch is {classes_per_batch}: class batches need at least 2 classes "
+            "to form negative pairs; set classes_per_batch: 2 or more"
+        )
+
+
+def check_class_count(labels: torch.Tensor, classes_per_batch: int) -> None:
+    available = len(torch.unique(labels))
+    if classes_per_batch > available:
+        raise DataError(
+            f"data.init_args.classes_per_batch is {classes_per_batch}, but the training set has {available} "
+            f"classes; set classes_per_batch: {available} or less"
+        )
+
+
 def training_samples(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -96,8 +126,10 @@ def training_samples(
     """The training dataset of a labelled image set and the loader batch size it needs: ``"pairs"``
     gives ``epoch_length`` batches of ``batch_size`` pairs, ``"class_batches"`` ``epoch_length`` whole
     batches (loader batch size ``None``)."""
+    check_sampling(sampling, classes_per_batch, samples_per_class)
     if sampling == "pairs":
         return PairDataset(images, labels, epoch_length * batch_size, seed, augment), batch_size
+    check_class_count(labels, classes_per_batch)
     data = ClassBatchDataset(
         images,
         labels,

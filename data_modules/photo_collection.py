@@ -30,6 +30,7 @@ from data_modules.collection_files import (
 )
 from data_modules.errors import DataError
 from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD
+from data_modules.pairs import check_class_count, check_sampling
 from data_modules.photo_datasets import LabelledPhotos
 from data_modules.photos import PhotoTransform
 from data_modules.retrieval_split import balanced_pairs
@@ -109,11 +110,7 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
             raise DataError(f"layout must be 'auto' or 'stanford_dogs', got {layout!r}")
         if image_size < 1:
             raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
-        if samples_per_class < 2:
-            raise DataError(
-                f"samples_per_class={samples_per_class}: class batches need at least 2 photos of a class "
-                "to form positive pairs; set samples_per_class: 2 or more"
-            )
+        check_sampling("class_batches", classes_per_batch, samples_per_class)
         if (len(mean), len(std)) != (3, 3):
             raise DataError("mean and std must be 3 numbers each (R, G, B)")
         self.view = SquareView(image_size, mean, std)
@@ -166,12 +163,7 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         paths, labels, boxes = self._subset(False)
-        classes = int(torch.unique(labels).numel())
-        if hp.classes_per_batch > classes:
-            raise DataError(
-                f"classes_per_batch={hp.classes_per_batch} but the training split of {hp.root} has "
-                f"{classes} classes; set classes_per_batch to at most {classes}"
-            )
+        check_class_count(labels, hp.classes_per_batch)
         data = StreamedClassBatches(
             paths, labels, hp.epoch_length, hp.seed, hp.image_size, self.view.to_tensor, self.view.view,
             hp.classes_per_batch, hp.samples_per_class, hp.augment, boxes,

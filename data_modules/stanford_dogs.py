@@ -22,6 +22,7 @@ from data_modules.errors import DataError
 from data_modules.image_folders import read_image, to_uint8
 from data_modules.labelled_images import LabelledImagesDataModule
 from data_modules.omniglot import IndexedImages
+from data_modules.pairs import check_sampling
 from data_modules.retrieval_split import query_database_items
 from data_modules.stanford_dogs_files import DogsList, read_box, read_list
 
@@ -80,8 +81,7 @@ class StanfordDogsDataModule(LabelledImagesDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if sampling not in ("pairs", "class_batches"):
-            raise DataError(f"sampling must be 'pairs' or 'class_batches', got {sampling!r}")
+        check_sampling(sampling, classes_per_batch, samples_per_class)
         if database not in ("test", "train"):
             raise DataError(f"database must be 'test' or 'train', got {database!r}")
         channels = 1 if grayscale else 3

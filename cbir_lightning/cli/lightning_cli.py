@@ -3,19 +3,33 @@
 Every run ends with one JSON line: after ``fit`` the best checkpoint is validated and reported
 (``checkpoint`` plus the validation metrics without their ``val/`` prefix); ``validate`` and ``test``
 report their metrics the same way.
+
+A killed ``fit`` resumes with ``--ckpt_path last``: the newest ``last*.ckpt`` in the config's
+ModelCheckpoint folder (the shipped configs use ``${trainer.default_root_dir}/checkpoints``, so
+``--trainer.default_root_dir`` moves every output of a run); without one the command stops with one line.
+A checkpoint's module is rebuilt from the checkpoint alone (no pretrained-weights or whitening_init
+file is read), and ``fit`` stops at the first NaN/inf training loss (``StopOnNonFinite``).
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from jsonargparse import set_parsing_settings
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
-from cbir_lightning.checkpoints import check_checkpoint
+from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
+from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, module_class, restore_overrides
+from cbir_lightning.errors import CbirError
+
+LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -42,14 +56,126 @@ def report(trainer: pl.Trainer, metrics: dict, **extra) -> None:
     print(json.dumps(out), flush=True)
 
 
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def checkpoint_dirs(trainer_config) -> list[str]:
+    """The fixed ``dirpath`` of every ModelCheckpoint callback in a parsed ``trainer`` config."""
+    import importlib
+
+    dirs = []
+    for callback in _as_list(trainer_config.get("callbacks")):
+        class_path = str(callback.get("class_path", ""))
+        module_name, _, name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError):
+            continue
+        dirpath = (callback.get("init_args") or {}).get("dirpath")
+        if isinstance(cls, type) and issubclass(cls, ModelCheckpoint) and dirpath:
+            dirs.append(str(dirpath))
+    return dirs
+
+
+def resolve_last(subcommand_config) -> Path:
+    """The checkpoint ``--ckpt_path last`` means: the newest ``last*.ckpt`` in the config's ModelCheckpoint
+    folders (``dirpath``, e.g. ``${trainer.default_root_dir}/checkpoints``). CbirError when the config
+    has no fixed folder or the folder holds no last checkpoint, rather than starting from scratch."""
+    dirs = checkpoint_dirs(subcommand_config.get("trainer") or {})
+    if not dirs:
+        raise CbirError(
+            "--ckpt_path last needs a ModelCheckpoint callback with a fixed folder: add "
+            "`dirpath: ${trainer.default_root_dir}/checkpoints` to its init_args, or pass the .ckpt file"
+        )
+    found = last_checkpoint(dirs)
+    if found is None:
+        raise CbirError(
+            f"--ckpt_path last: no last.ckpt in {', '.join(dirs)}; check --trainer.default_root_dir "
+            "(the run's output folder), pass the .ckpt file, or drop --ckpt_path to start a new run"
+        )
+    return found
+
+
+def note_previous_run(subcommand_config) -> None:
+    """One line on stderr when a new ``fit`` starts in a checkpoint folder that holds a previous run's
+    ``last.ckpt`` (which this run overwrites at its first epoch end)."""
+    dirs = checkpoint_dirs(subcommand_config.get("trainer") or {})
+    previous = last_checkpoint(dirs) if dirs else None
+    if previous is not None:
+        sys.stderr.write(
+            f"cbir-lightning: note: starting a new run; it will overwrite {previous} of a previous run "
+            "(to continue that run instead, pass --ckpt_path last)\n"
+        )
+
+
+def checkpoint_model_config(path: Path) -> dict:
+    """The model config to rebuild ``path``'s module: its saved hyperparameters, with the pretrained
+    sources (backbone ``weights``, ``whitening_init`` file) switched off, since the checkpoint holds those
+    weights and the files may be absent (offline, another machine). Empty if none were saved."""
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, ValueError, KeyError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise CbirError(
+            f"cannot load checkpoint {path} ({reason}); use a checkpoint written by `cbir-lightning fit`"
+        ) from err
+    hparams = dict(ckpt.get("hyper_parameters", {}))
+    hparams.pop("_instantiator", None)
+    if not hparams:
+        return {}
+    module_class(path, hparams)  # only trusted (or already imported) classes
+    hparams.update(restore_overrides(hparams, ckpt.get("state_dict", {})))
+    if "_class_path" in hparams:
+        return {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+    return hparams
+
+
 class CbirCLI(LightningCLI):
+    """LightningCLI that resumes ``--ckpt_path last`` from the config's checkpoint folder (or says why it
+    cannot), rebuilds a checkpoint's module from the checkpoint alone, stops a diverging ``fit`` at its
+    first non-finite loss, and reports each run as one JSON line."""
+
+    restoring = False
+
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint's hyperparameters here: check the file first, for a clear error
+        """Resolve ``last``, check the file (one-line errors), and put its model hyperparameters into the
+        config (what LightningCLI does), without the pretrained sources the checkpoint makes redundant."""
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt and ckpt not in ("best", "last", "hpc", "registry"):
-            check_checkpoint(ckpt)
-        super()._parse_ckpt_path()
+        if subcommand == "fit" and not ckpt:
+            note_previous_run(self.config[subcommand])
+        if not ckpt or ckpt in LIGHTNING_CKPT_NAMES:
+            return
+        if ckpt == "last":
+            ckpt = str(resolve_last(self.config[subcommand]))
+            self.config[subcommand]["ckpt_path"] = ckpt
+            action = "resuming from" if subcommand == "fit" else "checkpoint"
+            sys.stderr.write(f"cbir-lightning: {action} {ckpt}\n")
+        model = checkpoint_model_config(check_checkpoint(ckpt))
+        if not model:
+            return
+        self.restoring = True
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+
+    def instantiate_classes(self) -> None:
+        """As LightningCLI; a module rebuilt for a checkpoint does not warn that it has no pretrained
+        weights (they come from the checkpoint)."""
+        with warnings.catch_warnings():
+            if self.restoring:
+                warnings.filterwarnings("ignore", message=".*no pretrained weights.*")
+            super().instantiate_classes()
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
+        """Every ``fit`` stops at its first non-finite training loss (``StopOnNonFinite``)."""
+        listed = [*_as_list(config.get("callbacks")), *callbacks]
+        if self.subcommand == "fit" and not any(isinstance(c, StopOnNonFinite) for c in listed):
+            callbacks = [*callbacks, StopOnNonFinite()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
         trainer = self.trainer
