@@ -110,3 +110,17 @@ def test_backbone_learning_rate_multiplier():
     assert {lrs[id(p)] for p in module.backbone.parameters()} == {0.05}
     assert {lrs[id(p)] for p in module.whiten.parameters()} == {0.5}
     assert lrs[id(module.pool.p)] == 5.0
+
+
+def test_identity_whitening_init_starts_from_the_pretrained_descriptor():
+    from cbir_lightning.models import GeMSiameseModule
+
+    torch.manual_seed(0)
+    plain = GeMSiameseModule(backbone="efficientnet_lite0").eval()
+    head = GeMSiameseModule(backbone="efficientnet_lite0", whitening=1280, whitening_init="identity").eval()
+    head.backbone.load_state_dict(plain.backbone.state_dict())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(head.embed(images), plain.embed(images), atol=1e-6)
+    with pytest.raises(CbirError, match="identity needs whitening: 1280"):
+        GeMSiameseModule(backbone="efficientnet_lite0", whitening=512, whitening_init="identity")

@@ -74,7 +74,8 @@ class GeMSiameseModule(EmbeddingModule):
         norm again); null: none.
     whitening_init: whitening file (``*.whitening.pt``) to initialise that layer from
         (``weight = projection``, ``bias = -projection @ mean``); its dimension is used when
-        ``whitening`` is null.
+        ``whitening`` is null. ``identity``: the layer starts as the identity (the descriptor unchanged),
+        so fine-tuning a head on a pretrained backbone starts from the pretrained ranking.
     loss: ``contrastive`` (the paper's, summed) or ``pml_contrastive`` / ``pml_triplet`` /
         ``pml_multi_similarity``.
     margin: the paper's contrastive margin (0.7; 0.85 in the later recipe).
@@ -134,6 +135,14 @@ class GeMSiameseModule(EmbeddingModule):
     def _whitening_layer(channels: int, dim: int | None, init: str | None) -> nn.Linear | None:
         if init is None:
             return None if dim is None else nn.Linear(channels, dim)
+        if init == "identity":  # starts as the pretrained descriptor itself; training moves it from there
+            if dim not in (None, channels):
+                raise CbirError(f"whitening_init: identity needs whitening: {channels} (the net's dimension)")
+            layer = nn.Linear(channels, channels)
+            with torch.no_grad():
+                layer.weight.copy_(torch.eye(channels))
+                layer.bias.zero_()
+            return layer
         w = load_whitening(init)
         projection, mean = w["projection"].float(), w["mean"].float()
         if len(mean) != channels:

@@ -35,7 +35,7 @@ from cbir_lightning.search.manifest import (
     read_manifest,
     toolkit_versions,
 )
-from cbir_lightning.search.model import SearchModel
+from cbir_lightning.search.model import SearchModel, check_model_args, load_search_model
 
 FILE_LIST_ENV = "CBIR_INDEX_FILE_LIST"  # rank 0's list of files to embed, for the DDP worker processes
 
@@ -74,7 +74,7 @@ def write_faiss(vectors: np.ndarray, path: Path) -> None:
 def check_out_folder(out: Path, images: Path) -> None:
     """CbirError (one line, naming the folder and the fix) unless ``out`` may hold the index of ``images``:
     it lies outside ``images`` and is new, empty (but for the toolkit's own files) or an index folder (it
-    holds a version folder this toolkit wrote)."""
+    holds ``CURRENT`` or a non-empty version folder this toolkit wrote)."""
     real_out, real_images = out.resolve(), images.resolve()
     if real_out == real_images or real_out.is_relative_to(real_images):
         raise CbirError(
@@ -87,7 +87,9 @@ def check_out_folder(out: Path, images: Path) -> None:
         raise CbirError(f"--out {out} is a file; pass a new or empty folder, or an index folder")
     own = {CURRENT, LOCK}
     foreign = [c for c in out.iterdir() if c.name not in own and not c.name.startswith(f".{CURRENT}.")]
-    if foreign and not toolkit_versions(out):
+    # an empty folder named like a version is deletable (it holds nothing) but is no sign of an index
+    written = (out / CURRENT).is_file() or any(any(v.iterdir()) for v in toolkit_versions(out))
+    if foreign and not written:
         raise CbirError(
             f"--out {out} is not empty and holds no index written by `cbir-lightning index` (it has "
             f"{foreign[0].name!r}); pass a new or empty folder, or an existing index folder"
@@ -218,8 +220,12 @@ def build_index(
     out: str | Path,
     batch_size: int = 32,
     trainer_options: dict | None = None,
+    onnx_model: str | Path | None = None,
 ) -> dict | None:
     """Index every jpg/png/webp below ``images`` with the checkpoint into the folder ``out``.
+
+    ``onnx_model`` (with ``ckpt`` None): embed with a file written by ``cbir-lightning export`` on ONNX
+    Runtime (CPU, no Lightning predict loop, no DDP); the manifest records that file and its SHA-256.
 
     Unchanged files (same path, size and mtime, same model and whitening) keep their vectors; new or
     changed ones are embedded; deleted ones are dropped; unreadable files, files that vanish or change
@@ -227,13 +233,19 @@ def build_index(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CbirError(f"--batch-size must be a positive number of images, got {batch_size!r}")
+    check_model_args(ckpt, onnx_model)
+    if onnx_model is not None:  # a missing or foreign file is refused before the index folder is touched
+        from cbir_lightning.export.onnx_embedder import read_metadata
+
+        read_metadata(onnx_model)
     images, out = Path(images).resolve(), Path(out)
-    if is_launched_worker() and FILE_LIST_ENV in os.environ:
+    if onnx_model is None and is_launched_worker() and FILE_LIST_ENV in os.environ:
         return _embed_in_worker(ckpt, batch_size, trainer_options)
     if not images.is_dir():
         scan_collection(images)  # CbirError naming the missing folder
     check_out_folder(out, images)
-    if is_launched_worker():  # a worker started without rank 0's list (e.g. on another node): same plan
+    # a worker started without rank 0's list (e.g. on another node): same plan
+    if onnx_model is None and is_launched_worker():
         model = SearchModel.load(ckpt)
         plan = _plan(images, out, model, model.describe_whitening())
         todo = plan["todo"]
@@ -243,13 +255,16 @@ def build_index(
         return None
     out.mkdir(parents=True, exist_ok=True)
     with index_lock(out):
-        model = SearchModel.load(ckpt)
+        model = load_search_model(ckpt, onnx_model)
         whitening = model.describe_whitening()
         plan = _plan(images, out, model, whitening)
         items, rows, todo, skipped = plan["items"], plan["rows"], plan["todo"], plan["skipped"]
         if todo:
             paths, headers = [images / rel for rel, _, _ in todo], [h for _, _, h in todo]
-            raw, labels, _ = _predict(model, paths, headers, batch_size, trainer_options)
+            if onnx_model is not None:
+                raw, labels, _ = model.embed_files(paths, headers, batch_size)
+            else:
+                raw, labels, _ = _predict(model, paths, headers, batch_size, trainer_options)
             vectors = model.post_process(raw).numpy()
             slots = [i for i, item in enumerate(items) if item is None]
             for j, (slot, (rel, stat, _)) in enumerate(zip(slots, todo, strict=True)):
@@ -269,7 +284,11 @@ def build_index(
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "images_root": str(images),
-            "model": {"checkpoint": str(model.checkpoint), "identity": model.identity},
+            "model": {
+                "checkpoint": str(model.checkpoint),
+                "identity": model.identity,
+                **({"onnx": True} if onnx_model is not None else {}),
+            },
             "whitening": whitening,
             "dimension": int(embeddings.shape[1]),
             "scoring": model.scoring(torch.from_numpy(embeddings[:16])),
