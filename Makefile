@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 	@touch $@
 
-data: data/omniglot/.ready data/cifar10/.ready
+data: data/omniglot/.ready data/cifar10/.ready data/stanford_dogs/.ready data/wikiart_pd/.ready
 
 data/omniglot/.ready: | venv
 	@mkdir -p data/omniglot
@@ -35,7 +35,26 @@ data/cifar10/.ready:
 		echo "no $(SHARED)/cifar10: CIFAR-10 configs need --data.init_args.download true"; \
 	fi
 
-demo: venv data
+# Stanford Dogs in the release layout (Images/, Annotation/, lists/): the shared 60-breed subset, or the
+# official release (about 780 MB) through `cbir-lightning download`.
+data/stanford_dogs/.ready: | venv
+	@if [ -d $(SHARED)/stanford_dogs ]; then \
+		mkdir -p data/stanford_dogs && cp -r $(SHARED)/stanford_dogs/. data/stanford_dogs/; \
+	else \
+		$(BIN)/cbir-lightning download --dataset stanford_dogs --root data/stanford_dogs; \
+	fi
+	@touch $@
+
+# Public-domain paintings (<artist>/<file>.jpg + labels.tsv: path, style, artist) for configs/wikiart_*.yaml.
+# WikiArt has no small official release: elsewhere, put any such folder (or your own collection) there.
+data/wikiart_pd/.ready:
+	@if [ -d $(SHARED)/wikiart_pd ]; then \
+		mkdir -p data/wikiart_pd && cp -r $(SHARED)/wikiart_pd/. data/wikiart_pd/ && touch $@; \
+	else \
+		echo "no $(SHARED)/wikiart_pd: put <artist>/<file>.jpg and labels.tsv (path, style, artist) in data/wikiart_pd"; \
+	fi
+
+demo: venv data/omniglot/.ready
 	$(BIN)/cbir-lightning fit --config configs/omniglot_koch.yaml
 
 test: venv chromium

@@ -74,21 +74,42 @@ def download(dataset: str, root: str, sets: list[str] | None = None, images: boo
     """Fetch a data set from its official release into ``root`` (needs the internet).
 
     Args:
-        dataset: ``omniglot``, ``roxford5k`` or ``rparis6k``.
+        dataset: ``omniglot``, ``roxford5k``, ``rparis6k`` or ``stanford_dogs``.
         root: folder to download into (``roxford5k``/``rparis6k``: ``ROOT/<dataset>/gnd_<dataset>.pkl``
-            and ``ROOT/<dataset>/jpg/``).
+            and ``ROOT/<dataset>/jpg/``; ``stanford_dogs``: ``ROOT/Images/``, ``ROOT/Annotation/``,
+            ``ROOT/lists/``).
         sets: Omniglot sets (``images_background``, ``images_evaluation``, ``images_background_small1``...);
             default: the two small background sets.
         images: ``roxford5k``/``rparis6k``: also fetch the images (about 2-3 GB), not only the ground truth.
     """
     if dataset in REVISITED:
         return download_revisited(dataset, root, images=images)
+    if dataset == "stanford_dogs":
+        from data_modules.stanford_dogs_download import download_stanford_dogs
+
+        return download_stanford_dogs(root)
     if dataset != "omniglot":
         from cbir_lightning.errors import CbirError
 
-        raise CbirError(f"unknown dataset {dataset!r}; available: omniglot, {', '.join(REVISITED)}")
+        raise CbirError(
+            f"unknown dataset {dataset!r}; available: omniglot, {', '.join(REVISITED)}, stanford_dogs"
+        )
     download_omniglot(root, sets or list(SMALL_SETS))
     return {"dataset": dataset, "root": str(Path(root))}
+
+
+def export(ckpt: str, out: str, opset: int = 17) -> dict:
+    """Export a checkpoint's embedder to ONNX (dynamic batch axis; input size, preprocessing, scoring and
+    whitening in its metadata) and check it against PyTorch; prints JSON with ``max_abs_diff``.
+
+    Args:
+        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is folded in).
+        out: the ``.onnx`` file to write (``index``/``search``/``recommend --model``).
+        opset: ONNX opset version.
+    """
+    from cbir_lightning.export.onnx_export import export_onnx
+
+    return export_onnx(ckpt, out, opset)
 
 
 def normalize_flags(args: list[str], function) -> list[str]:
@@ -118,6 +139,7 @@ def run_tool_command(args: list[str]) -> None:
         "download": download,
         "evaluate": evaluate,
         "whiten": whiten,
+        "export": export,
         "index": index,
         "search": search,
         "recommend": recommend,
