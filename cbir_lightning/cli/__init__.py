@@ -8,6 +8,7 @@ evaluate                          retrieval metrics of embeddings (labels or Oxf
 index / search / recommend        image search: index a folder with a checkpoint, query it, find similar items
 serve                             web page to search an index (upload, crop, results grid)
 whiten                            fit learned (Lw) or PCA whitening for a checkpoint, saved beside it
+export                            a checkpoint's embedder as ONNX (index/search/recommend --model)
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from cbir_lightning.errors import USER_ERRORS
 
 TOOL_COMMANDS = (
-    "oneshot", "make-runs", "download", "evaluate", "index", "search", "recommend", "serve", "whiten"
+    "oneshot", "make-runs", "download", "evaluate", "index", "search", "recommend", "serve", "whiten",
+    "export",
 )
 
 

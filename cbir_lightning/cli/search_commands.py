@@ -1,4 +1,5 @@
-"""``index``, ``search``, ``recommend``, ``serve``: image search over a folder with a trained checkpoint."""
+"""``index``, ``search``, ``recommend``, ``serve``: image search over a folder with a trained checkpoint
+(or its ONNX export, ``--model``)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,22 @@ from pathlib import Path
 
 
 def index(
-    ckpt: str,
     images: str,
     out: str,
+    ckpt: str | None = None,
     batch_size: int = 32,
     accelerator: str = "auto",
     devices: int = 1,
     strategy: str = "auto",
     num_nodes: int = 1,
+    model: str | None = None,
 ) -> dict | None:
     """Embed every jpg/png/webp below ``images`` into the index folder ``out`` (incremental, atomic).
 
     Args:
         ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is applied).
+        model: instead of ``--ckpt``, an ONNX file written by ``cbir-lightning export``, run with ONNX
+            Runtime on the CPU (no checkpoint needed; ``--devices``/``--strategy`` do not apply).
         images: folder searched recursively.
         out: index folder: new, empty or an existing index (any other folder, or one inside ``images``, is
             refused; only version folders written by this command are ever deleted, and the previous
@@ -29,10 +33,18 @@ def index(
         devices / strategy / num_nodes: Lightning Trainer settings; ``--devices 4 --strategy ddp`` shards
             the images over 4 processes (GPUs), and rank 0 gathers the vectors and writes the index.
     """
+    from cbir_lightning.errors import CbirError
     from cbir_lightning.search.index import build_index
 
     options = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
-    result = build_index(ckpt, images, out, batch_size, options)
+    if model is not None:
+        if (devices, strategy, num_nodes) != (1, "auto", 1) or accelerator not in ("auto", "cpu"):
+            raise CbirError(
+                "--model runs on ONNX Runtime in one CPU process; drop --accelerator/--devices/--strategy/"
+                "--num-nodes, or index with --ckpt"
+            )
+        options = None
+    result = build_index(ckpt, images, out, batch_size, options, onnx_model=model)
     if result is None:  # a DDP worker process: rank 0 reports
         return None
     for skipped in result["skipped"]:
@@ -48,6 +60,7 @@ def search(
     rerank: str = "none",
     sheet: str | None = None,
     ckpt: str | None = None,
+    model: str | None = None,
 ) -> list:
     """The ``top_k`` indexed images most similar to ``query``: JSON list of ``{"path", "score"}``.
 
@@ -60,6 +73,8 @@ def search(
             ``diffusion``, applied to the first 100 results.
         sheet: also write a contact sheet PNG (query + results with scores).
         ckpt: the index's checkpoint at another path (must be the same model).
+        model: the index's ONNX model (``cbir-lightning export``) at another path, or an export of the
+            index's checkpoint (same whitening), run with ONNX Runtime.
     """
     from cbir_lightning.search.files import crop_image, open_image, parse_crop
     from cbir_lightning.search.query import SearchIndex, search_image
@@ -67,9 +82,9 @@ def search(
 
     parse_crop(crop)  # a bad --crop is refused (one line) before any work
     opened = SearchIndex.open(index)
-    model = opened.load_model(ckpt)
+    loaded = opened.load_model(ckpt, model)
     image = open_image(query)
-    results = search_image(opened, model, image, top_k, crop, rerank)
+    results = search_image(opened, loaded, image, top_k, crop, rerank)
     if sheet:
         contact_sheet(crop_image(image, parse_crop(crop)), results, sheet)
         print(f"contact sheet: {sheet}")
@@ -77,7 +92,12 @@ def search(
 
 
 def recommend(
-    index: str, image: str, top_k: int = 10, duplicate_threshold: float = 0.98, ckpt: str | None = None
+    index: str,
+    image: str,
+    top_k: int = 10,
+    duplicate_threshold: float = 0.98,
+    ckpt: str | None = None,
+    model: str | None = None,
 ) -> dict:
     """Items similar to ``image``, without its exact duplicates (same file hash) and near duplicates.
 
@@ -87,12 +107,13 @@ def recommend(
         top_k: number of recommendations (``--top-k``).
         duplicate_threshold: results scoring at least this are near duplicates (``--duplicate-threshold``).
         ckpt: the index's checkpoint at another path (must be the same model).
+        model: the index's ONNX model at another path, or an export of its checkpoint (see ``search``).
     """
     from cbir_lightning.search.query import SearchIndex, recommend_image
 
     opened = SearchIndex.open(index)
-    model = opened.load_model(ckpt)
-    result = recommend_image(opened, model, image, top_k, duplicate_threshold)
+    loaded = opened.load_model(ckpt, model)
+    result = recommend_image(opened, loaded, image, top_k, duplicate_threshold)
     return {
         "results": [{"path": r["path"], "score": r["score"]} for r in result["results"]],
         "exact_duplicates": [r["path"] for r in result["exact_duplicates"]],

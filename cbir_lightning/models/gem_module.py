@@ -118,8 +118,9 @@ class GeMSiameseModule(EmbeddingModule):
         if freeze not in (None, "backbone"):
             raise CbirError(f"freeze must be 'backbone' or null, got {freeze!r}")
         self.backbone = Backbone(backbone, weights, freeze_batchnorm)
-        if freeze == "backbone":
+        if freeze == "backbone":  # eval mode now: Lightning keeps each submodule's mode, never calls train()
             self.backbone.requires_grad_(False)
+            self.backbone.eval()
         self.pool = build_pooling(pooling, p, learn_p)
         self.whiten = self._whitening_layer(self.backbone.channels, whitening, whitening_init)
         self.pml_loss = self.pml_miner = None

@@ -125,3 +125,20 @@ class SearchModel:
         """One PIL image -> its index vector ``[1, D]``."""
         with torch.no_grad():
             return self.post_process(self.module.embed(self.transform(image)[None]))
+
+
+def check_model_args(ckpt, onnx_model) -> None:
+    """CbirError unless exactly one of a checkpoint and an ONNX model is given."""
+    if (ckpt is None) == (onnx_model is None):
+        raise CbirError("pass exactly one of --ckpt CKPT (a checkpoint) and --model MODEL.onnx (an export)")
+
+
+def load_search_model(ckpt: str | Path | None = None, onnx_model: str | Path | None = None):
+    """The model of ``index``/``search``: a checkpoint's ``SearchModel`` (``ckpt``) or an exported ONNX file's
+    ``OnnxSearchModel`` (``onnx_model``), both with the same interface; exactly one must be given."""
+    check_model_args(ckpt, onnx_model)
+    if onnx_model is not None:
+        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
+
+        return OnnxSearchModel.load(onnx_model)
+    return SearchModel.load(ckpt)

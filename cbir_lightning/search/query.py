@@ -71,9 +71,13 @@ class SearchIndex:
     def item_path(self, i: int) -> Path:
         return Path(self.manifest["images_root"]) / self.items[i]["path"]
 
-    def load_model(self, ckpt: str | Path | None = None) -> SearchModel:
-        """The index's model (``ckpt`` overrides the recorded path); CbirError if it is another model."""
+    def load_model(self, ckpt: str | Path | None = None, onnx_model: str | Path | None = None) -> SearchModel:
+        """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path); CbirError if it is
+        another model. An index built with an ONNX export is queried with that export (or a copy); one built
+        with a checkpoint also with an export of that checkpoint and its whitening file."""
         recorded = self.manifest["model"]
+        if recorded.get("onnx") or onnx_model is not None:
+            return self._load_onnx(recorded, ckpt, onnx_model)
         ckpt = Path(ckpt or recorded["checkpoint"])
         if not ckpt.is_file():
             raise CbirError(
@@ -93,6 +97,37 @@ class SearchIndex:
             raise CbirError(
                 f"the whitening beside {ckpt} differs from the one index {self.path} was built with; "
                 "re-index with `cbir-lightning index`"
+            )
+        return model
+
+    def _load_onnx(self, recorded: dict, ckpt, onnx_model):
+        """``load_model`` when the index or the query uses an ONNX export (see there)."""
+        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
+
+        if recorded.get("onnx") and ckpt is not None:
+            raise CbirError(
+                f"index {self.path} was built with the ONNX model {recorded['checkpoint']}; query it with "
+                "--model (not --ckpt), or rebuild it with `cbir-lightning index --ckpt`"
+            )
+        path = Path(onnx_model or recorded["checkpoint"])
+        if not path.is_file():
+            raise CbirError(
+                f"ONNX model {path} of index {self.path} not found; pass the index's model with --model or "
+                "rebuild the index"
+            )
+        model = OnnxSearchModel.load(path)
+        if recorded.get("onnx"):
+            same = model.identity == recorded["identity"]
+        else:  # a checkpoint's index: an export of that checkpoint with the same whitening file
+            source_whitening = (model.describe_whitening() or {}).get("sha256")
+            same = model.meta["source"]["identity"] == recorded["identity"] and source_whitening == (
+                self.manifest.get("whitening") or {}
+            ).get("sha256")
+        if not same:
+            raise CbirError(
+                f"ONNX model {path} is not the model index {self.path} was built with "
+                f"({recorded['checkpoint']}); query with that model or re-index with "
+                f"`cbir-lightning index --model {path} --out {self.path}`"
             )
         return model
 

@@ -1,0 +1,225 @@
+"""``export_onnx``: a checkpoint's evaluation embedder as an ONNX file that needs neither the checkpoint nor
+its DataModule.
+
+The graph maps images ``[batch, C, H, W]`` (preprocessed as the metadata's ``preprocess`` spec says, see
+:mod:`cbir_lightning.export.preprocess`) to the index vectors the checkpoint gives in ``cbir-lightning
+index``: the module's eval-mode ``embed`` (GeM: its multi-scale combination at ``eval_scales``, pooling and
+whitening layer), then the whitening file beside the checkpoint when there is one. DSH models output their
+relaxed codes (before the sign); the metadata says ``"post": "sign"`` and the embedder applies it. The batch
+axis is dynamic; so are height and width when the preprocessing keeps the aspect ratio (photos).
+
+The metadata (``metadata_props`` key ``cbir_lightning``, JSON) records: the preprocessing spec, input
+size, channels, dimension, ``post``, ``scoring`` (``{"kind": "dot"}``, ``{"kind": "weighted_l1", "weight",
+"bias"}`` for the Koch net's learned L1 head, or ``{"kind": "hamming", "bits"}`` for DSH codes), the
+whitening file applied, and the source checkpoint with its identity hash.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cbir_lightning.errors import CbirError
+
+METADATA_KEY = "cbir_lightning"
+FORMAT = 1
+PARITY_TOLERANCE = 1e-4  # max abs difference of the exported vectors to the checkpoint's
+
+
+class ExportedEmbedder(nn.Module):
+    """``images -> index vectors`` of a loaded module (eval mode), with the whitening file folded in;
+    ``codes=True``: the DSH module's relaxed codes (before the sign)."""
+
+    def __init__(self, module: nn.Module, whitening: dict | None, codes: bool = False) -> None:
+        super().__init__()
+        self.module, self.codes = module, codes
+        self.whitening = whitening is not None
+        if whitening is not None:
+            self.register_buffer("mean", whitening["mean"].float().clone())
+            self.register_buffer("projection", whitening["projection"].float().clone())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.codes:
+            return self.module.codes(images)
+        x = self.module.embed(images)
+        if self.whitening:
+            x = nn.functional.normalize((x.float() - self.mean) @ self.projection.T, dim=1)
+        return x
+
+
+def is_dsh(module: nn.Module) -> bool:
+    from cbir_lightning.models.dsh_module import DSHModule
+
+    return isinstance(module, DSHModule)
+
+
+def scoring_of(module: nn.Module, vectors: torch.Tensor, whitened: bool) -> dict:
+    """How the index scores ``vectors`` (the module's index vectors, ``[n, D]``), as metadata: ``dot`` when
+    the module's similarity is their dot product (or they are whitened), ``hamming`` for DSH codes,
+    ``weighted_l1`` (head weight and bias) for the Koch net; checked against ``module.similarity``.
+    CbirError for any other learned similarity."""
+    with torch.no_grad():
+        if whitened:
+            return {"kind": "dot"}
+        own = module.similarity(vectors, vectors).double()
+        v = vectors.double()
+        if torch.allclose(own, v @ v.T, atol=1e-4, rtol=1e-4):
+            return {"kind": "dot"}
+        if is_dsh(module):
+            bits = int(vectors.shape[1])
+            if torch.allclose(own, (v @ v.T - bits) / 2, atol=1e-6):
+                return {"kind": "hamming", "bits": bits}
+        net = getattr(module, "net", None)
+        if net is not None and hasattr(net, "head_weight") and hasattr(net, "head"):
+            weight, bias = net.head_weight().detach().double(), float(net.head.bias.detach())
+            ours = (v[:, None, :] - v[None, :, :]).abs() @ weight + bias
+            if torch.allclose(own, ours, atol=1e-4, rtol=1e-4):
+                return {"kind": "weighted_l1", "weight": weight.tolist(), "bias": bias}
+    raise CbirError(
+        f"the similarity of {type(module).__name__} is neither a dot product nor a known head (Koch L1, DSH "
+        "Hamming); it cannot be exported for search"
+    )
+
+
+def _input_shape(spec: dict) -> tuple[int, int, int]:
+    channels = 1 if spec["mode"] == "L" else 3
+    return channels, int(spec["size"]), int(spec["size"])
+
+
+def parity(onnx_path: Path, embedder: nn.Module, inputs: list[torch.Tensor]) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and PyTorch outputs of ``embedder`` on ``inputs``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            ours = session.run(None, {"images": x.numpy()})[0]
+            worst = max(worst, float((torch.from_numpy(ours) - embedder(x).float()).abs().max()))
+    return worst
+
+
+def export_graph(
+    embedder: nn.Module, example: torch.Tensor, path: Path, opset: int = 17, dynamic_spatial: bool = False
+) -> None:
+    """Write ``embedder`` (eval mode, left in eval mode) as ONNX: input ``images`` with a dynamic batch axis
+    (and dynamic height and width if ``dynamic_spatial``), output ``embeddings``."""
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_spatial else {0: "batch"}
+    embedder.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            embedder,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["embeddings"],
+            dynamic_axes={"images": axes, "embeddings": {0: "batch"}},
+        )
+    embedder.eval()  # the exporter restores the mode it found; keep evaluation mode for the checks
+
+
+def export_onnx(ckpt: str | Path, out: str | Path, opset: int = 17, samples: list | None = None) -> dict:
+    """Write the ONNX embedder of checkpoint ``ckpt`` to ``out`` and check it.
+
+    Guarantees: the preprocessing spec equals the DataModule's ``eval_transform`` on synthetic images; ONNX
+    Runtime's outputs equal PyTorch's to ``PARITY_TOLERANCE`` on random inputs (batches of 1 and 3, a
+    second image size when the spatial axes are dynamic) and on ``samples`` (PIL images, preprocessed),
+    else CbirError and no file is left at ``out``. Returns ``{"onnx", "input_size", "channels",
+    "dimension", "scoring", "max_abs_diff", ...}``.
+    """
+    import onnx
+
+    from cbir_lightning.checkpoints import load_module
+    from cbir_lightning.export.preprocess import check_spec, preprocess, spec_of_datamodule
+    from cbir_lightning.search.files import file_sha256
+    from cbir_lightning.search.model import checkpoint_identity, datamodule_from_checkpoint
+    from cbir_lightning.whitening import load_whitening, whitening_path
+
+    ckpt, out = Path(ckpt).resolve(), Path(out)
+    if out.suffix != ".onnx":
+        raise CbirError(f"--out {out} must end in .onnx")
+    if not out.parent.is_dir():
+        raise CbirError(f"folder {out.parent} of --out does not exist; create it or pass another --out")
+    module = load_module(ckpt)
+    datamodule = datamodule_from_checkpoint(ckpt)
+    spec = spec_of_datamodule(datamodule)
+    check_spec(spec, datamodule.eval_transform)
+    wfile = whitening_path(ckpt)
+    whitening = load_whitening(wfile) if wfile.is_file() else None
+    codes = is_dsh(module)
+    embedder = ExportedEmbedder(module, whitening, codes).eval()
+    channels, height, width = _input_shape(spec)
+    dynamic_spatial = spec["resize"] == "fit"
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(2, channels, height, width, generator=generator)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        export_graph(embedder, example, tmp, opset, dynamic_spatial)
+        with torch.no_grad():
+            vectors = embedder(torch.rand(16, channels, height, width, generator=generator)).float()
+        index_vectors = torch.where(vectors > 0, 1.0, -1.0) if codes else vectors
+        scoring = scoring_of(module, index_vectors, whitening is not None)
+        inputs = [torch.rand(b, channels, height, width, generator=generator) for b in (1, 3)]
+        if dynamic_spatial:
+            inputs.append(torch.rand(2, channels, max(height * 3 // 4, 8), width, generator=generator))
+        inputs += [preprocess(image, spec)[None] for image in samples or []]
+        max_abs_diff = parity(tmp, embedder, inputs)
+        if not max_abs_diff <= PARITY_TOLERANCE:
+            raise CbirError(
+                f"the ONNX export of {ckpt} differs from PyTorch by {max_abs_diff:.3g} "
+                f"(> {PARITY_TOLERANCE}); try another --opset (got {opset})"
+            )
+        metadata = {
+            "format": FORMAT,
+            "preprocess": spec,
+            "input_size": None if dynamic_spatial else [height, width],
+            "max_side": height if dynamic_spatial else None,
+            "channels": channels,
+            "dimension": int(vectors.shape[1]),
+            "post": "sign" if codes else "none",
+            "scoring": scoring,
+            "eval_scales": [float(s) for s in getattr(module, "eval_scales", [1.0])],
+            "whitening": None
+            if whitening is None
+            else {"file": str(wfile), "kind": str(whitening.get("kind")), "sha256": file_sha256(wfile)},
+            "source": {
+                "checkpoint": str(ckpt),
+                "identity": checkpoint_identity(ckpt),
+                "module": f"{type(module).__module__}.{type(module).__name__}",
+            },
+            "max_abs_diff": max_abs_diff,
+        }
+        model = onnx.load(str(tmp))
+        props = {
+            METADATA_KEY: json.dumps(metadata),
+            "input_size": json.dumps(metadata["input_size"]),
+            "normalization": json.dumps({"mean": spec["mean"], "std": spec["std"], "mode": spec["mode"]}),
+        }
+        del model.metadata_props[:]
+        for key, value in props.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        model.producer_name = "cbir_lightning"
+        onnx.save(model, str(tmp))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "onnx": str(out),
+        "checkpoint": str(ckpt),
+        "input_size": metadata["input_size"] or f"aspect kept, longer side {height}",
+        "channels": channels,
+        "dimension": metadata["dimension"],
+        "scoring": scoring["kind"],
+        "whitening": whitening is not None,
+        "post": metadata["post"],
+        "opset": opset,
+        "max_abs_diff": max_abs_diff,
+    }
