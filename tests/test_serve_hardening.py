@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import threading
@@ -16,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,32 +24,15 @@ from conftest import REPO
 from PIL import Image, ImageFile
 from search_helpers import LANDMARKS, other_checkpoint, photo_folder
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from serve_load import free_port, png_bomb  # noqa: E402  (the benchmark's own hostile uploads)
+
 from cbir_lightning.search.index import build_index
 from cbir_lightning.search.query import SearchIndex, search_image
 from cbir_lightning.web.app import create_app
 
 CPU = {"accelerator": "cpu", "enable_progress_bar": False}
 QUERY = LANDMARKS / "sacre_coeur" / "10265353_3838484249.jpg"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid RGB PNG of ``width x height`` black pixels, a few hundred KB, built without the pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    packer, row = zlib.compressobj(9), bytes(1 + 3 * width)
-    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
