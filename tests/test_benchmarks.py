@@ -119,3 +119,26 @@ def test_hamming_benchmark_prints_a_json_line():
     assert result["memory_ratio"] == 32.0 and result["packed_bytes"] == 3000 * 2
     assert abs(result["speedup"] - result["float_s"] / result["hamming_s"]) < 1e-2
     assert 0 < result["hamming_mAP"] <= 1 and 0 < result["float_mAP"] <= 1
+
+
+def test_quality_prints_a_json_line_per_command(tmp_path):
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "wikiart_pd" / "labels.tsv").is_file():
+        import pytest
+
+        pytest.skip("no shared paintings")
+    proc = subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "quality.py"), "--sets", "wikiart",
+            "--data", str(SHARED_DATA), "--work", str(tmp_path),
+            "--extra", "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0",
+            "--trainer.logger", "false",
+        ],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["benchmark"] == "quality" and row["config"] == "wikiart_pretrained"
+    assert row["num_queries"] > 200 and 0 < row["mAP"] <= 1 and row["seconds"] > 0
+    assert row["command"].startswith("cbir-lightning evaluate --config")
