@@ -58,7 +58,7 @@ demo: venv data/omniglot/.ready
 	$(BIN)/cbir-lightning fit --config configs/omniglot_koch.yaml
 
 test: venv chromium
-	@$(BIN)/python -m pytest -q; rc=$$?; \
+	@$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
 
 # Headless Chromium for the web page's end-to-end test (tests/test_web.py skips without it): installed
