@@ -6,7 +6,8 @@ command, its wall time and its metrics. The pairs are scored on the same held-ou
 unseen artists, CIFAR-10 test queries against the training images), so each fine-tuned row reads
 against the pretrained row above it.
 
-    .venv/bin/python benchmarks/quality.py [--sets cifar10 stanford_dogs wikiart] [--data data] [--extra ...]
+    .venv/bin/python benchmarks/quality.py [--sets cifar10 stanford_dogs wikiart] [--data data]
+        [--pretrained-only] [--extra ...]
 
 ``--extra`` appends overrides to every command (e.g. ``--trainer.max_epochs 1`` for a quick look).
 """
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROWS = {
     "cifar10": [("evaluate", "cifar10_pretrained"), ("fit", "cifar10_finetune")],
     "stanford_dogs": [("evaluate", "stanford_dogs_pretrained"), ("fit", "stanford_dogs_finetune")],
-    "wikiart": [("evaluate", "wikiart_pretrained")],
+    "wikiart": [("evaluate", "wikiart_pretrained"), ("fit", "wikiart_finetune")],
 }
 ROOTS = {"cifar10": "cifar10", "stanford_dogs": "stanford_dogs", "wikiart": "wikiart_pd"}
 KEYS = ("mAP", "recall@1", "recall@10", "precision@10", "num_queries")
@@ -55,12 +56,15 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--data", default=str(REPO / "data"), help="folder holding the data sets")
     parser.add_argument("--work", default=str(REPO / "runs" / "quality"), help="where runs write")
+    parser.add_argument("--pretrained-only", action="store_true", help="skip the fine-tuning rows")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="overrides for every command")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     for name in args.sets:
         for command, config in ROWS[name]:
+            if args.pretrained_only and command == "fit":
+                continue
             row = run(command, config, Path(args.data) / ROOTS[name], args.extra, work)
             print(json.dumps({"benchmark": "quality", "set": name, "config": config, **row}), flush=True)
 

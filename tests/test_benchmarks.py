@@ -131,7 +131,7 @@ def test_quality_prints_a_json_line_per_command(tmp_path):
     proc = subprocess.run(
         [
             sys.executable, str(REPO / "benchmarks" / "quality.py"), "--sets", "wikiart",
-            "--data", str(SHARED_DATA), "--work", str(tmp_path),
+            "--data", str(SHARED_DATA), "--work", str(tmp_path), "--pretrained-only",
             "--extra", "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0",
             "--trainer.logger", "false",
         ],
