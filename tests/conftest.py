@@ -35,6 +35,19 @@ TINY_ARGS = [
 ]
 
 
+# The Omniglot DataModule's init_args for a GeM fit of a few seconds (configs/omniglot_gem.yaml).
+TINY_GEM_DATA = {
+    "image_size": 32,
+    "epoch_length": 2,
+    "classes_per_batch": 8,
+    "samples_per_class": 4,
+    "train_drawers": [1, 2, 3],
+    "val_drawers": [1, 2, 3, 4],
+    "ways": 5,
+    "trials": 20,
+    "num_workers": 0,
+}
+
 @pytest.fixture(scope="session")
 def omniglot_root() -> Path:
     if not OMNIGLOT.is_dir():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import REPO, last_json, run_cli
+from conftest import REPO, TINY_GEM_DATA, last_json, run_cli
 
 from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli import main
@@ -30,7 +30,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 def _tiny_config(tmp_path, omniglot_root) -> tuple:
     config = yaml.safe_load((REPO / "configs" / "omniglot_gem.yaml").read_text())
-    config["data"]["init_args"].update(TINY_DATA, root=str(omniglot_root))
+    config["data"]["init_args"].update(TINY_GEM_DATA, root=str(omniglot_root))
     config["trainer"]["max_epochs"] = 1
     config["trainer"]["callbacks"].append({"class_path": "cbir_lightning.callbacks.FitWhitening"})
     path = tmp_path / "gem_tiny.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torchvision
 import yaml
-from conftest import REPO, TINY_ARGS, last_json, run_cli
+from conftest import REPO, TINY_ARGS, TINY_GEM_DATA, last_json, run_cli
 
 from cbir_lightning.whitening import save_whitening
 
@@ -103,18 +103,6 @@ def test_resume_without_last_checkpoint_is_one_line(omniglot_root, tmp_path):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-GEM_DATA = {
-    "image_size": 32,
-    "epoch_length": 2,
-    "classes_per_batch": 8,
-    "samples_per_class": 4,
-    "train_drawers": [1, 2, 3],
-    "val_drawers": [1, 2, 3, 4],
-    "ways": 5,
-    "trials": 20,
-    "num_workers": 0,
-}
-
 
 def test_validate_gem_checkpoint_without_its_pretrained_files(omniglot_root, tmp_path):
     """GeM trained from a local backbone file and a whitening_init file: once both are gone,
@@ -124,7 +112,7 @@ def test_validate_gem_checkpoint_without_its_pretrained_files(omniglot_root, tmp
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     save_whitening(init, {"kind": "pca", "mean": torch.zeros(512), "projection": torch.randn(16, 512)})
     config = yaml.safe_load((REPO / "configs" / "omniglot_gem.yaml").read_text())
-    config["data"]["init_args"].update(GEM_DATA, root=str(omniglot_root))
+    config["data"]["init_args"].update(TINY_GEM_DATA, root=str(omniglot_root))
     config["model"]["init_args"].update(weights=str(weights), whitening_init=str(init))
     config["trainer"]["max_epochs"] = 1
     path = tmp_path / "gem_tiny.yaml"
