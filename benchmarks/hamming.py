@@ -17,7 +17,7 @@ import json
 import faiss
 import numpy as np
 import torch
-from timing import timed
+from timing import significant, timed
 
 from cbir_lightning.metrics import retrieval_metrics
 from cbir_lightning.retrieval.hamming import binary_index, hamming_distances, hamming_knn, pack_codes
@@ -79,8 +79,8 @@ def main() -> None:
         "database": args.database,
         "bits": args.bits,
         "k": args.k,
-        "float_s": round(float_s, 6),
-        "hamming_s": round(hamming_s, 6),
+        "float_s": significant(float_s),
+        "hamming_s": significant(hamming_s),
         "speedup": round(float_s / hamming_s, 3),
         "float_bytes": float_bytes,
         "packed_bytes": packed_bytes,

@@ -13,3 +13,8 @@ def timed(fn, repeats: int = 1):
         result = fn()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def significant(x: float, digits: int = 6) -> float:
+    """``x`` rounded to ``digits`` significant digits (a ratio recomputed from printed times stays exact)."""
+    return float(f"{x:.{digits}g}")
