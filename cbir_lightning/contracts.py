@@ -1,0 +1,113 @@
+"""The toolkit's contracts, written down: what a model, a DataModule, a loss and a batch provide.
+
+Every consumer (callbacks, ``evaluate``, ``oneshot``, ``index``, mining, whitening) relies on these and
+nothing else; none probes an object with ``hasattr``. A new model family implements
+:class:`EmbeddingModel`, a new data set :class:`RetrievalData` (every member; an absent capability
+returns ``None``), a new loss one of the loss signatures.
+
+Batches are named tuples, so a training step dispatches on the batch's type, not its length; PyTorch's
+default collate keeps a named tuple's type (a dataset returning :class:`PairBatch` items gives a
+:class:`PairBatch` of stacked tensors).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch.utils.data import Dataset
+
+
+# ---- batches ------------------------------------------------------------------------------------
+class PairBatch(NamedTuple):
+    """Aligned pairs: ``first[i]`` and ``second[i]`` show the same class iff ``same[i] == 1``."""
+
+    first: torch.Tensor
+    second: torch.Tensor
+    same: torch.Tensor
+
+
+class ClassBatch(NamedTuple):
+    """A class batch (P classes x K images): ``images [B, C, H, W]``, ``labels [B]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class TupleBatch(NamedTuple):
+    """Training tuples ``[q, p, n_1..n_k]`` of ``[C, h, w]`` images (sizes may differ between tuples)."""
+
+    tuples: list[list[torch.Tensor]]
+
+
+class EvalBatch(NamedTuple):
+    """Evaluation items: ``images``, their ``labels`` and their ``indices`` in the evaluation set."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+TrainingBatch = PairBatch | ClassBatch | TupleBatch
+
+
+# ---- models -------------------------------------------------------------------------------------
+@runtime_checkable
+class EmbeddingModel(Protocol):
+    """What every model family provides to evaluation, search and export.
+
+    ``embed`` maps images ``[N, C, H, W]`` to embeddings ``[N, D]`` (in eval mode: the retrieval
+    descriptor, e.g. multi-scale and whitened). ``similarity`` scores ``[nq, nd]``, higher = more
+    similar. ``dot_product_similarity`` says whether ``similarity(q, d) == q @ d.T`` ranks exactly as
+    ``similarity`` does, so an inner-product index (faiss) can search the embeddings.
+    """
+
+    dot_product_similarity: bool
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor: ...
+
+
+# ---- data ---------------------------------------------------------------------------------------
+@runtime_checkable
+class RetrievalData(Protocol):
+    """What every DataModule provides besides Lightning's dataloaders.
+
+    ``eval_transform`` turns one PIL image into the evaluation tensor (as its validation set does;
+    used by ``index``, ``search`` and ``export``). ``episodes``: the N-way one-shot episodes of the
+    validation set, or None. ``retrieval_split``: a bool tensor marking queries (scored against the
+    rest, the database only), or None (every item against all others). ``whitening_data()``: a
+    dataset of ``(image, label, index)`` items and a pair tensor for learning whitening, or None.
+    """
+
+    @property
+    def episodes(self): ...
+
+    @property
+    def retrieval_split(self) -> torch.Tensor | None: ...
+
+    def eval_transform(self, image: Image.Image) -> torch.Tensor: ...
+
+    def whitening_data(self) -> tuple[Dataset, torch.Tensor] | None: ...
+
+
+# ---- losses -------------------------------------------------------------------------------------
+class EmbeddingLoss(Protocol):
+    """pytorch-metric-learning's signature: ``loss(embeddings [N, D], labels [N], indices_tuple)``;
+    ``indices_tuple`` (optional) names the pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)`` to use.
+    Every PML loss fits as it is; the toolkit's own losses (paper contrastive, DSH, all-pairs BCE and
+    softmax on a model's scores) take the same call."""
+
+    def __call__(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None
+    ) -> torch.Tensor: ...
+
+
+class Miner(Protocol):
+    """pytorch-metric-learning's miner signature: ``miner(embeddings, labels) -> indices_tuple``."""
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple: ...
