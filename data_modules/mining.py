@@ -2,26 +2,25 @@
 ``TuplesDataset.create_epoch_tuples``.
 
 Every epoch: draw ``query_size`` (q, p) pairs and a pool of ``pool_size`` images (both seeded by
-``(seed, epoch)``), embed the queries and the pool with the current model (eval mode, no grad, modes
+``(seed, epoch)``), embed the queries and the pool with the current model's single-scale ``descriptor``
+(or ``embed``) through :func:`cbir_lightning.inference.embed_dataset` (eval mode, no grad, modes
 restored afterwards), and for each query go down the pool by decreasing dot product (= increasing
 distance for L2-normalised descriptors; ties: lower pool position first) keeping an image when its
 cluster is neither the query's nor one already taken, until ``neg_num`` negatives are found.
 
-Under DDP every rank embeds a shard of the images and the descriptors are all-gathered, so every rank
-mines the same tuples; the tuple sampler then gives each rank its share.
+Under DDP every rank embeds a shard of the images and the descriptors are all-gathered (``embed_dataset``),
+so every rank mines the same tuples; the tuple sampler then gives each rank its share.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
+from cbir_lightning.inference import embed_dataset
 from data_modules.errors import DataError
 from data_modules.samplers import item_generator
 
@@ -80,77 +79,6 @@ def hardest_negatives(
     return positions, distances
 
 
-def _device(model: nn.Module) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _collate_list(batch: list) -> list:
-    return batch
-
-
-@torch.no_grad()
-def embed_images(
-    model: nn.Module,
-    images: Dataset,
-    indices: torch.Tensor,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    describe: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Descriptors of ``images[i]`` for ``i`` in ``indices`` -> ``[len(indices), D]``: the model's
-    single-scale ``descriptor`` if it has one (GeMSiameseModule; no multi-scale, no post-hoc whitening),
-    else ``embed``; or ``describe`` when given.
-
-    Images are decoded by a DataLoader (``num_workers``) and embedded ``batch_size`` at a time, images of
-    equal size stacked into one forward pass. The model runs in eval mode; every submodule's mode is
-    restored afterwards. Under an initialised process group each rank embeds ``indices[rank::world]`` and
-    the results are all-gathered (every rank must call this with the same indices).
-    """
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    n = len(indices)
-    per_rank = -(-n // world)
-    shard = indices[rank::world]
-    if len(shard) < per_rank:  # pad to equal shard sizes for all_gather; padded rows are dropped
-        shard = torch.cat([shard, indices[: per_rank - len(shard)]])
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    device = _device(model)
-    describe = describe or getattr(model, "descriptor", None) or model.embed
-    try:
-        loader = DataLoader(
-            Subset(images, shard.tolist()),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_collate_list,
-        )
-        out: list[torch.Tensor] = []
-        for batch in loader:
-            groups: dict[tuple, list[int]] = defaultdict(list)
-            for j, image in enumerate(batch):
-                groups[tuple(image.shape)].append(j)
-            rows: list[torch.Tensor | None] = [None] * len(batch)
-            for members in groups.values():
-                vecs = describe(torch.stack([batch[j] for j in members]).to(device))
-                for j, vec in zip(members, vecs, strict=True):
-                    rows[j] = vec
-            out.extend(rows)
-        dim = out[0].shape[-1] if out else 0
-        local = torch.stack(out) if out else torch.zeros(0, dim, device=device)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-    if world == 1:
-        return local
-    parts = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(parts, local.contiguous())
-    return torch.stack(parts, 1).reshape(world * per_rank, -1)[:n]
-
-
 def mine_tuples(
     model: nn.Module,
     images: Dataset,
@@ -178,7 +106,11 @@ def mine_tuples(
     if neg_num == 0:
         return MinedTuples(torch.stack([queries, positives], 1), float("nan"))
     unique, inverse = torch.unique(torch.cat([queries, pool]), return_inverse=True)
-    vecs = embed_images(model, images, unique, batch_size=batch_size, num_workers=num_workers)
+    # the single-scale descriptor if the model has one (GeM: no multi-scale, no post-hoc whitening)
+    describe = getattr(model, "descriptor", None) or model.embed
+    vecs = embed_dataset(
+        model, images, unique, embed=describe, batch_size=batch_size, num_workers=num_workers
+    )
     query_vecs, pool_vecs = vecs[inverse[: len(queries)]], vecs[inverse[len(queries) :]]
     positions, distances = hardest_negatives(
         query_vecs.float(), pool_vecs.float(), clusters[queries], clusters[pool], neg_num

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from data_modules.errors import DataError
-from data_modules.mining import draw_epoch, embed_images, hardest_negatives, mine_tuples
+from data_modules.mining import draw_epoch, hardest_negatives, mine_tuples
 from data_modules.tuples import TupleSampler
 
 
@@ -158,14 +158,3 @@ def test_ddp_ranks_mine_the_single_process_tuples_and_split_them():
     shares = [out[r][1] for r in (0, 1)]
     assert len(shares[0]) == len(shares[1]) == 5  # 11 tuples, drop_last over 2 ranks
     assert sorted(shares[0] + shares[1]) == sorted(tuple(t) for t in single.tuples[:10].tolist())
-
-
-def test_embed_images_groups_sizes_like_one_at_a_time():
-    images, _, _, _ = synthetic()
-    model = Stub()
-    idx = torch.tensor([5, 0, 3, 9, 1, 2])
-    got = embed_images(model, images, idx, batch_size=4)
-    model.eval()
-    with torch.no_grad():
-        ref = torch.cat([model.embed(images[int(i)][None]) for i in idx])
-    assert torch.allclose(got, ref, atol=1e-5)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from cbir_lightning.inference import in_index_order
+
 
 def gather_unique(
     pl_module: pl.LightningModule, parts: list[dict[str, torch.Tensor]]
@@ -19,9 +21,5 @@ def gather_unique(
     if pl_module.trainer.world_size > 1:
         local = {key: pl_module.all_gather(value.to(pl_module.device)) for key, value in local.items()}
         local = {key: value.flatten(0, 1).cpu() for key, value in local.items()}
-    order = torch.argsort(local["indices"], stable=True)
-    indices = local["indices"][order]
-    first = torch.ones_like(indices, dtype=torch.bool)
-    first[1:] = indices[1:] != indices[:-1]
-    keep = order[first]
+    keep = in_index_order(local["indices"])
     return {key: value[keep] for key, value in local.items()}

@@ -2,9 +2,10 @@
 
 The callback owns a :class:`~data_modules.landmarks.LandmarksTestDataModule`: at the end of each
 validation (and test) epoch it embeds the cropped queries and the database with the module's ``embed``
-(each rank a shard, all-gathered), scores them with :func:`cbir_lightning.metrics.revisited_metrics`
-(or ``original_metrics`` for the original ground truth) and logs ``val/<dataset>/mAP_E``, ``mAP_M``,
-``mAP_H`` (original: ``val/<dataset>/mAP``). Use one callback per test set.
+(:func:`cbir_lightning.inference.embed_dataset`: each rank a shard, all-gathered), scores them with
+:func:`cbir_lightning.metrics.revisited_metrics` (or ``original_metrics`` for the original ground truth)
+and logs ``val/<dataset>/mAP_E``, ``mAP_M``, ``mAP_H`` (original: ``val/<dataset>/mAP``). Use one callback
+per test set.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from cbir_lightning.inference import ItemImages, embed_dataset
 from cbir_lightning.metrics import original_metrics, revisited_metrics
 from data_modules.landmarks import LandmarksTestDataModule
-from data_modules.mining import embed_images
 
 SHORT = {"easy": "E", "medium": "M", "hard": "H"}
 
@@ -64,18 +65,12 @@ class LandmarkMetrics(Callback):
     def score(self, pl_module: pl.LightningModule) -> dict[str, float]:
         """Metrics of ``pl_module`` on the set (embeds with ``pl_module.embed`` in eval mode)."""
         self.data.setup()
-        items = self.data.data
-        images = _Images(items)
-        indices = torch.arange(len(items))
-        with torch.no_grad():
-            embeddings = embed_images(
-                pl_module,
-                images,
-                indices,
-                batch_size=1 if self.data.hparams.keep_aspect else 16,
-                num_workers=self.data.hparams.num_workers,
-                describe=pl_module.embed,
-            )
+        embeddings = embed_dataset(
+            pl_module,
+            ItemImages(self.data.data),
+            batch_size=1 if self.data.hparams.keep_aspect else 16,
+            num_workers=self.data.hparams.num_workers,
+        )
         return landmark_scores(embeddings.cpu(), self.data.gnd)
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
@@ -91,16 +86,3 @@ class LandmarkMetrics(Callback):
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, pl_module, "test")
-
-
-class _Images(torch.utils.data.Dataset):
-    """The images of ``(image, label, index)`` items."""
-
-    def __init__(self, items) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.items[i][0]

@@ -13,6 +13,7 @@ from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli.evaluate import evaluate
 from cbir_lightning.cli.search_commands import index, recommend, search, serve
 from cbir_lightning.cli.whiten import whiten
+from cbir_lightning.inference import embed_dataset
 from data_modules.images import resize_uint8
 from data_modules.omniglot_download import download_omniglot
 from data_modules.omniglot_files import SMALL_SETS
@@ -32,9 +33,10 @@ def oneshot(ckpt: str, runs: str, image_size: int | None = None, batch_size: int
     module = load_module(ckpt)
     size = image_size or getattr(module.net, "input_size", None)
 
-    def embed(images: torch.Tensor) -> torch.Tensor:
+    def embed(images: torch.Tensor) -> torch.Tensor:  # uint8 [n, C, H, W] -> [n, D]
         images = resize_uint8(images, size) if size else images
-        return torch.cat([module.embed(x.float() / 255) for x in torch.split(images, batch_size)])
+        scaled = lambda x: module.embed(x.float() / 255)  # noqa: E731
+        return embed_dataset(module, images, embed=scaled, batch_size=batch_size, distributed=False)
 
     def score(test: torch.Tensor, training: torch.Tensor) -> torch.Tensor:
         return module.similarity(embed(test), embed(training))

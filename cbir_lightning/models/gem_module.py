@@ -33,6 +33,7 @@ from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.inference import embed_grouped
 from cbir_lightning.losses.contrastive import (
     all_pairs_contrastive_loss,
     contrastive_loss,
@@ -220,16 +221,7 @@ class GeMSiameseModule(EmbeddingModule):
     # ---- training -------------------------------------------------------------------------------
     def embed_many(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """Embeddings ``[N, D]`` of a list of ``[C, h, w]`` images, one forward pass per image size."""
-        groups: dict[tuple, list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(tuple(image.shape), []).append(i)
-        out: torch.Tensor | None = None
-        for indices in groups.values():
-            embedded = self.embed(torch.stack([images[i] for i in indices]))
-            if out is None:
-                out = embedded.new_empty(len(images), embedded.shape[1])
-            out[torch.tensor(indices, device=embedded.device)] = embedded
-        return out
+        return embed_grouped(self.embed, images)
 
     def _pair_loss(self, embeddings, anchors, others, targets, labels=None) -> torch.Tensor:
         if self.pml_loss is None:

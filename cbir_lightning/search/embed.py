@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.inference import in_index_order
 from cbir_lightning.search.files import MAX_PIXELS, open_image
 
 
@@ -105,11 +106,8 @@ def predict_embeddings(
             )
         parts = [part for _, rank_parts in gathered for part in rank_parts]
     embeddings, labels, indices = (torch.cat([p[k] for p in parts]) for k in range(3))
-    order = torch.argsort(indices, stable=True)
-    first = torch.ones(len(order), dtype=torch.bool)
-    first[1:] = indices[order][1:] != indices[order][:-1]
-    order = order[first]
-    return embeddings[order], labels[order], indices[order]
+    keep = in_index_order(indices)
+    return embeddings[keep], labels[keep], indices[keep]
 
 
 def file_list_digest(paths: list[Path], headers: list) -> str:

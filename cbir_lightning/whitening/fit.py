@@ -6,31 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.inference import ItemImages, embed_dataset
 from cbir_lightning.whitening.functional import KINDS, learn_lw, learn_pca
 from cbir_lightning.whitening.io import save_whitening, whitening_path
 
 
-def embed_dataset(module, dataset: Dataset, batch_size: int = 128) -> torch.Tensor:
-    """``module.embed`` (eval mode, no grad, without any attached post-hoc whitening) of every
-    ``(image, label, index)`` item, in dataset order."""
-    was_training, attached = module.training, getattr(module, "post_whitening", None)
-    module.eval()
-    if attached is not None:
-        module.post_whitening = None
-    device = next(module.parameters()).device
-    out = []
-    try:
-        with torch.no_grad():
-            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-                out.append(module.embed(batch[0].float().to(device)).cpu())
-    finally:
-        module.train(was_training)
-        if attached is not None:
-            module.post_whitening = attached
-    return torch.cat(out)
+def _descriptors(module, dataset: Dataset, batch_size: int = 128) -> torch.Tensor:
+    """``module.embed`` (eval mode, no grad, without any attached post-hoc whitening, this process alone)
+    of every ``(image, label, index)`` item, in dataset order, on the CPU."""
+    embed = lambda x: module.embed(x.float())  # noqa: E731
+    images = ItemImages(dataset)
+    return embed_dataset(
+        module, images, embed=embed, batch_size=batch_size, distributed=False, whitening=False
+    ).cpu()
 
 
 def datamodule_whitening_data(datamodule) -> tuple[Dataset, torch.Tensor]:
@@ -53,7 +44,7 @@ def fit_whitening(
     """Lw (from ``pairs``) or PCA whitening of the module's descriptors of ``dataset``."""
     if kind not in KINDS:
         raise CbirError(f"unknown whitening kind {kind!r}; choose lw or pca")
-    descriptors = embed_dataset(module, dataset, batch_size)
+    descriptors = _descriptors(module, dataset, batch_size)
     if dim is not None and not 0 < dim <= descriptors.shape[1]:
         raise CbirError(
             f"whitening dim {dim} must be between 1 and the descriptor size {descriptors.shape[1]}"
