@@ -10,6 +10,7 @@ import pickle
 import warnings
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -117,8 +118,12 @@ class Checkpoint:
     module_class: type[pl.LightningModule]
     datamodule_class: type[pl.LightningDataModule] | None
     datamodule_args: dict
-    identity: dict
     whitening_file: Path | None
+
+    @cached_property
+    def identity(self) -> dict:
+        """The identity hash (computed when first asked: hashing every weight is not free)."""
+        return checkpoint_identity(self.contents)
 
     def module(self, map_location: str = "cpu", whitening: bool = False) -> pl.LightningModule:
         """The module rebuilt from the checkpoint's class, arguments and weights (no second read), in
@@ -126,7 +131,9 @@ class Checkpoint:
         from pytorch_lightning.core.saving import _load_state
         from pytorch_lightning.utilities.migration.utils import _pl_migrate_checkpoint
 
-        contents = {**self.contents, "hyper_parameters": dict(self.hyper_parameters)}
+        contents = {**self.contents, "hyper_parameters": dict(self.hyper_parameters)}  # ours stay unchanged
+        if isinstance(contents.get("state_dict"), dict):
+            contents["state_dict"] = dict(contents["state_dict"])
         try:
             contents = _pl_migrate_checkpoint(contents, checkpoint_path=self.path)
             overrides = restore_overrides(self.hyper_parameters, contents.get("state_dict", {}))
@@ -203,7 +210,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         module_class=module_class(path, hyper_parameters),
         datamodule_class=datamodule_class(path, datamodule_args),
         datamodule_args=datamodule_args,
-        identity=checkpoint_identity(contents),
         whitening_file=wfile if wfile.is_file() else None,
     )
 
