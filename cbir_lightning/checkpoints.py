@@ -1,15 +1,23 @@
-"""Load a trained LightningModule back from a checkpoint, with one-line errors for bad files."""
+"""Read a ``cbir-lightning fit`` checkpoint once, with one-line errors for bad files: ``read_checkpoint``
+gives everything a caller needs (module, DataModule class and arguments, identity hash, whitening file);
+``build_datamodule`` builds a DataModule from a config's or a checkpoint's record."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 import warnings
 import zipfile
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from cbir_lightning.errors import CbirError
+from cbir_lightning.errors import USER_ERRORS, CbirError
+from cbir_lightning.whitening.io import whitening_path
 
 
 def check_checkpoint(path: str | Path) -> Path:
@@ -94,48 +102,176 @@ def restore_overrides(hyper_parameters: dict, state_dict: dict) -> dict:
     return overrides
 
 
+@dataclass
+class Checkpoint:
+    """Everything a ``cbir-lightning fit`` checkpoint records, from one read of the file.
+
+    ``hyper_parameters`` / ``module_class``: the module's arguments and class (trusted, see
+    ``_trusted_class``); ``datamodule_class`` / ``datamodule_args``: the DataModule's class (or None) and
+    its init arguments; ``identity``: ``{"hparams": sha256 of the hyperparameters, "weights": sha256 of
+    the state dict}`` (what an index records); ``whitening_file``: ``<ckpt>.whitening.pt`` if it exists.
+    """
+
+    path: Path
+    contents: dict = field(repr=False)
+    hyper_parameters: dict
+    module_class: type[pl.LightningModule]
+    datamodule_class: type[pl.LightningDataModule] | None
+    datamodule_args: dict
+    whitening_file: Path | None
+
+    @cached_property
+    def identity(self) -> dict:
+        """The identity hash (computed when first asked: hashing every weight is not free)."""
+        return checkpoint_identity(self.contents)
+
+    def module(self, map_location: str = "cpu", whitening: bool = False) -> pl.LightningModule:
+        """The module rebuilt from the checkpoint's class, arguments and weights (no second read), in
+        eval mode; ``whitening=True`` attaches the whitening file (see ``load_module``)."""
+        from pytorch_lightning.core.saving import _load_state
+        from pytorch_lightning.utilities.migration.utils import _pl_migrate_checkpoint
+
+        contents = {**self.contents, "hyper_parameters": dict(self.hyper_parameters)}  # ours stay unchanged
+        if isinstance(contents.get("state_dict"), dict):
+            contents["state_dict"] = dict(contents["state_dict"])
+        try:
+            contents = _pl_migrate_checkpoint(contents, checkpoint_path=self.path)
+            overrides = restore_overrides(self.hyper_parameters, contents.get("state_dict", {}))
+            contents["hyper_parameters"].update(overrides)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # e.g. "from scratch": the weights follow
+                module = _load_state(self.module_class, contents, **overrides)
+        except CbirError:
+            raise
+        except (RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError) as err:
+            raise _unloadable(self.path, err) from err
+        module = module.to(map_location)
+        if whitening and hasattr(module, "attach_whitening_file"):
+            module.attach_whitening_file(self.path)
+        module.eval()
+        return module
+
+    def datamodule(self) -> pl.LightningDataModule:
+        """The checkpoint's DataModule rebuilt from its saved arguments (it must not need its data root);
+        CbirError if the checkpoint records none or it cannot be built."""
+        if self.datamodule_class is None:
+            raise CbirError(
+                f"checkpoint {self.path} records no DataModule, so its image transform is unknown; "
+                "use a checkpoint written by `cbir-lightning fit`"
+            )
+        class_path = self.datamodule_args["_class_path"]
+        init = {k: v for k, v in self.datamodule_args.items() if not k.startswith("_")}
+        return build_datamodule({"class_path": class_path, "init_args": init}, f"checkpoint {self.path}")
+
+    def model_config(self) -> dict:
+        """The model config that rebuilds the module under LightningCLI: its hyperparameters with the
+        pretrained sources switched off (``restore_overrides``); empty if none were saved."""
+        hparams = dict(self.hyper_parameters)
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return {}
+        hparams.update(restore_overrides(hparams, self.contents.get("state_dict", {})))
+        if "_class_path" in hparams:
+            return {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        return hparams
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read checkpoint ``path`` once (``torch.load(weights_only=True)``: an unsafe pickle is refused) and
+    check it: a missing or truncated file, an unreadable one, or a class outside the trusted packages
+    gives one CbirError line naming the file."""
+    from pytorch_lightning.utilities.migration import pl_legacy_patch
+
+    path = check_checkpoint(path)
+    try:
+        with pl_legacy_patch():
+            contents = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        RuntimeError,
+        KeyError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        pickle.UnpicklingError,
+    ) as err:
+        raise _unloadable(path, err) from err  # weights_only: a pickle of arbitrary objects is refused here
+    if not isinstance(contents, dict):
+        raise CbirError(
+            f"checkpoint {path} holds no checkpoint dict; use one written by `cbir-lightning fit`"
+        )
+    hyper_parameters = dict(contents.get("hyper_parameters", {}))
+    datamodule_args = dict(contents.get("datamodule_hyper_parameters", {}))
+    wfile = whitening_path(path)
+    return Checkpoint(
+        path=path,
+        contents=contents,
+        hyper_parameters=hyper_parameters,
+        module_class=module_class(path, hyper_parameters),
+        datamodule_class=datamodule_class(path, datamodule_args),
+        datamodule_args=datamodule_args,
+        whitening_file=wfile if wfile.is_file() else None,
+    )
+
+
+def checkpoint_identity(contents: dict) -> dict:
+    """``{"hparams": sha256 of the module's hyperparameters, "weights": sha256 of the state dict}`` of a
+    loaded checkpoint dict."""
+    digest = hashlib.sha256()
+    for key in sorted(contents.get("state_dict", {})):
+        tensor = contents["state_dict"][key]
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    hparams = json.dumps(contents.get("hyper_parameters", {}), sort_keys=True, default=str)
+    return {"hparams": hashlib.sha256(hparams.encode()).hexdigest(), "weights": digest.hexdigest()}
+
+
+def build_datamodule(config: dict, source: str) -> pl.LightningDataModule:
+    """A DataModule from ``{"class_path", "init_args"}`` (a config's ``data`` section or a checkpoint's
+    record), as LightningCLI builds it; CbirError naming ``source`` if it cannot be built (a user error
+    the DataModule raises itself, ``USER_ERRORS``, passes unchanged). ``evaluate --config`` and the
+    checkpoint's :meth:`Checkpoint.datamodule` both build through here."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True)
+    try:
+        parsed = parser.parse_object({"data": config})
+        return parser.instantiate_classes(parsed).data
+    except USER_ERRORS:
+        raise
+    except Exception as err:
+        reason = " ".join(str(err).split())[:300]
+        what = config.get("class_path") if isinstance(config, dict) else None
+        raise CbirError(
+            f"{source}: cannot build its DataModule{f' {what}' if what else ''} ({reason})"
+        ) from err
+
+
+def _unloadable(path: Path, err: Exception) -> CbirError:
+    reason = " ".join(str(err).split())[:300]
+    return CbirError(
+        f"cannot load checkpoint {path} ({reason}); use a checkpoint written by `cbir-lightning fit`"
+    )
+
+
 def load_module(path: str | Path, map_location: str = "cpu", whitening: bool = False) -> pl.LightningModule:
     """Rebuild the module saved by a ``cbir-lightning fit`` run (its class and arguments are in the file),
-    in eval mode.
+    in eval mode: ``read_checkpoint(path).module(...)``.
 
     ``whitening=True``: if ``<ckpt>.whitening.pt`` exists beside the checkpoint and the module supports
     it (``attach_whitening_file``), the module's ``embed`` applies it; by default embeddings are the
     model's own and callers apply the whitening file themselves (``cbir_lightning.whitening``).
     """
-    path = check_checkpoint(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        hyper_parameters = ckpt.get("hyper_parameters", {})
-        cls = module_class(path, hyper_parameters)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # e.g. "from scratch": the weights follow
-            module = cls.load_from_checkpoint(
-                path,
-                map_location=map_location,
-                weights_only=True,
-                **restore_overrides(hyper_parameters, ckpt.get("state_dict", {})),
-            )
-    except CbirError:
-        raise
-    except (RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError) as err:
-        reason = " ".join(str(err).split())[:300]
-        raise CbirError(
-            f"cannot load checkpoint {path} ({reason}); use a checkpoint written by `cbir-lightning fit`"
-        ) from err
-    if whitening and hasattr(module, "attach_whitening_file"):
-        module.attach_whitening_file(path)
-    module.eval()
-    return module
+    return read_checkpoint(path).module(map_location, whitening)
 
 
 def checkpoint_datamodule_args(path: str | Path) -> dict:
     """The DataModule arguments the checkpoint was trained with (empty if none were saved); a recorded
     ``_class_path`` has been checked by ``datamodule_class`` (trusted package or already imported), so
     callers may instantiate it."""
-    ckpt = torch.load(check_checkpoint(path), map_location="cpu", weights_only=True)
-    args = dict(ckpt.get("datamodule_hyper_parameters", {}))
-    datamodule_class(path, args)
-    return args
+    return read_checkpoint(path).datamodule_args
 
 
 def last_checkpoint(dirpaths: list[str | Path]) -> Path | None:

@@ -109,3 +109,36 @@ def test_grouped_topk_values_equal_topk(n, k):
     assert torch.equal(values, torch.topk(scores, k, dim=1).values)
     assert torch.equal(scores.gather(1, found), values)
     assert all(len(set(row)) == k for row in found.tolist())
+
+
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+def test_faiss_index_saved_and_loaded_searches_as_raw_faiss(data, metric, tmp_path):
+    """``rescore=False`` is faiss's own result (the image search's, unchanged); a saved index, loaded over
+    the same vectors, searches as the one it was saved from (exact search included)."""
+    import faiss
+
+    from cbir_lightning.retrieval.faiss_knn import FaissKnn
+
+    query, database = data
+    built = FaissKnn(database, metric)
+    built.save(tmp_path / "x.index")
+    loaded = FaissKnn.load(tmp_path / "x.index", database, metric)
+    assert loaded.kind == "flat" and loaded.exact
+    raw = faiss.read_index(str(tmp_path / "x.index"))
+    distances, indices = raw.search(query.numpy(), 7)
+    scores, found = loaded.search(query, 7, rescore=False)
+    assert torch.equal(found, torch.from_numpy(indices))
+    expected = torch.from_numpy(distances).double()
+    assert torch.equal(scores, -expected.sqrt() if metric == "l2" else expected)
+    for a, b in zip(loaded.search(query, 7), built.search(query, 7), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_loaded_index_of_unknown_kind_is_refused(data):
+    import faiss
+
+    from cbir_lightning.retrieval.faiss_knn import FaissKnn
+
+    _, database = data
+    with pytest.raises(ValueError, match="Unsupported faiss index"):
+        FaissKnn(database, "dot", index=faiss.IndexLSH(database.shape[1], 16))

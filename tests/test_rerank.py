@@ -173,3 +173,17 @@ def test_evaluate_rerank_on_real_gnd_matches_revisitop_reference(tmp_path, capsy
     assert (
         expected["aqe"]["medium"]["mAP"] != expected["none"]["medium"]["mAP"]
     )  # re-ranking changed something
+
+
+def test_diffusion_unreached_items_keep_plain_scores_clamped_or_not():
+    """Items the diffusion does not reach are ordered by their plain dot products: clipped to [-1, 1]
+    (``evaluate``, normalised descriptors) or as they are (``clamp=False``: the search's shortlist)."""
+    x = torch.tensor([[2.0, 0.0], [1.5, 0.1], [1.2, 3.0], [1.3, 2.5]], dtype=torch.float64)
+    q = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    plain = q @ x.T
+    for clamp in (True, False):
+        scores = rerank_scores("diffusion", q, x, graph_k=2, kq=1, clamp=clamp)[0]
+        unreached = scores <= 2.0
+        assert unreached.tolist() == [False, False, True, True]  # plain scores 1.2, 1.3 > 1
+        want = plain[0].clamp(-1, 1) if clamp else plain[0]
+        assert torch.equal(scores[unreached], want[unreached])

@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -21,6 +20,7 @@ from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli import main
 from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank import rerank_scores
+from cbir_lightning.retrieval.faiss_knn import FaissKnn
 from cbir_lightning.search.files import open_image
 from cbir_lightning.search.query import SearchIndex, search_image
 
@@ -209,8 +209,7 @@ def synthetic_index(tmp_path: Path, n: int = 60, d: int = 8) -> SearchIndex:
     g = torch.Generator().manual_seed(1)
     centres = F.normalize(torch.randn(4, d, generator=g), dim=1)
     x = F.normalize(centres[torch.arange(n) % 4] + 0.6 * torch.randn(n, d, generator=g), dim=1)
-    index = faiss.IndexFlatIP(d)
-    index.add(x.numpy())
+    index = FaissKnn(x, "dot")
     items = [{"path": f"{i}.jpg", "size": 1, "mtime_ns": 1, "sha256": str(i)} for i in range(n)]
     manifest = {"items": items, "images_root": str(tmp_path), "scoring": "dot", "dimension": d, "count": n}
     return SearchIndex(tmp_path, manifest, x.numpy(), index, tmp_path)

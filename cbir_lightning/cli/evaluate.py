@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from cbir_lightning.errors import CbirError
-from data_modules.errors import DataError
 
 LABEL_KEYS = ("mAP", "mAP@R", "recall@1", "recall@5", "recall@10", "precision@10")
 
@@ -178,10 +177,10 @@ def as_validate(args: list[str]) -> list[str]:
 
 def datamodule_from_config(config: str):
     """The ``data`` section of a ``cbir-lightning fit`` config (OmegaConf interpolation resolved)."""
-    import pytorch_lightning as pl
     import yaml
-    from jsonargparse import ArgumentParser
     from omegaconf import OmegaConf
+
+    from cbir_lightning.checkpoints import build_datamodule
 
     path = Path(config)
     if not path.is_file():
@@ -194,16 +193,7 @@ def datamodule_from_config(config: str):
         raise CbirError(f"config file {path} is not a readable YAML config ({reason})") from err
     if not isinstance(resolved, dict) or "data" not in resolved:
         raise CbirError(f"config file {path} has no 'data' section (class_path + init_args of a DataModule)")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True)
-    try:
-        parsed = parser.parse_object({"data": resolved["data"]})
-        return parser.instantiate_classes(parsed).data
-    except DataError:
-        raise
-    except Exception as err:
-        reason = " ".join(str(err).split())[:300]
-        raise CbirError(f"config file {path}: cannot build its DataModule ({reason})") from err
+    return build_datamodule(resolved["data"], f"config file {path}")
 
 
 def evaluate(

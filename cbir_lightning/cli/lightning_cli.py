@@ -19,14 +19,13 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from jsonargparse import set_parsing_settings
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
-from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, module_class, restore_overrides
+from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
 from cbir_lightning.errors import CbirError
 
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
@@ -113,22 +112,7 @@ def checkpoint_model_config(path: Path) -> dict:
     """The model config to rebuild ``path``'s module: its saved hyperparameters, with the pretrained
     sources (backbone ``weights``, ``whitening_init`` file) switched off, since the checkpoint holds those
     weights and the files may be absent (offline, another machine). Empty if none were saved."""
-    try:
-        ckpt = torch.load(path, weights_only=True, map_location="cpu")
-    except (RuntimeError, EOFError, ValueError, KeyError) as err:
-        reason = " ".join(str(err).split())[:300]
-        raise CbirError(
-            f"cannot load checkpoint {path} ({reason}); use a checkpoint written by `cbir-lightning fit`"
-        ) from err
-    hparams = dict(ckpt.get("hyper_parameters", {}))
-    hparams.pop("_instantiator", None)
-    if not hparams:
-        return {}
-    module_class(path, hparams)  # only trusted (or already imported) classes
-    hparams.update(restore_overrides(hparams, ckpt.get("state_dict", {})))
-    if "_class_path" in hparams:
-        return {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-    return hparams
+    return read_checkpoint(path).model_config()
 
 
 class CbirCLI(LightningCLI):

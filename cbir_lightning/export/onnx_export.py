@@ -59,22 +59,27 @@ def is_dsh(module: nn.Module) -> bool:
 
 def scoring_of(module: nn.Module, vectors: torch.Tensor, whitened: bool) -> dict:
     """How the index scores ``vectors`` (the module's index vectors, ``[n, D]``), as metadata: ``dot`` when
-    the module's similarity is their dot product (or they are whitened), ``hamming`` for DSH codes,
-    ``weighted_l1`` (head weight and bias) for the Koch net; checked against ``module.similarity``.
-    CbirError for any other learned similarity."""
+    the module's similarity is their dot product (its contract's ``dot_product_similarity`` says it ranks
+    as one, and the scores agree) or they are whitened, ``hamming`` for DSH codes, ``weighted_l1`` (head
+    weight and bias) for the Koch net (a ``SiameseModule`` around a ``KochSiameseNet``); checked against
+    ``module.similarity``. CbirError for any other learned similarity."""
+    from cbir_lightning.models.koch import KochSiameseNet
+    from cbir_lightning.models.siamese_module import SiameseModule
+    from cbir_lightning.search.model import dot_product_similarity
+
     with torch.no_grad():
         if whitened:
             return {"kind": "dot"}
         own = module.similarity(vectors, vectors).double()
         v = vectors.double()
-        if torch.allclose(own, v @ v.T, atol=1e-4, rtol=1e-4):
+        if dot_product_similarity(module) and torch.allclose(own, v @ v.T, atol=1e-4, rtol=1e-4):
             return {"kind": "dot"}
         if is_dsh(module):
             bits = int(vectors.shape[1])
             if torch.allclose(own, (v @ v.T - bits) / 2, atol=1e-6):
                 return {"kind": "hamming", "bits": bits}
-        net = getattr(module, "net", None)
-        if net is not None and hasattr(net, "head_weight") and hasattr(net, "head"):
+        if isinstance(module, SiameseModule) and isinstance(module.net, KochSiameseNet):
+            net = module.net
             weight, bias = net.head_weight().detach().double(), float(net.head.bias.detach())
             ours = (v[:, None, :] - v[None, :, :]).abs() @ weight + bias
             if torch.allclose(own, ours, atol=1e-4, rtol=1e-4):
@@ -83,6 +88,13 @@ def scoring_of(module: nn.Module, vectors: torch.Tensor, whitened: bool) -> dict
         f"the similarity of {type(module).__name__} is neither a dot product nor a known head (Koch L1, DSH "
         "Hamming); it cannot be exported for search"
     )
+
+
+def eval_scales(module: nn.Module) -> list[float]:
+    """The image scales of the module's eval ``embed``: a GeM module's ``eval_scales``, else ``[1.0]``."""
+    from cbir_lightning.models.gem_module import GeMSiameseModule
+
+    return [float(s) for s in (module.eval_scales if isinstance(module, GeMSiameseModule) else [1.0])]
 
 
 def _input_shape(spec: dict) -> tuple[int, int, int]:
@@ -136,23 +148,24 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = 17, samples: lis
     """
     import onnx
 
-    from cbir_lightning.checkpoints import load_module
+    from cbir_lightning.checkpoints import read_checkpoint
     from cbir_lightning.export.preprocess import check_spec, preprocess, spec_of_datamodule
     from cbir_lightning.search.files import file_sha256
-    from cbir_lightning.search.model import checkpoint_identity, datamodule_from_checkpoint
-    from cbir_lightning.whitening import load_whitening, whitening_path
+    from cbir_lightning.search.model import datamodule_from_checkpoint
+    from cbir_lightning.whitening import load_whitening
 
     ckpt, out = Path(ckpt).resolve(), Path(out)
     if out.suffix != ".onnx":
         raise CbirError(f"--out {out} must end in .onnx")
     if not out.parent.is_dir():
         raise CbirError(f"folder {out.parent} of --out does not exist; create it or pass another --out")
-    module = load_module(ckpt)
-    datamodule = datamodule_from_checkpoint(ckpt)
+    checkpoint = read_checkpoint(ckpt)
+    module = checkpoint.module()
+    datamodule = datamodule_from_checkpoint(checkpoint)
     spec = spec_of_datamodule(datamodule)
     check_spec(spec, datamodule.eval_transform)
-    wfile = whitening_path(ckpt)
-    whitening = load_whitening(wfile) if wfile.is_file() else None
+    wfile = checkpoint.whitening_file
+    whitening = load_whitening(wfile) if wfile is not None else None
     codes = is_dsh(module)
     embedder = ExportedEmbedder(module, whitening, codes).eval()
     channels, height, width = _input_shape(spec)
@@ -185,13 +198,13 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = 17, samples: lis
             "dimension": int(vectors.shape[1]),
             "post": "sign" if codes else "none",
             "scoring": scoring,
-            "eval_scales": [float(s) for s in getattr(module, "eval_scales", [1.0])],
+            "eval_scales": eval_scales(module),
             "whitening": None
             if whitening is None
             else {"file": str(wfile), "kind": str(whitening.get("kind")), "sha256": file_sha256(wfile)},
             "source": {
                 "checkpoint": str(ckpt),
-                "identity": checkpoint_identity(ckpt),
+                "identity": checkpoint.identity,
                 "module": f"{type(module).__module__}.{type(module).__name__}",
             },
             "max_abs_diff": max_abs_diff,

@@ -28,13 +28,16 @@ def rerank_scores(
     kq: int = 10,
     diffusion_alpha: float = 0.99,
     gamma: float = 3.0,
+    clamp: bool = True,
 ) -> Tensor:
     """Scores ``[nq, n]`` (higher = better) of L2-normalised ``query [nq, d]`` vs ``database [n, d]``.
 
     ``none``: dot products; ``aqe``: alpha-QE queries (``neighbours``, ``alpha``) vs the database;
     ``dba``: the queries vs the augmented database (DBA; items replaced by their neighbourhood means);
     ``diffusion``: diffusion over the database's mutual ``graph_k``-NN graph (``kq``, ``diffusion_alpha``,
-    ``gamma``).
+    ``gamma``); the items it does not reach follow, by their plain scores (clipped to ``[-1, 1]`` unless
+    ``clamp=False``, as the image search's shortlist re-ranking does). The one dispatch of re-ranking:
+    ``evaluate`` calls it on whole databases, ``search`` on each query's shortlist.
     """
     check_reranker(name)
     query, database = query.double(), database.double()
@@ -47,4 +50,5 @@ def rerank_scores(
     affinity = mutual_knn_affinity(database, graph_k, gamma)
     scores = diffusion_scores(query @ database.T, affinity, diffusion_alpha, kq, gamma)
     # items the diffusion never reaches score 0: order them after, by their plain scores
-    return torch.where(scores > 0, scores + 2.0, (query @ database.T).clamp(-1, 1) + 0.0)
+    plain = query @ database.T
+    return torch.where(scores > 0, scores + 2.0, plain.clamp(-1, 1) + 0.0 if clamp else plain)

@@ -5,11 +5,14 @@
 ``ivf`` (``IndexIVFFlat``: ``nlist`` k-means cells, ``nprobe`` visited per query) and ``hnsw``
 (``IndexHNSWFlat``: graph with ``hnsw_m`` links, ``ef_search`` beam) are approximate: faster, but some
 true neighbours are missed; measure with :func:`~cbir_lightning.retrieval.knn.knn_recall`.
+``save`` / ``load`` write and read the faiss index (the image search's ``faiss.index``).
 """
 
 from __future__ import annotations
 
 import math
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +39,8 @@ class FaissKnn:
     Args:
         database: ``[n, d]`` vectors.
         metric: ``cosine``, ``dot`` or ``l2`` (scores are ``-distance``).
-        index: ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate).
+        index: ``flat`` (exact), ``ivf`` or ``hnsw`` (approximate), or a faiss index already holding
+            ``database`` (as :meth:`load` reads it).
         nlist / nprobe: IVF cells (default ``4 * sqrt(n)``) and cells visited per query.
         hnsw_m / ef_search / ef_construction: HNSW links per node and beam widths.
     """
@@ -45,7 +49,7 @@ class FaissKnn:
         self,
         database,
         metric: str = "cosine",
-        index: str = "flat",
+        index="flat",
         nlist: int | None = None,
         nprobe: int = 16,
         hnsw_m: int = 32,
@@ -53,11 +57,15 @@ class FaissKnn:
         ef_construction: int = 80,
         seed: int = 0,
     ) -> None:
+        faiss = import_faiss()
+        self.metric, self.database = metric, prepare(database, metric)
+        if not isinstance(index, str):
+            self.kind, self.index = _kind(faiss, index), index
+            self.exact = self.kind == "flat"
+            return
         if index not in INDEXES:
             raise ValueError(f"Unknown faiss index {index!r}; expected one of {INDEXES}.")
-        faiss = import_faiss()
-        self.metric, self.kind, self.exact = metric, index, index == "flat"
-        self.database = prepare(database, metric)
+        self.kind, self.exact = index, index == "flat"
         x = self.database.numpy()
         n, d = x.shape
         faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
@@ -76,12 +84,31 @@ class FaissKnn:
             self.index.hnsw.efConstruction = ef_construction
             self.index.hnsw.efSearch = ef_search
         self.index.add(x)
-        self.max_norm = float(np.linalg.norm(x, axis=1).max()) if n else 0.0
 
-    def search(self, query, k: int) -> tuple[Tensor, Tensor]:
-        """Top-``k`` ``(scores float64 [nq, k], indices int64 [nq, k])``; exact for ``flat``."""
+    @classmethod
+    def load(cls, path: str | Path, database, metric: str = "dot") -> FaissKnn:
+        """The faiss index file ``path`` (written by :meth:`save`) over ``database``, ``[n, d]``."""
+        return cls(database, metric, index=import_faiss().read_index(str(path)))
+
+    def save(self, path: str | Path) -> None:
+        import_faiss().write_index(self.index, str(path))
+
+    @cached_property
+    def max_norm(self) -> float:
+        return float(np.linalg.norm(self.database.numpy(), axis=1).max()) if len(self.database) else 0.0
+
+    def search(self, query, k: int, rescore: bool = True) -> tuple[Tensor, Tensor]:
+        """Top-``k`` ``(scores float64 [nq, k], indices int64 [nq, k])``; exact for ``flat``.
+
+        ``rescore=False``: faiss's own float32 scores and order, as they are (``flat``: exact but for
+        float32 rounding and near-ties; the image search's results, unchanged since its first format).
+        """
         query = prepare(query, self.metric)
         k = min(k, len(self.database))
+        if not rescore:
+            scores, found = self.index.search(query.numpy(), k)
+            scores = torch.from_numpy(scores).double()
+            return (-scores.clamp(min=0).sqrt() if self.metric == "l2" else scores), torch.from_numpy(found)
         if self.exact:
             scores, indices = exact_topk(query, self.database, k, self.metric, self._candidates)
         else:
@@ -99,3 +126,11 @@ class FaissKnn:
         bound_score = -last if self.metric == "l2" else last  # faiss L2 gives squared distances
         error = rounding_bound(query.shape[1], query.double().norm(dim=1), self.max_norm, self.metric)
         return torch.from_numpy(found).long(), bound_score + error
+
+
+def _kind(faiss, index) -> str:
+    """``flat``, ``ivf`` or ``hnsw``: the kind of a built faiss index."""
+    for kind, cls in (("flat", faiss.IndexFlat), ("ivf", faiss.IndexIVF), ("hnsw", faiss.IndexHNSW)):
+        if isinstance(index, cls):
+            return kind
+    raise ValueError(f"Unsupported faiss index {type(index).__name__}; expected a flat, IVF or HNSW index.")

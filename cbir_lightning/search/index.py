@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.retrieval.faiss_knn import FaissKnn
 from cbir_lightning.search.embed import image_header, is_launched_worker, predict_embeddings
 from cbir_lightning.search.files import file_sha256, open_image, scan_collection
 from cbir_lightning.search.lock import index_lock
@@ -64,11 +65,8 @@ def _previous(out: Path, images: Path, model: SearchModel, whitening: dict | Non
 
 
 def write_faiss(vectors: np.ndarray, path: Path) -> None:
-    import faiss
-
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    faiss.write_index(index, str(path))
+    """The inner-product k-NN index over ``vectors`` (``faiss.index``, read by ``SearchIndex.open``)."""
+    FaissKnn(np.ascontiguousarray(vectors, dtype=np.float32), "dot").save(path)
 
 
 def check_out_folder(out: Path, images: Path) -> None:

@@ -2,62 +2,40 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from cbir_lightning.checkpoints import check_checkpoint, load_module
+from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
 from cbir_lightning.errors import CbirError
-from cbir_lightning.whitening import apply_whitening, load_whitening, whitening_path
+from cbir_lightning.whitening import apply_whitening, load_whitening
 
 
 def whiten(x: Tensor, whitening: dict | None) -> Tensor:
     return x if whitening is None else apply_whitening(x, whitening)
 
 
-def _hash_json(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+def dot_product_similarity(module) -> bool:
+    """``module.dot_product_similarity`` (:class:`~cbir_lightning.contracts.EmbeddingModel`).
+
+    TEMPORARY fallback until every module declares the attribute (helper "models", merged separately):
+    a module without it counts as True, so the numeric check that follows decides, as before.
+    """
+    return getattr(module, "dot_product_similarity", True)
 
 
 def checkpoint_identity(ckpt: str | Path) -> dict:
-    """``{"hparams": sha256 of the module's hyperparameters, "weights": sha256 of the state dict}``."""
-    data = torch.load(check_checkpoint(ckpt), map_location="cpu", weights_only=True)
-    digest = hashlib.sha256()
-    for key in sorted(data.get("state_dict", {})):
-        tensor = data["state_dict"][key]
-        digest.update(key.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return {"hparams": _hash_json(data.get("hyper_parameters", {})), "weights": digest.hexdigest()}
+    """The identity hash of checkpoint ``ckpt`` (see :class:`~cbir_lightning.checkpoints.Checkpoint`)."""
+    return read_checkpoint(ckpt).identity
 
 
-def datamodule_from_checkpoint(ckpt: str | Path):
+def datamodule_from_checkpoint(ckpt: str | Path | Checkpoint):
     """The checkpoint's DataModule rebuilt from its saved arguments (it must not need its data root)."""
-    import pytorch_lightning as pl
-    from jsonargparse import ArgumentParser
-
-    from cbir_lightning.checkpoints import checkpoint_datamodule_args
-
-    args = checkpoint_datamodule_args(ckpt)
-    class_path = args.get("_class_path")
-    if not class_path:
-        raise CbirError(
-            f"checkpoint {ckpt} records no DataModule, so its image transform is unknown; "
-            "use a checkpoint written by `cbir-lightning fit`"
-        )
-    init = {k: v for k, v in args.items() if not k.startswith("_")}
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True)
-    try:
-        parsed = parser.parse_object({"data": {"class_path": class_path, "init_args": init}})
-        datamodule = parser.instantiate_classes(parsed).data
-    except Exception as err:
-        reason = " ".join(str(err).split())[:300]
-        raise CbirError(f"checkpoint {ckpt}: cannot rebuild its DataModule {class_path} ({reason})") from err
+    checkpoint = ckpt if isinstance(ckpt, Checkpoint) else read_checkpoint(ckpt)
+    ckpt, class_path = checkpoint.path, checkpoint.datamodule_args.get("_class_path")
+    datamodule = checkpoint.datamodule()
     if not callable(getattr(datamodule, "eval_transform", None)):
         raise CbirError(
             f"DataModule {class_path} of {ckpt} has no eval_transform(image); it cannot index images"
@@ -77,15 +55,14 @@ class SearchModel:
     identity: dict
 
     @classmethod
-    def load(cls, ckpt: str | Path) -> SearchModel:
-        ckpt = Path(ckpt).resolve()
-        module = load_module(ckpt)
-        transform = datamodule_from_checkpoint(ckpt).eval_transform
-        wfile = whitening_path(ckpt)
-        whitening = load_whitening(wfile) if wfile.is_file() else None
-        return cls(
-            ckpt, module, transform, whitening, wfile if whitening else None, checkpoint_identity(ckpt)
-        )
+    def load(cls, ckpt: str | Path | Checkpoint) -> SearchModel:
+        """The model of checkpoint ``ckpt`` (a path, or a checkpoint already read), read once."""
+        checkpoint = ckpt if isinstance(ckpt, Checkpoint) else read_checkpoint(Path(ckpt).resolve())
+        module = checkpoint.module()
+        transform = datamodule_from_checkpoint(checkpoint).eval_transform
+        wfile = checkpoint.whitening_file
+        whitening = load_whitening(wfile) if wfile is not None else None
+        return cls(checkpoint.path, module, transform, whitening, wfile, checkpoint.identity)
 
     def describe_whitening(self) -> dict | None:
         if self.whitening is None:
@@ -104,9 +81,14 @@ class SearchModel:
 
     def scoring(self, sample: Tensor) -> str:
         """``dot`` when the model's similarity is the dot product of the (whitened) vectors, so faiss
-        inner-product search ranks exactly; ``model`` otherwise (scores from ``module.similarity``)."""
+        inner-product search ranks exactly and its scores are the model's; ``model`` otherwise (scores
+        from ``module.similarity``). The module's contract (``dot_product_similarity``, see
+        :class:`~cbir_lightning.contracts.EmbeddingModel`) says whether it ranks as a dot product; the
+        scores on ``sample`` must equal the dot products too (DSH ranks as one, but scores Hamming)."""
         if self.whitening is not None:
             return "dot"
+        if not dot_product_similarity(self.module):
+            return "model"
         with torch.no_grad():
             own = self.module.similarity(sample, sample).double()
         return (

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
+from cbir_lightning.checkpoints import read_checkpoint
 from cbir_lightning.errors import CbirError
-from cbir_lightning.rerank.diffusion import diffusion_scores, mutual_knn_affinity
-from cbir_lightning.rerank.expansion import alpha_query_expansion, database_side_augmentation
-from cbir_lightning.rerank.rerank import check_reranker
+from cbir_lightning.rerank.rerank import check_reranker, rerank_scores
+from cbir_lightning.retrieval.faiss_knn import FaissKnn
 from cbir_lightning.search.files import crop_image, file_sha256, open_image, parse_crop
 from cbir_lightning.search.manifest import CURRENT, EMBEDDINGS, FAISS_INDEX, read_manifest
-from cbir_lightning.search.model import SearchModel, checkpoint_identity
+from cbir_lightning.search.model import SearchModel
 
 OPEN_ATTEMPTS = 4  # reads of an index whose CURRENT moved meanwhile, before giving up
 SHORTLIST = 100  # re-ranking works on the top items of the first search (Iscen et al.'s truncation)
@@ -23,12 +24,12 @@ SHORTLIST = 100  # re-ranking works on the top items of the first search (Iscen 
 
 @dataclass
 class SearchIndex:
-    """A loaded index: manifest, vectors ``[n, D]`` and the faiss inner-product index over them."""
+    """A loaded index: manifest, vectors ``[n, D]`` and the k-NN index over them (faiss inner product)."""
 
     path: Path
     manifest: dict
     embeddings: np.ndarray
-    faiss_index: object
+    knn: FaissKnn
     version: Path  # the version folder these vectors were read from (``CURRENT`` at open time)
 
     @classmethod
@@ -47,22 +48,20 @@ class SearchIndex:
 
     @classmethod
     def _open_version(cls, path: str | Path) -> SearchIndex:
-        import faiss
-
         manifest, version = read_manifest(path)
         try:
             embeddings = np.load(version / EMBEDDINGS, allow_pickle=False)
-            faiss_index = faiss.read_index(str(version / FAISS_INDEX))
+            knn = FaissKnn.load(version / FAISS_INDEX, embeddings, "dot")
         except Exception as err:
             reason = " ".join(str(err).split())[:200]
             raise CbirError(
                 f"index {path} is damaged ({reason}); rebuild it with `cbir-lightning index`"
             ) from err
-        if embeddings.shape != (manifest["count"], manifest["dimension"]) or faiss_index.ntotal != len(
+        if embeddings.shape != (manifest["count"], manifest["dimension"]) or knn.index.ntotal != len(
             embeddings
         ):
             raise CbirError(f"index {path} is inconsistent (vectors vs manifest); rebuild it")
-        return cls(Path(path), manifest, embeddings, faiss_index, version)
+        return cls(Path(path), manifest, embeddings, knn, version)
 
     @property
     def items(self) -> list[dict]:
@@ -84,13 +83,14 @@ class SearchIndex:
                 f"checkpoint {ckpt} of index {self.path} not found; pass the index's checkpoint with --ckpt "
                 "or rebuild the index"
             )
-        if checkpoint_identity(ckpt) != recorded["identity"]:
+        checkpoint = read_checkpoint(ckpt.resolve())
+        if checkpoint.identity != recorded["identity"]:
             raise CbirError(
                 f"checkpoint {ckpt} is not the model index {self.path} was built with "
                 f"({recorded['checkpoint']}); query with that checkpoint or re-index with "
                 f"`cbir-lightning index --ckpt {ckpt} --out {self.path}`"
             )
-        model = SearchModel.load(ckpt)
+        model = SearchModel.load(checkpoint)
         recorded_whitening = self.manifest.get("whitening") or {}
         found_whitening = model.describe_whitening() or {}
         if found_whitening.get("sha256") != recorded_whitening.get("sha256"):
@@ -155,9 +155,10 @@ class SearchIndex:
             scores = model.similarity(query, torch.from_numpy(self.embeddings), "model")
             values, rows = scores.topk(top_k, dim=1)
             return values.numpy(), rows.numpy()
-        values, rows = self.faiss_index.search(
-            query.numpy(), top_k if rerank == "none" else max(top_k, SHORTLIST)
+        values, rows = self.knn.search(
+            query, top_k if rerank == "none" else max(top_k, SHORTLIST), rescore=False
         )
+        values, rows = values.numpy(), rows.numpy()
         if rerank == "none":
             return values, rows
         out_scores, out_rows = [], []
@@ -185,20 +186,15 @@ def _current_text(index: Path) -> bytes | None:
 
 
 def rerank_shortlist(name: str, query: Tensor, items: Tensor) -> Tensor:
-    """Scores of the shortlist ``items [m, D]`` for one ``query [D]`` after re-ranking among them."""
-    q = query[None]
-    if name == "aqe":
-        return (alpha_query_expansion(q, items) @ items.T)[0]
-    if name == "dba":
-        return (q @ database_side_augmentation(items).T)[0]
-    plain = (q @ items.T)[0]
-    f = diffusion_scores(plain[None], mutual_knn_affinity(items, k=min(50, len(items))))[0]
-    return torch.where(f > 0, f + 2.0, plain)
+    """Scores of the shortlist ``items [m, D]`` for one ``query [D]`` after re-ranking among them
+    (:func:`~cbir_lightning.rerank.rerank.rerank_scores`; items diffusion does not reach keep their plain
+    dot products, unclamped)."""
+    return rerank_scores(name, query[None], items, clamp=False)[0]
 
 
 def embed_query(model: SearchModel, image, crop=None) -> Tensor:
     """The query vector ``[1, D]`` of a PIL image or an image file, optionally cropped (x0,y0,x1,y1)."""
-    if not hasattr(image, "mode"):
+    if not isinstance(image, Image.Image):
         image = open_image(image)
     return model.embed_image(crop_image(image, parse_crop(crop)))
 
