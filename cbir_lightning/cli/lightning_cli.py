@@ -20,16 +20,37 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from jsonargparse import set_parsing_settings
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
 from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, module_class, restore_overrides
+from cbir_lightning.cli.config_files import read_config, uses_bases
 from cbir_lightning.errors import CbirError
 
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
+
+
+class ConfigParser(LightningArgumentParser):
+    """LightningCLI's parser; a ``--config`` file that extends a base config (``extends: base.yaml``) is
+    parsed as the merged config (``cbir_lightning.cli.config_files``), so the ``config.yaml`` saved in
+    the run folder is the whole config."""
+
+    def parse_path(self, path, ext_vars=None, env=None, defaults=True, **kwargs):
+        from jsonargparse import get_loader
+
+        file = Path(path)
+        try:
+            data = get_loader("yaml")(file.read_text())
+        except Exception:  # not a local YAML file: jsonargparse reads it (or says why not)
+            data = None
+        if not uses_bases(data):
+            return super().parse_path(path, ext_vars, env, defaults, **kwargs)
+        text = yaml.safe_dump(read_config(file), sort_keys=False, allow_unicode=True)
+        return self.parse_string(text, file.name, ext_vars, env, defaults, **kwargs)
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -213,6 +234,7 @@ def run_lightning_cli(args: list[str] | None) -> None:
     CbirCLI(
         pl.LightningModule,
         pl.LightningDataModule,
+        parser_class=ConfigParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=LogConfigCallback,
