@@ -72,7 +72,8 @@ def _load(path: Path, chain: tuple[Path, ...]):
     if not base.is_file():
         raise CbirError(
             f"config file {path}: its base config {base} (`{EXTENDS}: {name}`) does not exist; write the "
-            f"base's path relative to {path.parent} (e.g. `{EXTENDS}: base_fit.yaml`)"
+            f"base's path relative to the config's folder {path.parent} (the shipped bases are "
+            "configs/base.yaml and configs/base_fit.yaml)"
         )
     base_data = _load(base, (*chain, base))
     if not isinstance(base_data, dict):
