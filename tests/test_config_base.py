@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,7 +21,7 @@ from cbir_lightning.cli.lightning_cli import run_lightning_cli
 from cbir_lightning.errors import CbirError
 
 CONFIGS = REPO / "configs"
-FLAT = get_loader("yaml")((REPO / "tests" / "flat_configs.yaml").read_text())
+FLAT = get_loader("yaml")(Path(__file__).with_name("flat_configs.yaml").read_text())
 
 
 def effective_config(path, *overrides: str) -> dict:

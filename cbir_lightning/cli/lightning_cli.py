@@ -4,6 +4,9 @@ Every run ends with one JSON line: after ``fit`` the best checkpoint is validate
 (``checkpoint`` plus the validation metrics without their ``val/`` prefix); ``validate`` and ``test``
 report their metrics the same way.
 
+A ``--config`` file may extend a base config (``extends: base_fit.yaml``, see
+``cbir_lightning.cli.config_files``); the run uses, prints and saves the merged config.
+
 A killed ``fit`` resumes with ``--ckpt_path last``: the newest ``last*.ckpt`` in the config's
 ModelCheckpoint folder (the shipped configs use ``${trainer.default_root_dir}/checkpoints``, so
 ``--trainer.default_root_dir`` moves every output of a run); without one the command stops with one line.
@@ -35,11 +38,13 @@ LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
 
 
 class ConfigParser(LightningArgumentParser):
-    """LightningCLI's parser; a ``--config`` file that extends a base config (``extends: base.yaml``) is
-    parsed as the merged config (``cbir_lightning.cli.config_files``), so the ``config.yaml`` saved in
-    the run folder is the whole config."""
+    """LightningCLI's parser; a ``--config`` file that extends a base config (``extends: base.yaml``) or
+    names its callbacks is parsed as the merged config (``cbir_lightning.cli.config_files``), so
+    ``--print_config`` and the ``config.yaml`` saved in the run folder are the whole config. Interpolations
+    are still resolved by jsonargparse (``omegaconf+``), after the command-line overrides."""
 
     def parse_path(self, path, ext_vars=None, env=None, defaults=True, **kwargs):
+        """Any other file is parsed as LightningCLI parses it."""
         from jsonargparse import get_loader
 
         file = Path(path)
