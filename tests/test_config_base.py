@@ -40,7 +40,7 @@ def write(path, text: str):
 
 def test_every_shipped_config_is_on_a_base():
     shipped = sorted(p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("base"))
-    assert shipped == sorted(FLAT)
+    assert set(FLAT) <= set(shipped)  # a config added later has no flat version to compare with
     for name in shipped:
         text = (CONFIGS / f"{name}.yaml").read_text()
         assert "\nextends: base" in text and "WandbLogger" not in text, name
