@@ -15,6 +15,7 @@ from conftest import REPO, SHARED_DATA, last_json, run_cli
 from PIL import Image
 
 from cbir_lightning.callbacks import RetrievalMetrics
+from cbir_lightning.cli.config_files import read_config
 from cbir_lightning.metrics import retrieval_metrics
 from data_modules import CIFAR10DataModule, DataError
 from data_modules.cifar10_batches import CLASSES, TRAIN_BATCHES
@@ -236,7 +237,7 @@ def test_tiny_dsh_fit_on_real_subset(tmp_path):
     assert result["num_queries"] == 50 and 0 < result["mAP"] <= 1
     assert Path(result["checkpoint"]).is_file()
     # `evaluate` on the same checkpoint and split (queries = test, database = train) gives the same numbers
-    config = yaml.safe_load((REPO / "configs" / "cifar10_dsh.yaml").read_text())
+    config = read_config(REPO / "configs" / "cifar10_dsh.yaml")
     config["data"]["init_args"].update(
         root=str(CIFAR_SHARED), train_per_class=20, database_per_class=20, query_per_class=5
     )

@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO, SHARED_DATA, TINY_ARGS, last_json, run_cli
 from revisitop_reference import revisited_reference
 
+from cbir_lightning.cli.config_files import read_config
 from data_modules.gnd import load_gnd
 
 GND = Path(__file__).resolve().parents[2] / "shared" / "data" / "landmarks" / "gnd"
@@ -155,7 +156,7 @@ def test_bad_input_gives_one_line(tmp_path, case, message):
 
 
 def test_checkpoint_mode_reproduces_validation(tiny_run, omniglot_root, tmp_path):
-    config = yaml.safe_load((REPO / "configs" / "omniglot_koch.yaml").read_text())
+    config = read_config(REPO / "configs" / "omniglot_koch.yaml")
     data = config["data"]["init_args"]
     data["root"] = str(omniglot_root)
     tiny = dict(zip(TINY_ARGS[::2], TINY_ARGS[1::2], strict=True))

@@ -10,6 +10,7 @@ from conftest import REPO, TINY_GEM_DATA, last_json, run_cli
 
 from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli import main
+from cbir_lightning.cli.config_files import read_config
 from cbir_lightning.metrics import retrieval_metrics
 from cbir_lightning.whitening import apply_whitening, load_whitening, whitening_path
 from data_modules import OmniglotDataModule
@@ -29,7 +30,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _tiny_config(tmp_path, omniglot_root) -> tuple:
-    config = yaml.safe_load((REPO / "configs" / "omniglot_gem.yaml").read_text())
+    config = read_config(REPO / "configs" / "omniglot_gem.yaml")
     config["data"]["init_args"].update(TINY_GEM_DATA, root=str(omniglot_root))
     config["trainer"]["max_epochs"] = 1
     config["trainer"]["callbacks"].append({"class_path": "cbir_lightning.callbacks.FitWhitening"})

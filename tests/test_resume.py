@@ -14,6 +14,7 @@ import torchvision
 import yaml
 from conftest import REPO, TINY_ARGS, TINY_GEM_DATA, last_json, run_cli
 
+from cbir_lightning.cli.config_files import read_config
 from cbir_lightning.whitening import save_whitening
 
 CONFIG = str(REPO / "configs" / "omniglot_koch.yaml")
@@ -111,7 +112,7 @@ def test_validate_gem_checkpoint_without_its_pretrained_files(omniglot_root, tmp
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     save_whitening(init, {"kind": "pca", "mean": torch.zeros(512), "projection": torch.randn(16, 512)})
-    config = yaml.safe_load((REPO / "configs" / "omniglot_gem.yaml").read_text())
+    config = read_config(REPO / "configs" / "omniglot_gem.yaml")
     config["data"]["init_args"].update(TINY_GEM_DATA, root=str(omniglot_root))
     config["model"]["init_args"].update(weights=str(weights), whitening_init=str(init))
     config["trainer"]["max_epochs"] = 1

@@ -176,17 +176,16 @@ def as_validate(args: list[str]) -> list[str]:
 
 
 def datamodule_from_config(config: str):
-    """The ``data`` section of a ``cbir-lightning fit`` config (OmegaConf interpolation resolved)."""
-    import yaml
+    """The ``data`` section of a ``cbir-lightning fit`` config, on its base configs (OmegaConf
+    interpolation resolved)."""
     from omegaconf import OmegaConf
 
     from cbir_lightning.checkpoints import build_datamodule
+    from cbir_lightning.cli.config_files import read_config
 
     path = Path(config)
-    if not path.is_file():
-        raise CbirError(f"config file {path} not found; pass the YAML used with `cbir-lightning fit`")
+    raw = read_config(path)  # with its base configs (`extends:`)
     try:
-        raw = yaml.safe_load(path.read_text())
         resolved = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
     except Exception as err:
         reason = " ".join(str(err).split())[:200]

@@ -4,6 +4,9 @@ Every run ends with one JSON line: after ``fit`` the best checkpoint is validate
 (``checkpoint`` plus the validation metrics without their ``val/`` prefix); ``validate`` and ``test``
 report their metrics the same way.
 
+A ``--config`` file may extend a base config (``extends: base_fit.yaml``, see
+``cbir_lightning.cli.config_files``); the run uses, prints and saves the merged config.
+
 A killed ``fit`` resumes with ``--ckpt_path last``: the newest ``last*.ckpt`` in the config's
 ModelCheckpoint folder (the shipped configs use ``${trainer.default_root_dir}/checkpoints``, so
 ``--trainer.default_root_dir`` moves every output of a run); without one the command stops with one line.
@@ -19,16 +22,39 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import yaml
 from jsonargparse import set_parsing_settings
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
 from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
+from cbir_lightning.cli.config_files import read_config, uses_bases
 from cbir_lightning.errors import CbirError
 
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
+
+
+class ConfigParser(LightningArgumentParser):
+    """LightningCLI's parser; a ``--config`` file that extends a base config (``extends: base.yaml``) or
+    names its callbacks is parsed as the merged config (``cbir_lightning.cli.config_files``), so
+    ``--print_config`` and the ``config.yaml`` saved in the run folder are the whole config. Interpolations
+    are still resolved by jsonargparse (``omegaconf+``), after the command-line overrides."""
+
+    def parse_path(self, path, ext_vars=None, env=None, defaults=True, **kwargs):
+        """Any other file is parsed as LightningCLI parses it."""
+        from jsonargparse import get_loader
+
+        file = Path(path)
+        try:
+            data = get_loader("yaml")(file.read_text())
+        except Exception:  # not a local YAML file: jsonargparse reads it (or says why not)
+            data = None
+        if not uses_bases(data):
+            return super().parse_path(path, ext_vars, env, defaults, **kwargs)
+        text = yaml.safe_dump(read_config(file), sort_keys=False, allow_unicode=True)
+        return self.parse_string(text, file.name, ext_vars, env, defaults, **kwargs)
 
 
 class LogConfigCallback(SaveConfigCallback):
@@ -197,6 +223,7 @@ def run_lightning_cli(args: list[str] | None) -> None:
     CbirCLI(
         pl.LightningModule,
         pl.LightningDataModule,
+        parser_class=ConfigParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=LogConfigCallback,
