@@ -99,8 +99,13 @@ class RetrievalData(Protocol):
 class EmbeddingLoss(Protocol):
     """pytorch-metric-learning's signature: ``loss(embeddings [N, D], labels [N], indices_tuple)``;
     ``indices_tuple`` (optional) names the pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)`` to use.
-    Every PML loss fits as it is; the toolkit's own losses (paper contrastive, DSH, all-pairs BCE and
-    softmax on a model's scores) take the same call."""
+    Every PML loss fits as it is; the toolkit's own losses (:mod:`cbir_lightning.losses`: the paper's
+    contrastive loss, DSH, pair BCE, all-pairs BCE and in-batch softmax on a model's scores) take the
+    same call. Modules pass every batch type alike: a class batch gives its labels and the miner's
+    ``indices_tuple`` (None without a miner: the loss's own pairs); pair and tuple batches give their
+    exact pairs as ``(a1, p, a2, n)``, which the toolkit's losses visit in (anchor, other) order, the
+    order the batch was built in. Losses on a model's learned similarity (Koch's L1 head) take it as a
+    PML distance with ``is_inverted=True`` (:class:`~cbir_lightning.losses.ModelSimilarity`)."""
 
     def __call__(
         self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None

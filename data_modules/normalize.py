@@ -34,6 +34,8 @@ class NormalizedItems(Dataset):
         item = self.dataset[i]
         if self.mean is None:
             return item
-        return tuple(
+        values = [
             normalize(x, self.mean, self.std) if x.is_floating_point() and x.ndim >= 3 else x for x in item
-        )
+        ]
+        # a named batch (cbir_lightning.contracts) keeps its type
+        return type(item)(*values) if hasattr(item, "_fields") else tuple(values)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from cbir_lightning.contracts import EvalBatch
 from data_modules.augment import AffineRanges
 from data_modules.episodes import Episodes, make_episodes
 from data_modules.errors import DataError
@@ -36,8 +37,8 @@ class IndexedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.images[i].float().div(255), self.labels[i], torch.tensor(i)
+    def __getitem__(self, i: int) -> EvalBatch:
+        return EvalBatch(self.images[i].float().div(255), self.labels[i], torch.tensor(i))
 
 
 class OmniglotDataModule(pl.LightningDataModule):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from cbir_lightning.contracts import ClassBatch, PairBatch
 from data_modules.augment import AffineRanges, koch_distort
 from data_modules.errors import DataError
 from data_modules.samplers import item_generator
@@ -52,7 +53,7 @@ class _LabelledImages(Dataset):
 class PairDataset(_LabelledImages):
     """Item ``i`` is a positive pair when ``i`` is even, a negative one when odd: exactly balanced."""
 
-    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int) -> PairBatch:
         i, gen = self._decode(key)
         cls = int(torch.randint(self.num_classes, (1,), generator=gen))
         same = i % 2 == 0
@@ -64,7 +65,7 @@ class PairDataset(_LabelledImages):
             ) % self.num_classes
             index = torch.cat([self._pick(cls, 1, gen), self._pick(other, 1, gen)])
         x = self._load(index, gen)
-        return x[0], x[1], torch.tensor(float(same))
+        return PairBatch(x[0], x[1], torch.tensor(float(same)))
 
 
 class ClassBatchDataset(_LabelledImages):
@@ -76,11 +77,11 @@ class ClassBatchDataset(_LabelledImages):
             raise ValueError(f"classes_per_batch={classes_per_batch} > {self.num_classes} classes available")
         self.classes_per_batch, self.samples_per_class = classes_per_batch, samples_per_class
 
-    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int) -> ClassBatch:
         _, gen = self._decode(key)
         classes = torch.randperm(self.num_classes, generator=gen)[: self.classes_per_batch]
         index = torch.cat([self._pick(int(c), self.samples_per_class, gen) for c in classes])
-        return self._load(index, gen), self.inverse[index]
+        return ClassBatch(self._load(index, gen), self.inverse[index])
 
 
 def check_sampling(sampling: str, classes_per_batch: int, samples_per_class: int) -> None:

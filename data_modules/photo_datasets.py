@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cbir_lightning.contracts import EvalBatch
 from data_modules.photos import load_photo
 from data_modules.stanford_dogs_files import read_box
 
@@ -65,5 +66,6 @@ class LabelledPhotos(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.transform(load_cropped(self.paths[i], self.boxes[i])), self.labels[i], torch.tensor(i)
+    def __getitem__(self, i: int) -> EvalBatch:
+        image = self.transform(load_cropped(self.paths[i], self.boxes[i]))
+        return EvalBatch(image, self.labels[i], torch.tensor(i))

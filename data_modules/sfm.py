@@ -2,7 +2,7 @@
 
 Training: every epoch (see :mod:`data_modules.mining`) ``query_size`` (q, p) pairs of the ``train`` split
 and ``neg_num`` hard negatives each, mined from a random pool of ``pool_size`` images with the model being
-trained; batches are ``{"tuples": [[q, p, n1..nk], ...]}`` of ``batch_size`` tuples. The mean distance of
+trained; batches are ``TupleBatch([[q, p, n1..nk], ...])`` of ``batch_size`` tuples. The mean distance of
 the mined negatives is logged as ``train/neg_distance``. Validation: the ``val`` split as a retrieval set
 (every image a query against all others; relevant = same cluster), scored by the RetrievalMetrics callback.
 Sizes larger than the data are reduced to it (as cirtorch does); impossible settings fail with one line.

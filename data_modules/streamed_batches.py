@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cbir_lightning.contracts import ClassBatch
 from data_modules.photo_datasets import Box, load_cropped
 from data_modules.samplers import item_generator
 
@@ -97,9 +98,9 @@ class StreamedClassBatches(Dataset):
         view = random_resized_crop(image, self.image_size, gen) if self.augment else self.eval_view(image)
         return self.to_tensor(view)
 
-    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int) -> ClassBatch:
         gen = item_generator(self.seed, key)
         chosen = torch.randperm(len(self.members), generator=gen)[: self.classes_per_batch]
         index = torch.cat([self._pick(self.members[int(c)], gen) for c in chosen])
         images = torch.stack([self._view(int(i), gen) for i in index])
-        return images, self.labels[index]
+        return ClassBatch(images, self.labels[index])

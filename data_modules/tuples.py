@@ -4,7 +4,8 @@
 every rank, so the mining may use collectives) and yields this rank's share of the mined tuples as
 tuples of image indices; the dataset (:class:`~data_modules.photo_datasets.PhotoFiles`) turns each into a
 list of image tensors in the worker processes, and :func:`collate_tuples` builds the batch
-``{"tuples": [[q, p, n1, ...], ...]}`` (images of one tuple may differ in size).
+:class:`~cbir_lightning.contracts.TupleBatch` ``[[q, p, n1, ...], ...]`` (images of one tuple may differ
+in size).
 It subclasses ``DistributedSampler`` so Lightning keeps it and calls ``set_epoch``.
 """
 
@@ -16,9 +17,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from cbir_lightning.contracts import TupleBatch
 
-def collate_tuples(batch: list[list[torch.Tensor]]) -> dict[str, list[list[torch.Tensor]]]:
-    return {"tuples": [list(item) for item in batch]}
+
+def collate_tuples(batch: list[list[torch.Tensor]]) -> TupleBatch:
+    return TupleBatch([list(item) for item in batch])
 
 
 class TupleSampler(DistributedSampler):

@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from cbir_lightning.contracts import ClassBatch, PairBatch
 from cbir_lightning.losses.dsh import dsh_all_pairs_loss, dsh_pair_loss
 from cbir_lightning.models import DSHModule
 
@@ -76,11 +77,11 @@ def test_training_step_on_class_batches_and_pairs_decreases_loss():
     images, labels = torch.randn(8, 3, 32, 32), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     first = None
     for _ in range(15):
-        loss = module.training_step((images, labels), 0)
+        loss = module.training_step(ClassBatch(images, labels), 0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         first = loss.item() if first is None else first
     assert loss.item() < 0.5 * first
-    pair_loss = module.training_step((images[:4], images[4:], torch.tensor([1.0, 0.0, 1.0, 0.0])), 0)
+    pair_loss = module.training_step(PairBatch(images[:4], images[4:], torch.tensor([1.0, 0.0, 1.0, 0.0])), 0)
     assert pair_loss.ndim == 0 and torch.isfinite(pair_loss)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
 
+from cbir_lightning.contracts import ClassBatch, PairBatch, TupleBatch
 from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.contrastive import (
     all_pairs_contrastive_loss,
@@ -202,7 +203,7 @@ def test_tuple_batch_grouped_by_size_and_paper_loss():
         single = torch.cat([module.embed(img[None]) for t in tuples for img in t])
         grouped = module.embed_many([img for t in tuples for img in t])
         assert torch.allclose(grouped, single, atol=1e-5)
-        loss = module.training_step({"tuples": tuples}, 0)
+        loss = module.training_step(TupleBatch(tuples), 0)
     label = torch.tensor([-1, 1, 0, 0] * 2, dtype=torch.float32)
     assert torch.isclose(loss, _cirtorch_contrastive(single.T, label, 0.85), rtol=1e-4)
 
@@ -212,20 +213,20 @@ def test_pair_and_class_batches():
     torch.manual_seed(4)
     x1, x2, same = torch.rand(3, 1, 32, 32), torch.rand(3, 1, 32, 32), torch.tensor([1.0, 0.0, 1.0])
     with torch.no_grad():
-        loss = module.training_step((x1, x2, same), 0)
+        loss = module.training_step(PairBatch(x1, x2, same), 0)
         expected = contrastive_loss(pair_distances(module.embed(x1), module.embed(x2)), same, 0.7)
         assert torch.isclose(loss, expected, rtol=1e-5)
         images, labels = torch.rand(6, 1, 32, 32), torch.tensor([0, 0, 1, 1, 2, 2])
         emb = module.embed(images)
         assert torch.isclose(
-            module.training_step((images, labels), 0), all_pairs_contrastive_loss(emb, labels)
+            module.training_step(ClassBatch(images, labels), 0), all_pairs_contrastive_loss(emb, labels)
         )
     pml = _module(loss="pml_multi_similarity", miner_kwargs={"epsilon": 0.5}).eval()
     with torch.no_grad():
         emb = pml.embed(images)
         mined = miners.MultiSimilarityMiner(epsilon=0.5)(emb, labels)
         expected = losses.MultiSimilarityLoss()(emb, labels, mined)
-        assert torch.isclose(pml.training_step((images, labels), 0), expected)
+        assert torch.isclose(pml.training_step(ClassBatch(images, labels), 0), expected)
 
 
 def test_gem_p_param_group():
@@ -270,7 +271,7 @@ def test_tuples_with_pml_contrastive_use_exact_pairs():
     tuples = [[torch.rand(3, 32, 32) for _ in range(3)] for _ in range(2)]
     with torch.no_grad():
         emb = module.embed_many([img for t in tuples for img in t])
-        loss = module.training_step({"tuples": tuples}, 0)
+        loss = module.training_step(TupleBatch(tuples), 0)
     d = lambda i, j: (emb[i] - emb[j]).norm()  # noqa: E731
     pos = torch.stack([d(0, 1), d(3, 4)])
     neg = torch.stack([(0.7 - d(0, 2)).clamp(min=0), (0.7 - d(3, 5)).clamp(min=0)])

@@ -83,8 +83,8 @@ def test_tuple_batches_and_whitening_data(release):
         },
     )()
     batch = next(iter(dm.train_dataloader()))
-    assert len(batch["tuples"]) == 4 and all(len(t) == 4 for t in batch["tuples"])  # q, p, 2 negatives
-    assert all(image.shape[0] == 3 for t in batch["tuples"] for image in t)
+    assert len(batch.tuples) == 4 and all(len(t) == 4 for t in batch.tuples)  # q, p, 2 negatives
+    assert all(image.shape[0] == 3 for t in batch.tuples for image in t)
     tuples = dm.mine(model, 0)
     clusters = dm.train_split.clusters
     for q, p, *negs in tuples.tolist():

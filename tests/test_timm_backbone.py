@@ -8,6 +8,7 @@ from conftest import SHARED_DATA
 from PIL import Image
 from torchvision import transforms
 
+from cbir_lightning.contracts import ClassBatch
 from cbir_lightning.errors import CbirError
 from cbir_lightning.models.timm_backbone import (
     TimmFeatures,
@@ -92,7 +93,7 @@ def test_gem_on_a_frozen_pretrained_backbone_trains_only_the_new_layers(lite0):
     optimizer = module.configure_optimizers()
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert trained == {id(p) for p in [*module.whiten.parameters(), module.pool.p]}
-    loss = module.training_step((torch.rand(4, 3, 64, 64), torch.tensor([0, 0, 1, 1])), 0)
+    loss = module.training_step(ClassBatch(torch.rand(4, 3, 64, 64), torch.tensor([0, 0, 1, 1])), 0)
     loss.backward()
     optimizer.step()
     assert all(torch.equal(v, module.backbone.state_dict()[k]) for k, v in before.items())
@@ -139,7 +140,7 @@ def test_frozen_backbone_keeps_its_batchnorm_statistics_through_a_lightning_fit(
         freeze="backbone", optimizer=lambda groups: torch.optim.SGD(groups, lr=0.1),
     )
     before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
-    batches = [(torch.rand(4, 3, 32, 32) * 3, torch.tensor([0, 0, 1, 1])) for _ in range(2)]
+    batches = [ClassBatch(torch.rand(4, 3, 32, 32) * 3, torch.tensor([0, 0, 1, 1])) for _ in range(2)]
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.fit(module, DataLoader(batches, batch_size=None))

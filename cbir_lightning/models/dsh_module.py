@@ -1,9 +1,10 @@
 """``DSHModule``: Deep Supervised Hashing (Liu et al., CVPR 2016) as a LightningModule.
 
 Training: relaxed k-bit codes from :class:`~cbir_lightning.models.dsh_net.DSHNet` and the DSH loss
-(:mod:`cbir_lightning.losses.dsh`) on every pair of a class batch ``(images, labels)``, or on aligned pairs
-``(x1, x2, same)``. Evaluation: ``embed`` gives the binary codes as +-1 floats (sign of the relaxed code),
-and ``similarity`` is minus their Hamming distance, computed by popcount on bit-packed codes
+(:class:`~cbir_lightning.losses.DSHLoss`) on every pair of a :class:`~cbir_lightning.contracts.ClassBatch`,
+or on the aligned pairs of a :class:`~cbir_lightning.contracts.PairBatch` (``first`` and ``second`` coded
+in separate forward passes). Evaluation: ``embed`` gives the binary codes as +-1 floats (sign of the
+relaxed code), and ``similarity`` is minus their Hamming distance, computed by popcount on bit-packed codes
 (:mod:`cbir_lightning.retrieval.hamming`); the shared retrieval metrics then give Hamming-ranking mAP.
 Because ``q . d = k - 2 * hamming`` for +-1 codes, any dot-product search over the embeddings (``evaluate``,
 a faiss index) ranks exactly as Hamming distance does.
@@ -15,9 +16,11 @@ from collections.abc import Sequence
 
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import nn
 
-from cbir_lightning.losses.dsh import dsh_all_pairs_loss, dsh_pair_loss
+from cbir_lightning.contracts import ClassBatch, PairBatch
+from cbir_lightning.losses.by_name import dsh_loss
+from cbir_lightning.losses.pairs import pairs_to_indices
 from cbir_lightning.models.dsh_net import DSHNet
 from cbir_lightning.models.embedding_module import EmbeddingModule
 from cbir_lightning.retrieval.hamming import hamming_distances, pack_codes, sign_codes
@@ -27,7 +30,10 @@ class DSHModule(EmbeddingModule):
     """Args:
     bits: code length k.
     in_channels / input_size / channels / hidden / batch_norm: the net (see :class:`DSHNet`).
-    margin: the loss margin m (default ``2 * bits``, the paper's); alpha: weight of the +-1 regulariser.
+    loss: the loss on relaxed codes (default :class:`~cbir_lightning.losses.DSHLoss` with ``margin``
+        and ``alpha``).
+    margin: the loss margin m (default ``2 * bits``, the paper's); alpha: weight of the +-1 regulariser
+        (default 0.01); both only without ``loss`` (else set them in its init_args).
     optimizer / lr_scheduler: factories, as in :class:`~cbir_lightning.models.SiameseModule`.
     """
 
@@ -40,16 +46,16 @@ class DSHModule(EmbeddingModule):
         hidden: int = 500,
         batch_norm: bool = True,
         margin: float | None = None,
-        alpha: float = 0.01,
+        alpha: float | None = None,
         optimizer: OptimizerCallable = lambda params: torch.optim.Adam(params, lr=1e-3),
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: str = "epoch",
+        loss: nn.Module | None = None,
     ) -> None:
-        super().__init__()
-        from_config = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=[] if from_config else ["optimizer", "lr_scheduler"])
+        objects = ["loss"] if loss is not None else []
+        super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
         self.net = DSHNet(bits, in_channels, input_size, channels, hidden, batch_norm)
-        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.loss = dsh_loss(loss, margin, alpha)
 
     def codes(self, images: torch.Tensor) -> torch.Tensor:
         """Relaxed (real-valued) codes ``[n, bits]``."""
@@ -59,20 +65,26 @@ class DSHModule(EmbeddingModule):
         """Binary codes as +-1 floats ``[n, bits]``."""
         return sign_codes(self.codes(images))
 
+    dot_product_similarity = True  # q . d = k - 2 hamming(q, d) for +-1 codes
+
     def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:
         """Minus the Hamming distance ``[nq, nd]`` between the sign codes (popcount on packed bits)."""
         distances = hamming_distances(pack_codes(queries), pack_codes(database))
         return distances.neg().float().to(queries.device)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        hp = self.hparams
-        if len(batch) == 3:
-            x1, x2, same = batch
-            loss = dsh_pair_loss(self.codes(x1), self.codes(x2), same, hp.margin, hp.alpha)
-            size = len(same)
+    def training_step(self, batch: PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, PairBatch):
+            n = len(batch.same)
+            codes = torch.cat([self.codes(batch.first), self.codes(batch.second)])
+            anchors = torch.arange(n, device=codes.device)
+            labels = torch.arange(2 * n, device=codes.device)
+            labels[n:][batch.same.bool()] = anchors[batch.same.bool()]  # a matching pair shares a label
+            loss = self.loss(codes, labels, pairs_to_indices(anchors, anchors + n, batch.same))
+            size = n
+        elif isinstance(batch, ClassBatch):
+            loss = self.loss(self.codes(batch.images), batch.labels)
+            size = len(batch.labels)
         else:
-            images, labels = batch
-            loss = dsh_all_pairs_loss(self.codes(images), labels, hp.margin, hp.alpha)
-            size = len(labels)
+            raise TypeError(f"DSHModule trains on PairBatch or ClassBatch, got {type(batch).__name__}")
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss

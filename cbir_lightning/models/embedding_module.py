@@ -4,19 +4,49 @@ Validation, test and predict batches ``(images, labels, indices)`` give ``{"embe
 "indices"}`` (the retrieval callback and ``index`` turn them into metrics and search indexes), and the
 optimizer and scheduler come from config factories (LightningCLI's ``OptimizerCallable``), built over
 the subclass's ``param_groups()``; a group's ``lr_scale`` multiplies the optimizer's learning rate.
-Subclasses define ``embed``, ``similarity`` and ``training_step``, and take an ``lr_scheduler_interval``
-hyperparameter.
+Subclasses call ``super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=...)`` first
+(it saves the hyperparameters), define ``embed``, ``similarity``, ``dot_product_similarity`` (see
+:class:`cbir_lightning.contracts.EmbeddingModel`) and ``training_step``.
+
+Hyperparameters: under the CLI they are the config (class paths), which rebuilds every object from a
+checkpoint; objects passed from Python (``optimizer``, ``lr_scheduler`` and the subclass's ``objects``,
+e.g. a net) are not saved (the weights are in the state dict).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 
 
 class EmbeddingModule(pl.LightningModule):
-    optimizer_factory = None
-    scheduler_factory = None
+    """Args:
+    optimizer: optimizer factory over ``param_groups()``.
+    lr_scheduler: optional scheduler factory, stepped every ``lr_scheduler_interval`` (``epoch`` or
+        ``step``).
+    objects: names of the subclass's arguments that are not saved as hyperparameters when given from
+        Python (not itself a hyperparameter).
+    """
+
+    dot_product_similarity: bool = False
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: str = "epoch",
+        objects: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        from_config = _given_hyperparameters.get() is not None
+        unsaved = [] if from_config else ["optimizer", "lr_scheduler", *objects]
+        self.save_hyperparameters(ignore=["objects", *unsaved])
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -51,5 +81,5 @@ class EmbeddingModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval},
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
         }

@@ -1,19 +1,19 @@
-"""``GeMSiameseModule``: CNN backbone + global pooling (MAC, SPoC, GeM, R-MAC) + L2 norm (+ whitening),
-trained as a Siamese net (Radenović, Tolias and Chum).
+"""``GeMSiameseModule``: a :class:`~cbir_lightning.models.gem_net.GeMNet` (CNN backbone + global pooling +
+L2 norm (+ whitening)) trained as a Siamese net (Radenović, Tolias and Chum).
 
-Training batches (any of):
+Training batches (any of), each given to the loss as a pytorch-metric-learning call
+``loss(embeddings, labels, indices_tuple)``:
 
-* tuples ``{"tuples": [[q, p, n_1..n_k], ...]}`` of ``[3, h, w]`` image tensors (sizes may differ
-  between tuples): images of equal size are embedded in one forward pass; the paper's contrastive loss
-  on (q, p) = 1 and (q, n_i) = 0 (:mod:`cbir_lightning.losses.contrastive`);
-* pairs ``(x1, x2, same)``: the same loss with ``y = same``;
-* class batches ``(images, labels)``: the paper's loss on every pair, or a pytorch-metric-learning loss
-  with its miner (``loss: pml_contrastive | pml_triplet | pml_multi_similarity``).
+* :class:`~cbir_lightning.contracts.TupleBatch` ``[[q, p, n_1..n_k], ...]`` of ``[3, h, w]`` image
+  tensors (sizes may differ between tuples): images of equal size are embedded in one forward pass;
+  the pairs (q, p) (positive) and (q, n_i) (negative) are the ``indices_tuple``;
+* :class:`~cbir_lightning.contracts.PairBatch`: ``first`` and ``second`` embedded in one pass, the
+  aligned pairs as ``indices_tuple``;
+* :class:`~cbir_lightning.contracts.ClassBatch`: the miner's ``indices_tuple`` (None without a miner:
+  every pair).
 
-With a PML loss, tuple and pair batches pass their exact pairs to the loss as ``indices_tuple``.
-Validation / test / predict batches ``(images, labels, indices)`` give ``{"embeddings", "labels",
-"indices"}``. One-channel images are repeated to three channels; normalisation (ImageNet mean/std) is
-the DataModule's job.
+The default loss is the paper's contrastive loss (:class:`~cbir_lightning.losses.CirtorchContrastiveLoss`).
+Validation / test / predict batches give ``{"embeddings", "labels", "indices"}``.
 
 Evaluation (``embed`` in eval mode) uses ``eval_scales`` (multi-scale, combined by the generalized
 mean with the GeM p) and then, if attached, a post-hoc whitening file: ``load_module`` and the
@@ -29,26 +29,20 @@ from pathlib import Path
 
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
+from cbir_lightning.contracts import ClassBatch, PairBatch, TupleBatch
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import embed_grouped
-from cbir_lightning.losses.contrastive import (
-    all_pairs_contrastive_loss,
-    contrastive_loss,
-    pair_distances,
-    tuple_pairs,
-)
-from cbir_lightning.losses.pml import PML_LOSSES, build_pml_loss, build_pml_miner
-from cbir_lightning.models.backbones import Backbone
+from cbir_lightning.losses.by_name import gem_loss, gem_miner
+from cbir_lightning.losses.contrastive import tuple_pairs
+from cbir_lightning.losses.pairs import pairs_to_indices
 from cbir_lightning.models.embedding_module import EmbeddingModule
+from cbir_lightning.models.gem_net import GeMNet
 from cbir_lightning.models.multiscale import multiscale_embed
-from cbir_lightning.pooling.layers import GeM, build_pooling
+from cbir_lightning.pooling.layers import GeM
 from cbir_lightning.whitening.functional import apply_whitening
 from cbir_lightning.whitening.io import load_whitening, whitening_path
-
-LOSSES = ("contrastive", *(f"pml_{name}" for name in PML_LOSSES))
 
 
 def _default_optimizer(params):
@@ -77,11 +71,16 @@ class GeMSiameseModule(EmbeddingModule):
         (``weight = projection``, ``bias = -projection @ mean``); its dimension is used when
         ``whitening`` is null. ``identity``: the layer starts as the identity (the descriptor unchanged),
         so fine-tuning a head on a pretrained backbone starts from the pretrained ranking.
-    loss: ``contrastive`` (the paper's, summed) or ``pml_contrastive`` / ``pml_triplet`` /
-        ``pml_multi_similarity``.
-    margin: the paper's contrastive margin (0.7; 0.85 in the later recipe).
-    loss_kwargs / miner / miner_kwargs: PML loss arguments; miner ``default`` (the loss's own), a
-        name from ``cbir_lightning.losses.pml.MINERS`` or null (class batches only).
+    loss: a loss (``class_path``: any pytorch-metric-learning loss, or
+        ``cbir_lightning.losses.CirtorchContrastiveLoss``), or by name (older configs and checkpoints):
+        ``contrastive`` (the paper's, summed) or ``pml_contrastive`` / ``pml_triplet`` /
+        ``pml_multi_similarity``; see :mod:`cbir_lightning.losses.by_name`.
+    margin: the margin of ``loss: contrastive`` (0.7; 0.85 in the later recipe); an error with any
+        other loss (set its margin in its init_args / loss_kwargs).
+    loss_kwargs: arguments of a loss given by name.
+    miner / miner_kwargs: for class batches, a miner (``class_path``, e.g.
+        ``pytorch_metric_learning.miners.MultiSimilarityMiner``), ``default`` (the PML loss's own, see
+        ``cbir_lightning.losses.pml``), a name from ``cbir_lightning.losses.pml.MINERS`` or null.
     eval_scales: image scales combined at evaluation (e.g. ``[1, 0.7071, 0.5]``).
     apply_whitening_file: at validate/test/predict of a checkpoint, apply ``<ckpt>.whitening.pt``.
     optimizer / lr_scheduler / lr_scheduler_interval: as SiameseModule (default Adam lr 1e-6, wd 1e-6).
@@ -100,10 +99,10 @@ class GeMSiameseModule(EmbeddingModule):
         backbone_lr_multiplier: float = 1.0,
         whitening: int | None = None,
         whitening_init: str | None = None,
-        loss: str = "contrastive",
-        margin: float = 0.7,
+        loss: str | nn.Module = "contrastive",
+        margin: float | None = None,
         loss_kwargs: dict | None = None,
-        miner: str | None = "default",
+        miner: str | nn.Module | None = "default",
         miner_kwargs: dict | None = None,
         eval_scales: Sequence[float] = (1.0,),
         apply_whitening_file: bool = True,
@@ -111,68 +110,34 @@ class GeMSiameseModule(EmbeddingModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: str = "epoch",
     ) -> None:
-        super().__init__()
-        from_config = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=[] if from_config else ["optimizer", "lr_scheduler"])
-        if loss not in LOSSES:
-            raise CbirError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        objects = [k for k, v in (("loss", loss), ("miner", miner)) if isinstance(v, nn.Module)]
+        super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
         if freeze not in (None, "backbone"):
             raise CbirError(f"freeze must be 'backbone' or null, got {freeze!r}")
-        self.backbone = Backbone(backbone, weights, freeze_batchnorm)
+        self.loss = gem_loss(loss, margin, loss_kwargs)
+        self.miner = gem_miner(loss, miner, miner_kwargs)
+        net = GeMNet(backbone, weights, pooling, p, learn_p, freeze_batchnorm, whitening, whitening_init)
+        # The net's parts are registered here under their own names, so checkpoints keep the keys
+        # backbone.*, pool.*, whiten.* (and optimizer states their parameter order); ``net`` is the same
+        # modules seen as one nn.Module (not registered again).
+        self.backbone, self.pool, self.whiten = net.backbone, net.pool, net.whiten
+        object.__setattr__(self, "net", net)
         if freeze == "backbone":  # eval mode now: Lightning keeps each submodule's mode, never calls train()
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        self.pool = build_pooling(pooling, p, learn_p)
-        self.whiten = self._whitening_layer(self.backbone.channels, whitening, whitening_init)
-        self.pml_loss = self.pml_miner = None
-        if loss != "contrastive":
-            name = loss.removeprefix("pml_")
-            self.pml_loss = build_pml_loss(name, **(loss_kwargs or {}))
-            self.pml_miner = build_pml_miner(name, miner, **(miner_kwargs or {}))
         self.eval_scales = [float(s) for s in eval_scales]
         self.post_whitening: dict | None = None
-        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
 
-    @staticmethod
-    def _whitening_layer(channels: int, dim: int | None, init: str | None) -> nn.Linear | None:
-        if init is None:
-            return None if dim is None else nn.Linear(channels, dim)
-        if init == "identity":  # starts as the pretrained descriptor itself; training moves it from there
-            if dim not in (None, channels):
-                raise CbirError(f"whitening_init: identity needs whitening: {channels} (the net's dimension)")
-            layer = nn.Linear(channels, channels)
-            with torch.no_grad():
-                layer.weight.copy_(torch.eye(channels))
-                layer.bias.zero_()
-            return layer
-        w = load_whitening(init)
-        projection, mean = w["projection"].float(), w["mean"].float()
-        if len(mean) != channels:
-            raise CbirError(
-                f"whitening_init {init} is for {len(mean)}-d descriptors, the net gives {channels}"
-            )
-        dim = dim or len(projection)
-        if dim > len(projection):
-            raise CbirError(f"whitening {dim} exceeds the {len(projection)} rows of whitening_init {init}")
-        layer = nn.Linear(channels, dim)
-        with torch.no_grad():
-            layer.weight.copy_(projection[:dim])
-            layer.bias.copy_(-projection[:dim] @ mean)
-        return layer
+    dot_product_similarity = True  # cosine similarity of L2-normalised descriptors
 
     @property
     def p(self) -> float:
         """The GeM exponent used to combine scales (1 for other poolings)."""
-        return float(self.pool.p.detach()) if isinstance(self.pool, GeM) else 1.0
+        return self.net.p
 
     def descriptor(self, images: torch.Tensor) -> torch.Tensor:
         """Single-scale L2-normalised descriptors ``[N, D]`` (no post-hoc whitening)."""
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        x = nn.functional.normalize(self.pool(self.backbone(images)), dim=-1)
-        if self.whiten is not None:
-            x = nn.functional.normalize(self.whiten(x), dim=-1)
-        return x
+        return self.net.descriptor(images)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Training: :meth:`descriptor`. Eval: multi-scale over ``eval_scales``, then the attached
@@ -223,44 +188,34 @@ class GeMSiameseModule(EmbeddingModule):
         """Embeddings ``[N, D]`` of a list of ``[C, h, w]`` images, one forward pass per image size."""
         return embed_grouped(self.embed, images)
 
-    def _pair_loss(self, embeddings, anchors, others, targets, labels=None) -> torch.Tensor:
-        if self.pml_loss is None:
-            return contrastive_loss(
-                pair_distances(embeddings[anchors], embeddings[others]), targets, self.hparams.margin
-            )
-        pos, neg = targets.bool(), ~targets.bool()
-        indices = (anchors[pos], others[pos], anchors[neg], others[neg])
-        if labels is None:
-            labels = torch.arange(len(embeddings), device=embeddings.device)
-        return self.pml_loss(embeddings, labels, indices)
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if isinstance(batch, dict):
-            tuples = batch["tuples"]
+    def training_step(self, batch: TupleBatch | PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, TupleBatch):
+            tuples = batch.tuples
             sizes = [len(t) for t in tuples]
             embeddings = self.embed_many([image for t in tuples for image in t])
             anchors, others, targets = (x.to(self.device) for x in tuple_pairs(sizes))
             labels = torch.arange(len(embeddings), device=self.device)
             labels[others[targets.bool()]] = anchors[targets.bool()]  # q and p share a label
-            loss, size = self._pair_loss(embeddings, anchors, others, targets, labels), len(tuples)
-        elif len(batch) == 3:
-            x1, x2, same = batch
-            n = len(same)
-            embeddings = self.embed(torch.cat([x1, x2]))
+            loss = self.loss(embeddings, labels, pairs_to_indices(anchors, others, targets))
+            size = len(tuples)
+        elif isinstance(batch, PairBatch):
+            n = len(batch.same)
+            embeddings = self.embed(torch.cat([batch.first, batch.second]))
             anchors = torch.arange(n, device=self.device)
             labels = torch.arange(2 * n, device=self.device)
-            labels[n:][same.bool()] = anchors[same.bool()]
-            loss = self._pair_loss(embeddings, anchors, anchors + n, same.float(), labels)
+            labels[n:][batch.same.bool()] = anchors[batch.same.bool()]
+            loss = self.loss(embeddings, labels, pairs_to_indices(anchors, anchors + n, batch.same))
             size = n
-        else:
+        elif isinstance(batch, ClassBatch):
             images, labels = batch
             embeddings = self.embed(images)
-            if self.pml_loss is None:
-                loss = all_pairs_contrastive_loss(embeddings, labels, self.hparams.margin)
-            else:
-                mined = self.pml_miner(embeddings, labels) if self.pml_miner is not None else None
-                loss = self.pml_loss(embeddings, labels, mined)
+            mined = self.miner(embeddings, labels) if self.miner is not None else None
+            loss = self.loss(embeddings, labels, mined)
             size = len(labels)
+        else:
+            raise TypeError(
+                f"GeMSiameseModule trains on TupleBatch, PairBatch or ClassBatch, got {type(batch).__name__}"
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         if isinstance(self.pool, GeM):
             self.log("train/gem_p", self.pool.p.detach()[0], batch_size=size)

@@ -1,11 +1,13 @@
 """``SiameseModule``: the LightningModule around a Siamese net with an ``embed`` / ``similarity`` /
-``pair_logits`` interface (e.g. :class:`~cbir_lightning.models.koch.KochSiameseNet`).
+``pair_logits`` interface (e.g. :class:`~cbir_lightning.models.koch_net.KochSiameseNet`).
 
-Training batches are either aligned pairs ``(x1, x2, same)`` (Koch: BCE per pair) or class batches
-``(images, labels)`` (BCE on every pair of the batch, see
-:func:`~cbir_lightning.losses.pair_bce.all_pairs_bce`).
-Validation, test and predict batches ``(images, labels, indices)`` produce embeddings; the retrieval
-callback turns them into metrics.
+Training batches are :class:`~cbir_lightning.contracts.PairBatch` (Koch: ``pair_loss``, BCE per pair;
+``first`` and ``second`` embedded in separate forward passes) or
+:class:`~cbir_lightning.contracts.ClassBatch` (``batch_loss`` on the whole batch). Both losses are
+called as pytorch-metric-learning losses; the losses on scores
+(:class:`~cbir_lightning.losses.ScoreLoss` subclasses) score with the net's head, given to them as a
+:class:`~cbir_lightning.losses.ModelSimilarity`. Validation, test and predict batches produce embeddings;
+the retrieval callback turns them into metrics.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from collections.abc import Sequence
 
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
-from cbir_lightning.losses.pair_bce import all_pairs_bce, all_pairs_softmax, pair_bce
+from cbir_lightning.contracts import ClassBatch, PairBatch
+from cbir_lightning.losses.by_name import batch_loss as build_batch_loss
+from cbir_lightning.losses.model_similarity import ModelSimilarity
+from cbir_lightning.losses.pair_bce_loss import PairBCELoss
+from cbir_lightning.losses.pairs import pairs_to_indices
+from cbir_lightning.losses.score_loss import ScoreLoss
 from cbir_lightning.models.embedding_module import EmbeddingModule
 from cbir_lightning.models.param_groups import layer_param_groups
-
-BATCH_LOSSES = {"bce": all_pairs_bce, "softmax": all_pairs_softmax}
 
 
 class SiameseModule(EmbeddingModule):
@@ -31,9 +35,14 @@ class SiameseModule(EmbeddingModule):
     lr_scheduler: optional scheduler factory, stepped every ``lr_scheduler_interval``.
     layer_lr_multipliers / layer_weight_decay: per-layer learning-rate factors and L2 weights, in the
         order of the net's weight layers (Koch's per-layer settings); ``None`` keeps the optimizer's.
-    batch_loss: loss on class batches: ``"bce"`` (balanced BCE on every pair) or ``"softmax"`` (every
-        positive pair against all the anchor's negatives, :func:`all_pairs_softmax`).
+    batch_loss: loss on class batches: a loss (``class_path``), or ``"bce"``
+        (:class:`~cbir_lightning.losses.AllPairsBCELoss`, balanced BCE on every pair) or ``"softmax"``
+        (:class:`~cbir_lightning.losses.InBatchSoftmaxLoss`, every positive pair against all the
+        anchor's negatives).
+    pair_loss: loss on pair batches (default :class:`~cbir_lightning.losses.PairBCELoss`, Koch's).
     """
+
+    dot_product_similarity = False  # the learned L1 head, not a dot product
 
     def __init__(
         self,
@@ -43,17 +52,19 @@ class SiameseModule(EmbeddingModule):
         lr_scheduler_interval: str = "epoch",
         layer_lr_multipliers: Sequence[float] | None = None,
         layer_weight_decay: Sequence[float] | None = None,
-        batch_loss: str = "bce",
+        batch_loss: str | nn.Module = "bce",
+        pair_loss: nn.Module | None = None,
     ) -> None:
-        super().__init__()
-        if batch_loss not in BATCH_LOSSES:
-            raise ValueError(f"batch_loss must be one of {sorted(BATCH_LOSSES)}, got {batch_loss!r}")
-        # Under the CLI the hyperparameters are the config (class paths), which rebuilds the net from a
-        # checkpoint; objects passed from Python are not saved (the weights are in the state dict).
-        from_config = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=[] if from_config else ["net", "optimizer", "lr_scheduler"])
+        losses = {"batch_loss": batch_loss, "pair_loss": pair_loss}
+        objects = ["net", *(k for k, v in losses.items() if isinstance(v, nn.Module))]
+        super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
         self.net = net
-        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.batch_loss = build_batch_loss(batch_loss)
+        self.pair_loss = PairBCELoss() if pair_loss is None else pair_loss
+        head = ModelSimilarity(self.net.pair_logits, self.net.similarity)
+        for loss in (self.batch_loss, self.pair_loss):
+            if isinstance(loss, ScoreLoss):
+                loss.use_similarity(head)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.embed(images)
@@ -62,16 +73,21 @@ class SiameseModule(EmbeddingModule):
         """Scores ``[nq, nd]``, higher = more similar: the net's own similarity."""
         return self.net.similarity(queries, database)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if len(batch) == 3:
-            x1, x2, same = batch
-            loss = pair_bce(self.net.pair_logits(self.embed(x1), self.embed(x2)), same)
-            size = len(same)
+    def training_step(self, batch: PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
+        if isinstance(batch, PairBatch):
+            n = len(batch.same)
+            embeddings = torch.cat([self.embed(batch.first), self.embed(batch.second)])
+            anchors = torch.arange(n, device=embeddings.device)
+            labels = torch.arange(2 * n, device=embeddings.device)
+            labels[n:][batch.same.bool()] = anchors[batch.same.bool()]  # a matching pair shares a label
+            indices = pairs_to_indices(anchors, anchors + n, batch.same)
+            loss = self.pair_loss(embeddings, labels, indices)
+            size = n
+        elif isinstance(batch, ClassBatch):
+            loss = self.batch_loss(self.embed(batch.images), batch.labels)
+            size = len(batch.labels)
         else:
-            images, labels = batch
-            embeddings = self.embed(images)
-            loss = BATCH_LOSSES[self.hparams.batch_loss](self.similarity(embeddings, embeddings), labels)
-            size = len(labels)
+            raise TypeError(f"SiameseModule trains on PairBatch or ClassBatch, got {type(batch).__name__}")
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
