@@ -65,14 +65,13 @@ def scoring_of(module: nn.Module, vectors: torch.Tensor, whitened: bool) -> dict
     ``module.similarity``. CbirError for any other learned similarity."""
     from cbir_lightning.models.koch import KochSiameseNet
     from cbir_lightning.models.siamese_module import SiameseModule
-    from cbir_lightning.search.model import dot_product_similarity
 
     with torch.no_grad():
         if whitened:
             return {"kind": "dot"}
         own = module.similarity(vectors, vectors).double()
         v = vectors.double()
-        if dot_product_similarity(module) and torch.allclose(own, v @ v.T, atol=1e-4, rtol=1e-4):
+        if module.dot_product_similarity and torch.allclose(own, v @ v.T, atol=1e-4, rtol=1e-4):
             return {"kind": "dot"}
         if is_dsh(module):
             bits = int(vectors.shape[1])

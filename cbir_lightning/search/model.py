@@ -17,15 +17,6 @@ def whiten(x: Tensor, whitening: dict | None) -> Tensor:
     return x if whitening is None else apply_whitening(x, whitening)
 
 
-def dot_product_similarity(module) -> bool:
-    """``module.dot_product_similarity`` (:class:`~cbir_lightning.contracts.EmbeddingModel`).
-
-    TEMPORARY fallback until every module declares the attribute (helper "models", merged separately):
-    a module without it counts as True, so the numeric check that follows decides, as before.
-    """
-    return getattr(module, "dot_product_similarity", True)
-
-
 def checkpoint_identity(ckpt: str | Path) -> dict:
     """The identity hash of checkpoint ``ckpt`` (see :class:`~cbir_lightning.checkpoints.Checkpoint`)."""
     return read_checkpoint(ckpt).identity
@@ -87,7 +78,7 @@ class SearchModel:
         scores on ``sample`` must equal the dot products too (DSH ranks as one, but scores Hamming)."""
         if self.whitening is not None:
             return "dot"
-        if not dot_product_similarity(self.module):
+        if not self.module.dot_product_similarity:
             return "model"
         with torch.no_grad():
             own = self.module.similarity(sample, sample).double()
