@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import Callback
 
 from cbir_lightning.metrics import original_metrics, revisited_metrics
 from data_modules.landmarks import LandmarksTestDataModule
-from data_modules.mining import embed_images
+from data_modules.sampling.mining import embed_images
 
 SHORT = {"easy": "E", "medium": "M", "hard": "H"}
 

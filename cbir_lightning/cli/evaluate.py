@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from cbir_lightning.errors import CbirError
-from data_modules.errors import DataError
 
 LABEL_KEYS = ("mAP", "mAP@R", "recall@1", "recall@5", "recall@10", "precision@10")
 
@@ -83,7 +82,7 @@ def reranked_similarity(rerank: str, query: torch.Tensor, data: torch.Tensor):
 
 def evaluate_gnd(queries: str, database: str, gnd: str, rerank: str = "none") -> dict:
     from cbir_lightning.metrics.revisited import original_metrics, revisited_metrics
-    from data_modules.gnd import load_gnd
+    from data_modules.landmarks.gnd import load_gnd
 
     truth = load_gnd(gnd)
     # float64 scores: exact products of float32 descriptors, so only true ties are ties
@@ -199,7 +198,7 @@ def datamodule_from_config(config: str):
     try:
         parsed = parser.parse_object({"data": resolved["data"]})
         return parser.instantiate_classes(parsed).data
-    except DataError:
+    except CbirError:
         raise
     except Exception as err:
         reason = " ".join(str(err).split())[:300]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from cbir_lightning.checkpoints import check_checkpoint, load_module
+from cbir_lightning.contracts import RetrievalData
 from cbir_lightning.errors import CbirError
 from cbir_lightning.whitening import apply_whitening, load_whitening, whitening_path
 
@@ -58,7 +59,7 @@ def datamodule_from_checkpoint(ckpt: str | Path):
     except Exception as err:
         reason = " ".join(str(err).split())[:300]
         raise CbirError(f"checkpoint {ckpt}: cannot rebuild its DataModule {class_path} ({reason})") from err
-    if not callable(getattr(datamodule, "eval_transform", None)):
+    if not isinstance(datamodule, RetrievalData):
         raise CbirError(
             f"DataModule {class_path} of {ckpt} has no eval_transform(image); it cannot index images"
         )

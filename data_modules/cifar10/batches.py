@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_modules.errors import DataError
-from data_modules.gnd import DataUnpickler
+from cbir_lightning.errors import CbirError
+from data_modules.io.pickles import DataUnpickler
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -25,34 +25,34 @@ def _field(batch: dict, name: str, path: Path):
     for key in (name, name.encode()):
         if key in batch:
             return batch[key]
-    raise DataError(f"{path}: no '{name}' field (keys: {sorted(map(str, batch))}); re-download CIFAR-10")
+    raise CbirError(f"{path}: no '{name}' field (keys: {sorted(map(str, batch))}); re-download CIFAR-10")
 
 
 def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch file -> images uint8 ``[N, 3, 32, 32]``, labels ``[N]``."""
     if not path.is_file():
-        raise DataError(
+        raise CbirError(
             f"{path} not found; re-download CIFAR-10 (download: true) or use the image-folder layout"
         )
     try:
         with path.open("rb") as f:
             batch = DataUnpickler(f, path).load()
-    except DataError:
+    except CbirError:
         raise
     except Exception as err:  # truncated or not a pickle
         reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise DataError(f"{path} is not a readable CIFAR-10 batch ({reason}); re-download CIFAR-10") from err
+        raise CbirError(f"{path} is not a readable CIFAR-10 batch ({reason}); re-download CIFAR-10") from err
     if not isinstance(batch, dict):
-        raise DataError(f"{path}: expected a pickled dict, got {type(batch).__name__}; re-download CIFAR-10")
+        raise CbirError(f"{path}: expected a pickled dict, got {type(batch).__name__}; re-download CIFAR-10")
     data = np.asarray(_field(batch, "data", path))
     labels = np.asarray(_field(batch, "labels", path), dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DataError(
+        raise CbirError(
             f"{path}: data {data.dtype} {data.shape} with {len(labels)} labels, expected uint8 [N, 3072] "
             "and N labels; re-download CIFAR-10"
         )
     if len(labels) and (labels.min() < 0 or labels.max() >= len(CLASSES)):
-        raise DataError(f"{path}: labels outside 0..9; re-download CIFAR-10")
+        raise CbirError(f"{path}: labels outside 0..9; re-download CIFAR-10")
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 

@@ -19,14 +19,14 @@ from typing import Literal
 
 import torch
 
-from data_modules.cifar10_batches import BATCHES_DIR, read_cifar10_batches
-from data_modules.errors import DataError
-from data_modules.image_folders import read_image_folders
-from data_modules.images import resize_uint8
+from cbir_lightning.errors import CbirError
+from data_modules.cifar10.batches import BATCHES_DIR, read_cifar10_batches
+from data_modules.datasets.image_folders import read_image_folders
 from data_modules.labelled_images import LabelledImagesDataModule
-from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD
-from data_modules.pairs import check_sampling
-from data_modules.retrieval_split import query_database_items
+from data_modules.sampling.pairs import check_sampling
+from data_modules.sampling.retrieval_split import query_database_items
+from data_modules.transforms.images import resize_uint8
+from data_modules.transforms.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 
 def first_per_class(labels: torch.Tensor, count: int | None) -> torch.Tensor:
@@ -82,7 +82,7 @@ class CIFAR10DataModule(LabelledImagesDataModule):
         self.save_hyperparameters()
         check_sampling(sampling, classes_per_batch, samples_per_class)
         if (mean is None) != (std is None) or (mean is not None and (len(mean), len(std)) != (3, 3)):
-            raise DataError("mean and std must both be 3 numbers (one per RGB channel) or both null")
+            raise CbirError("mean and std must both be 3 numbers (one per RGB channel) or both null")
         self.classes: list[str] = []
 
     def prepare_data(self) -> None:
@@ -114,7 +114,7 @@ class CIFAR10DataModule(LabelledImagesDataModule):
             )
             splits = {"train": (train_x, train_y), "test": (test_x, test_y)}
         else:
-            raise DataError(
+            raise CbirError(
                 f"{root} holds neither {BATCHES_DIR}/ (torchvision's CIFAR-10) nor train/ and test/ class "
                 "folders; run `make data`, point data.init_args.root at the data or set download: true"
             )

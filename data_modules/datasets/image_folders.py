@@ -9,20 +9,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_modules.errors import DataError
-from data_modules.images import resize_uint8
+from cbir_lightning.errors import CbirError
+from data_modules.transforms.images import resize_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def read_image(path: Path, mode: str = "RGB") -> Image.Image:
-    """Open and fully decode one image in ``mode``; DataError naming the file if it cannot be read."""
+    """Open and fully decode one image in ``mode``; CbirError naming the file if it cannot be read."""
     try:
         with Image.open(path) as img:
             return img.convert(mode)
     except Exception as exc:  # PIL raises many types for corrupt data
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-        raise DataError(
+        raise CbirError(
             f"{path}: corrupt or unreadable image ({reason}); replace or delete the file"
         ) from exc
 
@@ -37,19 +37,19 @@ def to_uint8(image: Image.Image, size: int) -> torch.Tensor:
 
 
 def class_folders(split: Path) -> list[Path]:
-    """Sorted class sub-folders of ``split``; DataError if there are none."""
+    """Sorted class sub-folders of ``split``; CbirError if there are none."""
     if not split.is_dir():
-        raise DataError(f"{split} not found; expected class folders under it (<split>/<class>/<image>.jpg)")
+        raise CbirError(f"{split} not found; expected class folders under it (<split>/<class>/<image>.jpg)")
     folders = sorted(p for p in split.iterdir() if p.is_dir())
     if not folders:
-        raise DataError(f"{split} holds no class folders; expected <split>/<class>/<image>.jpg")
+        raise CbirError(f"{split} holds no class folders; expected <split>/<class>/<image>.jpg")
     return folders
 
 
 def image_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(
+        raise CbirError(
             f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); remove it or add images"
         )
     return files
@@ -66,7 +66,7 @@ def read_image_folders(
     folders = class_folders(split)
     names = [f.name for f in folders]
     if classes is not None and sorted(names) != sorted(classes):
-        raise DataError(
+        raise CbirError(
             f"{split} has classes {names}, expected {classes}; use the same classes in every split"
         )
     order = classes if classes is not None else names

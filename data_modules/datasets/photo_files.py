@@ -1,7 +1,7 @@
 """Datasets over photo files, decoded on access (workers decode in parallel).
 
 * :class:`PhotoFiles`: ``ds[i]`` is image ``i`` as a tensor; ``ds[(q, p, n1, ...)]`` is the list of those
-  images (a training tuple, see :mod:`data_modules.tuples`).
+  images (a training tuple, see :mod:`data_modules.sampling.tuples`).
 * :class:`LabelledPhotos`: ``(image, label, index)`` evaluation items, optionally cropped to a box first.
 """
 
@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data_modules.photos import load_photo
-from data_modules.stanford_dogs_files import read_box
+from data_modules.stanford_dogs.files import read_box
+from data_modules.transforms.photos import load_photo
 
 
 class PhotoFiles(Dataset):

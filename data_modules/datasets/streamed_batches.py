@@ -2,8 +2,8 @@
 
 ``StreamedClassBatches[key]`` is ``(images [P*K, 3, s, s], labels [P*K])``: ``P = classes_per_batch``
 classes, ``K = samples_per_class`` photos of each, drawn from a generator seeded by ``(seed, key)``
-(:func:`~data_modules.samplers.item_generator`), so the batch is the same for any number of workers or
-ranks. Only the paths are held in memory. Training photos get a random resized crop (area 35-100 %,
+(:func:`~data_modules.sampling.samplers.item_generator`), so the batch is the same for any number of
+workers or ranks. Only the paths are held in memory. Training photos get a random resized crop (area 35-100 %,
 aspect 3/4-4/3) and a horizontal flip drawn from the same generator.
 """
 
@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data_modules.photo_datasets import Box, load_cropped
-from data_modules.samplers import item_generator
+from data_modules.datasets.photo_files import Box, load_cropped
+from data_modules.sampling.samplers import item_generator
 
 
 def _uniform(gen: torch.Generator, low: float, high: float) -> float:
@@ -56,7 +56,7 @@ class StreamedClassBatches(Dataset):
     length: batches per epoch (keys are ``epoch * length + i``, see EpochSampler).
     to_tensor: PIL image (already ``image_size`` square) -> normalised tensor.
     augment: random resized crop + flip; otherwise the evaluation view ``eval_view``.
-    boxes: per photo, a box to crop to first (see :func:`~data_modules.photo_datasets.load_cropped`).
+    boxes: per photo, a box to crop to first (see :func:`~data_modules.datasets.photo_files.load_cropped`).
     """
 
     def __init__(

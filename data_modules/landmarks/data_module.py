@@ -11,18 +11,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data_modules.errors import DataError
-from data_modules.gnd import GroundTruth, load_gnd, safe_load_pickle
-from data_modules.photo_datasets import LabelledPhotos
-from data_modules.photos import PhotoTransform
+from cbir_lightning.errors import CbirError
+from data_modules.base import RetrievalDataModule
+from data_modules.datasets.photo_files import LabelledPhotos
+from data_modules.io.pickles import safe_load_pickle
+from data_modules.landmarks.gnd import GroundTruth, load_gnd
+from data_modules.transforms.photos import PhotoTransform
 
 
-class LandmarksTestDataModule(pl.LightningDataModule):
+class LandmarksTestDataModule(RetrievalDataModule):
     """Args:
     root: folder with ``jpg/`` and ``gnd_<dataset>.pkl``.
     dataset: ``roxford5k``, ``rparis6k`` (or ``oxford5k`` / ``paris6k`` for the original ground truth).
@@ -65,7 +66,7 @@ class LandmarksTestDataModule(pl.LightningDataModule):
             for i, entry in enumerate(raw):
                 bbx = entry.get("bbx") if isinstance(entry, dict) else None
                 if bbx is None or len(bbx) != 4:
-                    raise DataError(
+                    raise CbirError(
                         f"{path}: gnd[{i}] has no 4-number 'bbx' (query box); use crop_queries: false"
                     )
                 boxes[i] = [float(v) for v in bbx]
@@ -73,7 +74,7 @@ class LandmarksTestDataModule(pl.LightningDataModule):
         paths = [root / "jpg" / f"{name}.jpg" for name in names]
         absent = [p for p in paths if not p.is_file()]
         if absent:
-            raise DataError(
+            raise CbirError(
                 f"{len(absent)} of {len(paths)} images of {gnd.name} missing under {root / 'jpg'}, "
                 f"e.g. {absent[0]}; "
                 f"get them with `cbir-lightning download --dataset {self.hparams.dataset} --root DIR`"

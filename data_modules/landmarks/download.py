@@ -11,11 +11,11 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path, PurePosixPath
 
-from data_modules.errors import DataError
-from data_modules.gnd import load_gnd
+from cbir_lightning.errors import CbirError
+from data_modules.io.download import fetch
+from data_modules.landmarks.gnd import load_gnd
 
 GND_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/{dataset}/gnd_{dataset}.pkl"
 IMAGE_URLS = {
@@ -26,22 +26,6 @@ IMAGE_URLS = {
     ],
 }
 REVISITED = tuple(IMAGE_URLS)
-
-
-def fetch(url: str, target: Path, timeout: float = 60.0) -> None:
-    """Download ``url`` to ``target`` atomically; DataError (one line) when it cannot be reached."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 20)
-    except (OSError, ValueError) as err:
-        partial.unlink(missing_ok=True)
-        reason = " ".join(str(getattr(err, "reason", err)).split())[:200]
-        raise DataError(
-            f"could not download {url} ({reason}); offline, place {target.name} in {target.parent}"
-        ) from err
-    partial.replace(target)
 
 
 def extract_jpgs(archive: Path, folder: Path) -> int:
@@ -58,14 +42,14 @@ def extract_jpgs(archive: Path, folder: Path) -> int:
                         shutil.copyfileobj(source, out)
                     count += 1
     except (tarfile.TarError, OSError) as err:
-        raise DataError(f"{archive} is not a readable image archive ({err}); download it again") from err
+        raise CbirError(f"{archive} is not a readable image archive ({err}); download it again") from err
     return count
 
 
 def download_revisited(dataset: str, root: str | Path, images: bool = True, gnd_url: str = GND_URL) -> dict:
     """Fetch ``gnd_<dataset>.pkl`` (checked with the restricted unpickler) and, with ``images``, the jpgs."""
     if dataset not in IMAGE_URLS:
-        raise DataError(f"unknown dataset {dataset!r}; available: {', '.join(REVISITED)}")
+        raise CbirError(f"unknown dataset {dataset!r}; available: {', '.join(REVISITED)}")
     folder = Path(root) / dataset
     gnd_file = folder / f"gnd_{dataset}.pkl"
     if not gnd_file.is_file():

@@ -8,72 +8,19 @@ Two formats:
 * original (``gnd_oxford5k.pkl``, ``gnd_paris6k.pkl``): ``imlist``, ``qidx`` and ``gnd[i]`` with
   ``bbx``, ``ok``, ``junk``; query ``i`` is database image ``imlist[qidx[i]]``.
 
-A pickle can run code when it is loaded; :class:`DataUnpickler` refuses every global except numpy's
-array/dtype/scalar constructors and a few builtin containers, so a tampered file fails with one line.
+The pickles are read with :func:`data_modules.io.pickles.safe_load_pickle`, which builds nothing but data,
+so a tampered file fails with one line.
 """
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from data_modules.errors import DataError
-
-_ALLOWED = {
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "bytearray"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # bytes of arrays pickled with protocol 2
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    *(
-        (module, name)
-        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-        for name in ("_reconstruct", "scalar")
-    ),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-}
-
-
-class DataUnpickler(pickle.Unpickler):
-    """Unpickles plain containers, strings, numbers and numpy arrays; anything else raises DataError."""
-
-    def __init__(self, file, path: Path) -> None:
-        super().__init__(file, encoding="latin1")  # latin1: numpy arrays from Python 2 pickles
-        self.path = path
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise DataError(
-            f"{self.path}: refusing to unpickle {module}.{name} (only plain containers and numpy arrays "
-            "are allowed); use the official ground-truth file"
-        )
-
-
-def safe_load_pickle(path: str | Path):
-    """Load a data-only pickle (see :class:`DataUnpickler`); DataError naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"ground-truth file {path} not found; get it with "
-            "`cbir-lightning download --dataset roxford5k --root DIR` (or rparis6k)"
-        )
-    try:
-        with path.open("rb") as f:
-            return DataUnpickler(f, path).load()
-    except DataError:
-        raise
-    except Exception as err:  # truncated or not a pickle: every unpickling error is a bad file
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise DataError(
-            f"{path} is not a readable ground-truth pickle ({reason}); download it again"
-        ) from err
+from cbir_lightning.errors import CbirError
+from data_modules.io.pickles import safe_load_pickle
 
 
 @dataclass
@@ -100,7 +47,7 @@ def load_gnd(path: str | Path) -> GroundTruth:
     path = Path(path)
     data = safe_load_pickle(path)
     if not isinstance(data, dict) or "imlist" not in data or "gnd" not in data:
-        raise DataError(f"{path}: expected a dict with 'imlist' and 'gnd' (a revisitop gnd_*.pkl file)")
+        raise CbirError(f"{path}: expected a dict with 'imlist' and 'gnd' (a revisitop gnd_*.pkl file)")
     imlist, entries = [str(x) for x in data["imlist"]], list(data["gnd"])
     revisited = bool(entries) and isinstance(entries[0], dict) and "easy" in entries[0]
     keys = ("easy", "hard", "junk") if revisited else ("ok", "junk")
@@ -111,15 +58,15 @@ def load_gnd(path: str | Path) -> GroundTruth:
     else:
         qimlist = [str(x) for x in data.get("qimlist", [])]
     if len(qimlist) != len(entries):
-        raise DataError(f"{path}: {len(entries)} gnd entries but {len(qimlist)} queries")
+        raise CbirError(f"{path}: {len(entries)} gnd entries but {len(qimlist)} queries")
     gnd = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or any(key not in entry for key in keys):
-            raise DataError(f"{path}: gnd[{i}] lacks one of {list(keys)}")
+            raise CbirError(f"{path}: gnd[{i}] lacks one of {list(keys)}")
         lists = {key: np.asarray(entry[key], dtype=np.int64).reshape(-1) for key in keys}
         for key, values in lists.items():
             if len(values) and (values.min() < 0 or values.max() >= len(imlist)):
-                raise DataError(
+                raise CbirError(
                     f"{path}: gnd[{i}]['{key}'] has an index outside imlist (0..{len(imlist) - 1})"
                 )
         gnd.append(lists)

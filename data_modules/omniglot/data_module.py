@@ -1,7 +1,7 @@
 """Omniglot DataModule: Siamese training pairs or class batches, N-way one-shot episodes and a
 query/database retrieval split, on alphabets never seen in training.
 
-Images are read once (from folders or straight from the zips, see :mod:`data_modules.omniglot_files`),
+Images are read once (from folders or straight from the zips, see :mod:`data_modules.omniglot.files`),
 resized with antialiasing to ``image_size`` and kept in memory as uint8 tensors; workers share them.
 """
 
@@ -12,35 +12,23 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.augment import AffineRanges
-from data_modules.episodes import Episodes, make_episodes
-from data_modules.errors import DataError
-from data_modules.images import resize_uint8
-from data_modules.omniglot_download import download_omniglot
-from data_modules.omniglot_files import SMALL_SETS, OmniglotImages, read_omniglot
-from data_modules.pairs import check_sampling, training_samples
-from data_modules.samplers import EpochSampler
+from cbir_lightning.errors import CbirError
+from data_modules.base import RetrievalDataModule
+from data_modules.datasets.indexed_images import IndexedImages
+from data_modules.omniglot.download import download_omniglot
+from data_modules.omniglot.files import SMALL_SETS, OmniglotImages, read_omniglot
+from data_modules.sampling.episodes import Episodes, make_episodes
+from data_modules.sampling.pairs import check_sampling, training_samples
+from data_modules.sampling.samplers import EpochSampler
+from data_modules.transforms.augment import AffineRanges
+from data_modules.transforms.images import resize_uint8
 
 
-class IndexedImages(Dataset):
-    """Evaluation images as float tensors with their label and their index in the set."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.images[i].float().div(255), self.labels[i], torch.tensor(i)
-
-
-class OmniglotDataModule(pl.LightningDataModule):
+class OmniglotDataModule(RetrievalDataModule):
     """Omniglot in torchvision's layout under ``root``.
 
     Args:
@@ -108,12 +96,12 @@ class OmniglotDataModule(pl.LightningDataModule):
         train = set(hp.train_alphabets) if hp.train_alphabets is not None else present - val
         for name, wanted in (("val_alphabets", val), ("train_alphabets", train)):
             if wanted - present:
-                raise DataError(
+                raise CbirError(
                     f"{name}: {sorted(wanted - present)} not in {list(hp.sets)} under {hp.root}; "
                     f"available: {sorted(present)}"
                 )
         if train & val:
-            raise DataError(f"alphabets {sorted(train & val)} are in both train_alphabets and val_alphabets")
+            raise CbirError(f"alphabets {sorted(train & val)} are in both train_alphabets and val_alphabets")
         self.train_images = _select(images, train, hp.train_drawers)
         self.val_images = _select(images, val, hp.val_drawers) if val else None
         if self.val_images is not None and len(self.val_images.images):
@@ -125,7 +113,7 @@ class OmniglotDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         if self.train_images is None or not len(self.train_images.images):
-            raise DataError("no training images: check train_alphabets and train_drawers")
+            raise CbirError("no training images: check train_alphabets and train_drawers")
         images, labels = self.train_images.images, self.train_images.labels
         if hp.rotation_classes:
             num = int(labels.max()) + 1
@@ -150,7 +138,7 @@ class OmniglotDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         if self.val_images is None:
-            raise DataError("validation needs val_alphabets: set data.init_args.val_alphabets in the config")
+            raise CbirError("validation needs val_alphabets: set data.init_args.val_alphabets in the config")
         data = IndexedImages(self.val_images.images, self.val_images.labels)
         return self._loader(data, None, self.hparams.eval_batch_size)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_modules.errors import DataError
-from data_modules.omniglot_files import OMNIGLOT_FOLDER, locate_set
+from cbir_lightning.errors import CbirError
+from data_modules.omniglot.files import OMNIGLOT_FOLDER, locate_set
 
 RELEASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 
@@ -24,7 +24,7 @@ def download_omniglot(root: str | Path, sets: Sequence[str]) -> None:
         try:
             locate_set(root, name)
             continue
-        except DataError:
+        except CbirError:
             pass
         try:
             if name in Omniglot.zips_md5:
@@ -32,7 +32,7 @@ def download_omniglot(root: str | Path, sets: Sequence[str]) -> None:
             else:
                 download_and_extract_archive(f"{RELEASE_URL}/{name}.zip", str(Path(root) / OMNIGLOT_FOLDER))
         except OSError as err:
-            raise DataError(
+            raise CbirError(
                 f"could not download Omniglot set '{name}' from {RELEASE_URL} ({err}); offline, place "
                 f"{name}.zip in {Path(root) / OMNIGLOT_FOLDER}"
             ) from err

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from data_modules.errors import DataError
-from data_modules.images import load_png, resize_uint8
+from cbir_lightning.errors import CbirError
+from data_modules.transforms.images import load_png, resize_uint8
 
 OMNIGLOT_FOLDER = "omniglot-py"
 SMALL_SETS = ("images_background_small1", "images_background_small2")
@@ -55,7 +55,7 @@ class OmniglotImages:
 
 
 def locate_set(root: str | Path, name: str) -> Path:
-    """Path of the folder or zip holding set ``name`` under ``root``; DataError naming the candidates."""
+    """Path of the folder or zip holding set ``name`` under ``root``; CbirError naming the candidates."""
     root = Path(root)
     candidates = [
         root / OMNIGLOT_FOLDER / name,
@@ -66,7 +66,7 @@ def locate_set(root: str | Path, name: str) -> Path:
     for path in candidates:
         if path.is_dir() or (path.suffix == ".zip" and path.is_file()):
             return path
-    raise DataError(
+    raise CbirError(
         f"Omniglot set '{name}' not found under {root}: expected "
         f"{candidates[0]}/<Alphabet>/characterNN/*.png or {candidates[2]} (torchvision's layout); "
         "run `make data` or set download: true"
@@ -82,7 +82,7 @@ def _iter_pngs(path: Path, name: str) -> Iterator[tuple[str, str, bytes]]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as err:
-        raise DataError(f"{path} is not a valid zip file ({err}); delete it and fetch it again") from err
+        raise CbirError(f"{path} is not a valid zip file ({err}); delete it and fetch it again") from err
     with archive:
         prefix = f"{name}/"
         for info in sorted(archive.infolist(), key=lambda i: i.filename):
@@ -108,7 +108,7 @@ def read_omniglot(
         for inner, display, data in _iter_pngs(path, name):
             match = _PNG.match(inner)
             if match is None:
-                raise DataError(
+                raise CbirError(
                     f"unexpected file {display}: Omniglot sets hold <Alphabet>/characterNN/NNNN_DD.png"
                 )
             alpha = match["alphabet"]
@@ -122,9 +122,9 @@ def read_omniglot(
             files.append(display)
         seen_alphabets |= in_this_set
     if not images:
-        raise DataError(f"no Omniglot images found in sets {list(sets)} under {root}; check the layout")
+        raise CbirError(f"no Omniglot images found in sets {list(sets)} under {root}; check the layout")
     if wanted is not None and wanted - seen_alphabets:
-        raise DataError(
+        raise CbirError(
             f"alphabets {sorted(wanted - seen_alphabets)} not in sets {list(sets)} under {root}; "
             f"available: {sorted(seen_alphabets)}"
         )

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
-from .images import PNG_SIGNATURE, encode_png, load_png
+from cbir_lightning.errors import CbirError
+from data_modules.transforms.images import PNG_SIGNATURE, encode_png, load_png
 
 LAYOUT = "<dir>/runNN/class_labels.txt, <dir>/runNN/training/classYY.png, <dir>/runNN/test/itemXX.png"
 OMNIGLOT_LAYOUT = "<root>/images_background*/<Alphabet>/characterNN/NNNN_DD.png (a folder or the zip)"
@@ -59,12 +59,12 @@ class _Source:
     def __init__(self, path: Path, what: str):
         self.path, self._zip = path, None
         if not path.exists():
-            raise DataError(f"{path} does not exist; expected a folder or .zip laid out as {what}")
+            raise CbirError(f"{path} does not exist; expected a folder or .zip laid out as {what}")
         if path.is_file():
             try:
                 self._zip = zipfile.ZipFile(path)
             except (zipfile.BadZipFile, OSError) as exc:
-                raise DataError(
+                raise CbirError(
                     f"{path} is not a readable zip file ({exc}); pass a folder or a valid .zip "
                     f"laid out as {what}"
                 ) from exc
@@ -94,14 +94,14 @@ class _Source:
     def read(self, name: str, referenced_in: str | None = None) -> bytes:
         ref = f" (referenced in {referenced_in})" if referenced_in else ""
         if name.startswith("/") or ".." in name.split("/"):
-            raise DataError(f"{self.show(name)}: paths must stay inside {self.path}{ref}")
+            raise CbirError(f"{self.show(name)}: paths must stay inside {self.path}{ref}")
         try:
             if self._zip is not None:
                 return self._zip.read(name)
             with open(os.path.join(self.path, name), "rb") as f:
                 return f.read()
         except (KeyError, OSError) as exc:
-            raise DataError(f"{self.show(name)} not found or unreadable{ref}; restore the file") from exc
+            raise CbirError(f"{self.show(name)} not found or unreadable{ref}; restore the file") from exc
 
 
 def load_oneshot_runs(path: str | Path) -> list[OneShotRun]:
@@ -112,11 +112,11 @@ def load_oneshot_runs(path: str | Path) -> list[OneShotRun]:
         stack.callback(src.close)
         found = [m for m in map(_LABELS_RE.match, src.names(max_depth=3)) if m]
         if not found:
-            raise DataError(f"no one-shot runs found in {path}; expected {LAYOUT}")
+            raise CbirError(f"no one-shot runs found in {path}; expected {LAYOUT}")
         prefixes = sorted({m["prefix"] for m in found})
         if len(prefixes) > 1:
             where = ", ".join(p or "./" for p in prefixes)
-            raise DataError(f"{path} holds runs in several folders ({where}); pass one of them")
+            raise CbirError(f"{path} holds runs in several folders ({where}); pass one of them")
         found.sort(key=lambda m: (int(m["run"][3:]), m["run"]))
         return [_load_run(src, prefixes[0], m["run"]) for m in found]
 
@@ -127,21 +127,21 @@ def _load_run(src: _Source, prefix: str, run: str) -> OneShotRun:
     for n, line in enumerate(src.read(labels).decode("utf-8", errors="replace").splitlines(), 1):
         parts = line.split()
         if len(parts) not in (0, 2):
-            raise DataError(
+            raise CbirError(
                 f"{src.show(labels)} line {n}: expected '{run}/test/itemXX.png "
                 f"{run}/training/classYY.png', got {line.strip()!r}"
             )
         pairs += [tuple(parts)] if parts else []
     test = sorted(t for t, _ in pairs)
     if not pairs or len(set(test)) != len(test):
-        raise DataError(f"{src.show(labels)}: needs one line per test item, each item listed once")
+        raise CbirError(f"{src.show(labels)}: needs one line per test item, each item listed once")
     pairs.sort()
     training = sorted({c for _, c in pairs})
     targets = [training.index(c) for _, c in pairs]
     imgs = [load_png(src.read(prefix + p, src.show(labels)), src.show(prefix + p)) for p in training + test]
     shapes = {tuple(img.shape) for img in imgs}
     if len(shapes) > 1:
-        raise DataError(
+        raise CbirError(
             f"{src.show(prefix + run)}: images have different sizes {sorted(shapes)}; "
             "all images of a run must have the same size"
         )
@@ -160,9 +160,9 @@ def write_oneshot_runs(
     """
     out = Path(out)
     if not runs:
-        raise DataError(f"no runs to write to {out}; pass at least one (training, test, targets) run")
+        raise CbirError(f"no runs to write to {out}; pass at least one (training, test, targets) run")
     if out.exists() and not overwrite:
-        raise DataError(f"{out} already exists; delete it or pass overwrite=True")
+        raise CbirError(f"{out} already exists; delete it or pass overwrite=True")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -185,7 +185,7 @@ def _write_run(root: Path, name: str, run: RunSpec | OneShotRun) -> None:
         run = (run.training_images, run.test_images, run.targets)
     training, test, targets = run
     if len(targets) != len(test) or not all(0 <= int(t) < len(training) for t in targets):
-        raise DataError(
+        raise CbirError(
             f"{name}: targets must give one index below {len(training)} for each of the "
             f"{len(test)} test items"
         )
@@ -204,7 +204,7 @@ def _write_png(path: Path, image: ImageLike) -> None:
     if isinstance(image, torch.Tensor):
         image = encode_png(image)
     if not isinstance(image, (bytes, bytearray)) or not bytes(image[:8]) == PNG_SIGNATURE:
-        raise DataError(
+        raise CbirError(
             f"{path.parent.parent.name}/{path.parent.name}/{path.name}: image must be PNG bytes "
             "or a uint8 [1, H, W] tensor"
         )
@@ -228,20 +228,20 @@ def build_runs_from_omniglot(
     items from the second), shuffles both orders and copies the original PNG bytes.
     """
     if ways < 2 or num_runs < 1:
-        raise DataError(f"need ways >= 2 and num_runs >= 1, got ways={ways}, num_runs={num_runs}")
+        raise CbirError(f"need ways >= 2 and num_runs >= 1, got ways={ways}, num_runs={num_runs}")
     with ExitStack() as stack:
         index = _index_omniglot(zip_or_folder_paths, stack)
         if alphabets is not None:
             unknown = sorted(set(alphabets) - set(index))
             if unknown:
-                raise DataError(
+                raise CbirError(
                     f"alphabet(s) {unknown} not found in the Omniglot sources; available: {sorted(index)}"
                 )
             index = {a: index[a] for a in alphabets}
         eligible = sorted(a for a, chars in index.items() if len(chars) >= ways)
         if not eligible:
             largest = max(index, key=lambda a: len(index[a]))
-            raise DataError(
+            raise CbirError(
                 f"no alphabet has >= {ways} characters (largest: {largest} with "
                 f"{len(index[largest])}); lower ways or add alphabets"
             )
@@ -256,7 +256,7 @@ def _pick_run(chars: dict[str, dict[str, tuple[_Source, str]]], ways: int, rng: 
     drawers = sorted(set.intersection(*(set(chars[c]) for c in training)))
     if len(drawers) < 2:
         src, name = next(iter(chars[training[0]].values()))
-        raise DataError(
+        raise CbirError(
             f"{src.show(name)}: fewer than two drawers shared by the chosen characters; "
             "use complete Omniglot alphabets"
         )
@@ -287,7 +287,7 @@ def _index_omniglot(paths: Sequence[str | Path], stack: ExitStack) -> dict:
                     chars = groups.setdefault((k, m["prefix"], m["alphabet"]), {})
                     chars.setdefault(m["character"], {})[m["drawer"]] = (src, m.group(0))
         if not groups:
-            raise DataError(f"no Omniglot images found in {path}; expected {OMNIGLOT_LAYOUT}")
+            raise CbirError(f"no Omniglot images found in {path}; expected {OMNIGLOT_LAYOUT}")
         for (_, _, alphabet), chars in sorted(groups.items(), key=lambda kv: kv[0]):
             index.setdefault(alphabet, chars)
     return index
@@ -302,7 +302,7 @@ def evaluate_oneshot_runs(
     similar); the prediction is the first maximum of each row.
     """
     if not runs or len({r.name for r in runs}) != len(runs):
-        raise DataError("evaluate_oneshot_runs needs at least one run and unique run names")
+        raise CbirError("evaluate_oneshot_runs needs at least one run and unique run names")
     per_run = {}
     with torch.no_grad():
         for run in runs:

@@ -2,9 +2,9 @@
 
 Nothing is held in memory but paths: DataLoader workers decode each photo when it is needed, so the
 collection may be far larger than RAM. Training draws class batches from the training classes
-(:class:`~data_modules.streamed_batches.StreamedClassBatches`); evaluation scores every photo of the
+(:class:`~data_modules.datasets.streamed_batches.StreamedClassBatches`); evaluation scores every photo of the
 held-out classes against all the others (relevant = same label), the metric-learning protocol for
-classes never seen in training (:mod:`data_modules.collection_files` for the split).
+classes never seen in training (:mod:`data_modules.photo_collection.files` for the split).
 
 Photos are seen square: for evaluation the shorter side is resized to ``image_size`` and the centre
 cropped; for training a random resized crop and a flip. Tensors are normalised with ``mean``/``std``
@@ -16,26 +16,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.collection_files import (
+from cbir_lightning.errors import CbirError
+from data_modules.base import RetrievalDataModule
+from data_modules.datasets.photo_files import LabelledPhotos
+from data_modules.datasets.streamed_batches import StreamedClassBatches
+from data_modules.photo_collection.files import (
     Collection,
     read_class_folders,
     read_stanford_dogs,
     read_table,
     split_collection,
 )
-from data_modules.errors import DataError
-from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD
-from data_modules.pairs import check_class_count, check_sampling
-from data_modules.photo_datasets import LabelledPhotos
-from data_modules.photos import PhotoTransform
-from data_modules.retrieval_split import balanced_pairs
-from data_modules.samplers import EpochSampler
-from data_modules.streamed_batches import StreamedClassBatches
+from data_modules.sampling.pairs import check_class_count, check_sampling
+from data_modules.sampling.retrieval_split import balanced_pairs
+from data_modules.sampling.samplers import EpochSampler
+from data_modules.transforms.normalize import IMAGENET_MEAN, IMAGENET_STD
+from data_modules.transforms.photos import PhotoTransform
 
 
 def centre_square(image: Image.Image, size: int) -> Image.Image:
@@ -60,7 +60,7 @@ class SquareView:
         return self.to_tensor(self.view(image))
 
 
-class PhotoCollectionDataModule(pl.LightningDataModule):
+class PhotoCollectionDataModule(RetrievalDataModule):
     """Args:
     root: the collection: class folders ``<root>/<label>/<image>``, or the folder that ``labels_file``'s
         paths are relative to, or the Stanford Dogs release (``layout: stanford_dogs``).
@@ -107,12 +107,12 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if layout not in ("auto", "stanford_dogs"):
-            raise DataError(f"layout must be 'auto' or 'stanford_dogs', got {layout!r}")
+            raise CbirError(f"layout must be 'auto' or 'stanford_dogs', got {layout!r}")
         if image_size < 1:
-            raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
+            raise CbirError(f"image_size must be a positive number of pixels, got {image_size}")
         check_sampling("class_batches", classes_per_batch, samples_per_class)
         if (len(mean), len(std)) != (3, 3):
-            raise DataError("mean and std must be 3 numbers each (R, G, B)")
+            raise CbirError("mean and std must be 3 numbers each (R, G, B)")
         self.view = SquareView(image_size, mean, std)
         self.collection: Collection | None = None
         self.is_eval: torch.Tensor | None = None
@@ -124,7 +124,7 @@ class PhotoCollectionDataModule(pl.LightningDataModule):
         hp = self.hparams
         root = Path(hp.root)
         if not root.is_dir():
-            raise DataError(
+            raise CbirError(
                 f"photo collection {root} not found; set data.init_args.root to a folder of class folders "
                 "(<root>/<label>/<image>.jpg) or of the photos a labels_file lists"
             )

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.errors import DataError
-from data_modules.image_folders import IMAGE_SUFFIXES, class_folders
+from cbir_lightning.errors import CbirError
+from data_modules.datasets.image_folders import IMAGE_SUFFIXES, class_folders
 
 TRAIN_SPLITS = ("train",)
 EVAL_SPLITS = ("val", "test", "eval")
@@ -41,14 +41,14 @@ class Collection:
 
 
 def read_class_folders(root: Path) -> Collection:
-    """``<root>/<label>/<image>``; DataError if there are no class folders or no images."""
+    """``<root>/<label>/<image>``; CbirError if there are no class folders or no images."""
     paths, labels = [], []
     for folder in class_folders(root):
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         paths += files
         labels += [folder.name] * len(files)
     if not paths:
-        raise DataError(f"no images under the class folders of {root}; expected <root>/<label>/<image>.jpg")
+        raise CbirError(f"no images under the class folders of {root}; expected <root>/<label>/<image>.jpg")
     return Collection(paths, labels, labels, None)
 
 
@@ -56,7 +56,7 @@ def _column(header: list[str], name: str | None, table: Path, role: str) -> int 
     if name is None:
         return None
     if name not in header:
-        raise DataError(
+        raise CbirError(
             f"{table} has no {role} column {name!r} (columns: {', '.join(header)}); set the DataModule's "
             f"{role}_column"
         )
@@ -71,9 +71,9 @@ def read_table(
     group_column: str | None = None,
     split_column: str | None = None,
 ) -> Collection:
-    """Rows of a CSV/TSV with a header; DataError naming the file, row and column on bad content."""
+    """Rows of a CSV/TSV with a header; CbirError naming the file, row and column on bad content."""
     if not table.is_file():
-        raise DataError(
+        raise CbirError(
             f"labels file {table} not found; expected a .csv/.tsv with a header row "
             f"({path_column}, {label_column}, ...)"
         )
@@ -81,7 +81,7 @@ def read_table(
     with open(table, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter=delimiter))
     if len(rows) < 2:
-        raise DataError(f"labels file {table} has no rows below its header")
+        raise CbirError(f"labels file {table} has no rows below its header")
     header = [name.strip() for name in rows[0]]
     columns = [
         _column(header, name, table, role)
@@ -93,13 +93,13 @@ def read_table(
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            raise DataError(f"{table} line {line}: {len(row)} fields, the header has {len(header)}")
+            raise CbirError(f"{table} line {line}: {len(row)} fields, the header has {len(header)}")
         path, label, group, split = (row[c].strip() if c is not None else None for c in columns)
         if not path or not label:
-            raise DataError(f"{table} line {line}: empty path or label")
+            raise CbirError(f"{table} line {line}: empty path or label")
         photo = Path(path) if Path(path).is_absolute() else root / path
         if not photo.is_file():
-            raise DataError(f"{table} line {line}: photo {photo} not found; fix the row's path or the root")
+            raise CbirError(f"{table} line {line}: photo {photo} not found; fix the row's path or the root")
         paths.append(photo)
         labels.append(label)
         groups.append(group or label)
@@ -110,7 +110,7 @@ def read_table(
 def read_stanford_dogs(root: Path) -> Collection:
     """Every photo of ``lists/train_list.mat`` and ``lists/test_list.mat`` (the release's official
     lists), labelled by its breed folder (``<wnid>-<breed>``, sorted as the release numbers them)."""
-    from data_modules.stanford_dogs_files import read_list
+    from data_modules.stanford_dogs.files import read_list
 
     paths, labels, boxes = [], [], []
     for split in ("train", "test"):
@@ -118,7 +118,7 @@ def read_stanford_dogs(root: Path) -> Collection:
         for file, annotation in zip(listing.files, listing.annotations, strict=True):
             photo = root / "Images" / file
             if not photo.is_file():
-                raise DataError(f"{photo} (in lists/{split}_list.mat) not found; re-extract images.tar")
+                raise CbirError(f"{photo} (in lists/{split}_list.mat) not found; re-extract images.tar")
             paths.append(photo)
             labels.append(Path(file).parent.name)
             boxes.append(root / "Annotation" / annotation)
@@ -133,14 +133,14 @@ def held_out_units(units: list[str], held_out: float | int | list[str], seed: in
     if isinstance(held_out, (list, tuple)):
         unknown = sorted(set(held_out) - set(names))
         if unknown or not 0 < len(set(held_out)) < len(names):
-            raise DataError(
+            raise CbirError(
                 f"held_out_classes lists {len(set(held_out))} classes, unknown: {unknown[:5]}; list some "
                 f"(not all) of the {len(names)} classes, e.g. {names[:3]}"
             )
         return set(held_out)
     count = int(held_out) if held_out >= 1 else int(round(held_out * len(names)))
     if not 1 <= count < len(names):
-        raise DataError(
+        raise CbirError(
             f"held_out_classes={held_out} leaves {count} of {len(names)} classes for evaluation; "
             "choose a count between 1 and the number of classes - 1, or a fraction in (0, 1)"
         )
@@ -157,7 +157,7 @@ def split_collection(
     if collection.splits is not None:
         unknown = sorted(set(collection.splits) - set(TRAIN_SPLITS) - set(EVAL_SPLITS))
         if unknown:
-            raise DataError(
+            raise CbirError(
                 f"split values {unknown} are neither {TRAIN_SPLITS} nor {EVAL_SPLITS}; fix the split column"
             )
         return np.array([split in EVAL_SPLITS for split in collection.splits], dtype=bool)

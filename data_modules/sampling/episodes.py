@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data_modules.errors import DataError
+from cbir_lightning.errors import CbirError
 
 
 @dataclass
@@ -38,7 +38,7 @@ def make_episodes(
     eligible = [g for g, cs in by_group.items() if len(cs) >= ways]
     if not eligible:
         largest = max(by_group, key=lambda g: len(by_group[g]))
-        raise DataError(
+        raise CbirError(
             f"ways={ways} is larger than the classes available: the largest evaluation alphabet "
             f"'{largest}' has {len(by_group[largest])}; lower ways or add alphabets with enough characters"
         )
@@ -55,7 +55,7 @@ def make_episodes(
             all_drawers[i] for i in torch.randperm(len(all_drawers), generator=gen)[: shots + 1].tolist()
         ]
         if len(picked) < shots + 1 or any((c, d) not in lookup for c in chosen for d in picked):
-            raise DataError(
+            raise CbirError(
                 f"episodes need {shots + 1} drawers of every character; alphabet '{group}' lacks some"
             )
         target = int(torch.randint(ways, (1,), generator=gen))

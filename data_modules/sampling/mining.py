@@ -22,8 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from data_modules.errors import DataError
-from data_modules.samplers import item_generator
+from cbir_lightning.errors import CbirError
+from data_modules.sampling.samplers import item_generator
 
 
 @dataclass
@@ -51,7 +51,7 @@ def hardest_negatives(
     chunk_size: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool positions ``[Q, neg_num]`` of each query's hardest negatives (cluster rules above) and their
-    L2 distances to the query. DataError if some query's pool holds fewer than ``neg_num`` other clusters."""
+    L2 distances to the query. CbirError if some query's pool holds fewer than ``neg_num`` other clusters."""
     nq = len(query_vecs)
     positions = torch.empty(nq, neg_num, dtype=torch.long, device=pool_vecs.device)
     pool_clusters = pool_clusters.to(pool_vecs.device)
@@ -69,7 +69,7 @@ def hardest_negatives(
         found = keep.sum(1)
         if bool((found < neg_num).any()):
             i = int(torch.nonzero(found < neg_num)[0])
-            raise DataError(
+            raise CbirError(
                 f"query {start + i}: the mining pool of {len(pool_vecs)} images holds only {int(found[i])} "
                 f"clusters other than the query's, fewer than neg_num={neg_num}; raise pool_size, lower "
                 "neg_num or add clusters to the data"
@@ -169,7 +169,7 @@ def mine_tuples(
     """One epoch of tuples (see the module docstring). ``images[i]`` is image ``i`` as a tensor;
     ``clusters[i]`` its cluster; ``qidxs``/``pidxs`` the matching pairs."""
     if neg_num < 0 or query_size < 1 or pool_size < neg_num:
-        raise DataError(
+        raise CbirError(
             f"mining needs query_size >= 1 and pool_size >= neg_num >= 0; got query_size={query_size}, "
             f"pool_size={pool_size}, neg_num={neg_num}"
         )

@@ -3,7 +3,7 @@
 ``PairDataset``: one balanced (x1, x2, same) pair per item, Koch's setting.
 ``ClassBatchDataset``: one whole batch per item, ``classes_per_batch`` classes x ``samples_per_class``
 images, so a loss can use every pair inside the batch (B^2 pairs per B forward passes).
-Both decode a key from :class:`~data_modules.samplers.EpochSampler` and apply Koch's distortions.
+Both decode a key from :class:`~data_modules.sampling.samplers.EpochSampler` and apply Koch's distortions.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from data_modules.augment import AffineRanges, koch_distort
-from data_modules.errors import DataError
-from data_modules.samplers import item_generator
+from cbir_lightning.errors import CbirError
+from data_modules.sampling.samplers import item_generator
+from data_modules.transforms.augment import AffineRanges, koch_distort
 
 
 class _LabelledImages(Dataset):
@@ -84,20 +84,20 @@ class ClassBatchDataset(_LabelledImages):
 
 
 def check_sampling(sampling: str, classes_per_batch: int, samples_per_class: int) -> None:
-    """DataError naming the key and the fix unless ``sampling`` is known and, for class batches, every
+    """CbirError naming the key and the fix unless ``sampling`` is known and, for class batches, every
     batch can hold positive pairs (``samples_per_class`` >= 2) and negative pairs (``classes_per_batch``
     >= 2). Whether there are that many classes is checked when the training set is built."""
     if sampling not in ("pairs", "class_batches"):
-        raise DataError(f"sampling must be 'pairs' or 'class_batches', got {sampling!r}")
+        raise CbirError(f"sampling must be 'pairs' or 'class_batches', got {sampling!r}")
     if sampling != "class_batches":
         return
     if samples_per_class < 2:
-        raise DataError(
+        raise CbirError(
             f"data.init_args.samples_per_class is {samples_per_class}: class batches need at least 2 images "
             "of each class to form positive pairs; set samples_per_class: 2 or more"
         )
     if classes_per_batch < 2:
-        raise DataError(
+        raise CbirError(
             f"data.init_args.classes_per_batch is {classes_per_batch}: class batches need at least 2 classes "
             "to form negative pairs; set classes_per_batch: 2 or more"
         )
@@ -106,7 +106,7 @@ def check_sampling(sampling: str, classes_per_batch: int, samples_per_class: int
 def check_class_count(labels: torch.Tensor, classes_per_batch: int) -> None:
     available = len(torch.unique(labels))
     if classes_per_batch > available:
-        raise DataError(
+        raise CbirError(
             f"data.init_args.classes_per_batch is {classes_per_batch}, but the training set has {available} "
             f"classes; set classes_per_batch: {available} or less"
         )

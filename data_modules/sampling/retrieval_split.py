@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from data_modules.omniglot import IndexedImages
+from data_modules.datasets.indexed_images import IndexedImages
 
 
 def query_database_items(

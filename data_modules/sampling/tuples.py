@@ -2,8 +2,8 @@
 
 :class:`TupleSampler` calls ``mine(epoch)`` when an epoch's iteration starts (in the main process, on
 every rank, so the mining may use collectives) and yields this rank's share of the mined tuples as
-tuples of image indices; the dataset (:class:`~data_modules.photo_datasets.PhotoFiles`) turns each into a
-list of image tensors in the worker processes, and :func:`collate_tuples` builds the batch
+tuples of image indices; the dataset (:class:`~data_modules.datasets.photo_files.PhotoFiles`) turns each
+into a list of image tensors in the worker processes, and :func:`collate_tuples` builds the batch
 ``{"tuples": [[q, p, n1, ...], ...]}`` (images of one tuple may differ in size).
 It subclasses ``DistributedSampler`` so Lightning keeps it and calls ``set_epoch``.
 """

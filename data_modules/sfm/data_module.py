@@ -1,9 +1,9 @@
 """``SfMPairsDataModule``: GeM training tuples with per-epoch hard-negative mining on retrieval-SfM-120k.
 
-Training: every epoch (see :mod:`data_modules.mining`) ``query_size`` (q, p) pairs of the ``train`` split
-and ``neg_num`` hard negatives each, mined from a random pool of ``pool_size`` images with the model being
-trained; batches are ``{"tuples": [[q, p, n1..nk], ...]}`` of ``batch_size`` tuples. The mean distance of
-the mined negatives is logged as ``train/neg_distance``. Validation: the ``val`` split as a retrieval set
+Training: every epoch (see :mod:`data_modules.sampling.mining`) ``query_size`` (q, p) pairs of the ``train``
+split and ``neg_num`` hard negatives each, mined from a random pool of ``pool_size`` images with the model
+being trained; batches are ``{"tuples": [[q, p, n1..nk], ...]}`` of ``batch_size`` tuples. The mean distance
+of the mined negatives is logged as ``train/neg_distance``. Validation: the ``val`` split as a retrieval set
 (every image a query against all others; relevant = same cluster), scored by the RetrievalMetrics callback.
 Sizes larger than the data are reduced to it (as cirtorch does); impossible settings fail with one line.
 """
@@ -12,21 +12,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.errors import DataError
-from data_modules.mining import mine_tuples
-from data_modules.photo_datasets import LabelledPhotos, PhotoFiles
-from data_modules.photos import PhotoTransform
-from data_modules.sfm_db import SfMSplit, read_sfm_split, read_whitening_pairs
-from data_modules.tuples import TupleSampler, collate_tuples
+from cbir_lightning.errors import CbirError
+from data_modules.base import RetrievalDataModule
+from data_modules.datasets.photo_files import LabelledPhotos, PhotoFiles
+from data_modules.sampling.mining import mine_tuples
+from data_modules.sampling.tuples import TupleSampler, collate_tuples
+from data_modules.sfm.files import SfMSplit, read_sfm_split, read_whitening_pairs
+from data_modules.transforms.photos import PhotoTransform
 
 
-class SfMPairsDataModule(pl.LightningDataModule):
+class SfMPairsDataModule(RetrievalDataModule):
     """Args:
     root: folder holding ``<name>.pkl`` and ``ims/`` (the release's layout).
     name: the pickle's stem (``retrieval-SfM-120k`` or ``retrieval-SfM-30k``).
@@ -61,11 +61,11 @@ class SfMPairsDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         for key in ("image_size", "query_size", "batch_size", "mining_batch_size", "eval_batch_size"):
             if int(getattr(self.hparams, key)) < 1:
-                raise DataError(f"data.init_args.{key} must be >= 1, got {getattr(self.hparams, key)}")
+                raise CbirError(f"data.init_args.{key} must be >= 1, got {getattr(self.hparams, key)}")
         if neg_num < 0:
-            raise DataError(f"data.init_args.neg_num must be >= 0, got {neg_num}")
+            raise CbirError(f"data.init_args.neg_num must be >= 0, got {neg_num}")
         if pool_size < neg_num:
-            raise DataError(
+            raise CbirError(
                 f"data.init_args.pool_size ({pool_size}) is smaller than neg_num ({neg_num}): "
                 "the mining pool "
                 "must hold at least neg_num images; raise pool_size or lower neg_num"
@@ -88,10 +88,10 @@ class SfMPairsDataModule(pl.LightningDataModule):
         self.val_split = read_sfm_split(hp.root, "val", hp.name) if hp.val else None
         split = self.train_split
         if not len(split.qidxs):
-            raise DataError(f"{Path(hp.root) / hp.name}.pkl: the 'train' split has no qidxs/pidxs pairs")
+            raise CbirError(f"{Path(hp.root) / hp.name}.pkl: the 'train' split has no qidxs/pidxs pairs")
         others = len(torch.unique(split.clusters)) - 1
         if hp.neg_num > 0 and others == 0:
-            raise DataError(
+            raise CbirError(
                 f"the 'train' split of {hp.root} has a single cluster, so no negatives exist; add clusters "
                 "or set data.init_args.neg_num 0"
             )
@@ -132,7 +132,7 @@ class SfMPairsDataModule(pl.LightningDataModule):
     def _mine_for_trainer(self, sampler_epoch: int) -> torch.Tensor:
         trainer = self.trainer
         if trainer is None:
-            raise DataError("SfMPairsDataModule mines with the model being trained: attach it to a Trainer")
+            raise CbirError("SfMPairsDataModule mines with the model being trained: attach it to a Trainer")
         # the trainer's epoch: the sampler's is not yet set when Lightning starts the first iterator
         epoch = trainer.current_epoch
         tuples = self.mine(trainer.lightning_module, epoch)
@@ -145,7 +145,7 @@ class SfMPairsDataModule(pl.LightningDataModule):
         assert self.train_split is not None, "call setup() first"
         sampler = TupleSampler(self.num_tuples, self._mine_for_trainer)
         if len(sampler) == 0:
-            raise DataError(
+            raise CbirError(
                 f"{self.num_tuples} tuples per epoch cannot be split over {sampler.num_replicas} processes; "
                 "raise data.init_args.query_size or add (q, p) pairs"
             )
@@ -162,7 +162,7 @@ class SfMPairsDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         if self.val_split is None:
-            raise DataError("validation needs data.init_args.val: true (the pickle's 'val' split)")
+            raise CbirError("validation needs data.init_args.val: true (the pickle's 'val' split)")
         split = self.val_split
         data = LabelledPhotos(split.paths, split.clusters, self.transform)
         return self._loader(data, None, 1 if self.hparams.keep_aspect else self.hparams.eval_batch_size)

@@ -3,7 +3,7 @@
 The pickle is ``{"train": split, "val": split}``; a split has ``cids`` (image names), ``cluster`` (the
 3D model of each image), and ``qidxs`` / ``pidxs`` (matching query / positive image indices). Image
 ``cid`` is stored without a suffix at ``ims/cid[-2:]/cid[-4:-2]/cid[-6:-4]/cid`` (cirtorch's
-``cid2filename``). The pickle is read with the restricted unpickler of :mod:`data_modules.gnd`.
+``cid2filename``). The pickle is read with the restricted unpickler of :mod:`data_modules.landmarks.gnd`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_modules.errors import DataError
-from data_modules.gnd import safe_load_pickle
+from cbir_lightning.errors import CbirError
+from data_modules.io.pickles import safe_load_pickle
 
 SPLIT_KEYS = ("cids", "cluster", "qidxs", "pidxs")
 
@@ -42,7 +42,7 @@ def _int_array(value, where: str) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.int64).reshape(-1)
     except (TypeError, ValueError) as err:
-        raise DataError(f"{where} must be a list of integers") from err
+        raise CbirError(f"{where} must be a list of integers") from err
     return array
 
 
@@ -51,42 +51,42 @@ def read_sfm_split(root: str | Path, split: str, name: str = "retrieval-SfM-120k
     root = Path(root)
     pkl = root / f"{name}.pkl"
     if not pkl.is_file():
-        raise DataError(
+        raise CbirError(
             f"{pkl} not found; data.root must hold {name}.pkl and ims/ "
             "(the retrieval-SfM-120k release, see cirtorch's download_train)"
         )
     data = safe_load_pickle(pkl)
     if not isinstance(data, dict) or split not in data:
-        raise DataError(f"{pkl}: expected a dict with 'train' and 'val' splits; '{split}' is missing")
+        raise CbirError(f"{pkl}: expected a dict with 'train' and 'val' splits; '{split}' is missing")
     part = data[split]
     missing = [key for key in SPLIT_KEYS if not isinstance(part, dict) or key not in part]
     if missing:
-        raise DataError(f"{pkl}: split '{split}' lacks key(s) {missing}; expected {list(SPLIT_KEYS)}")
+        raise CbirError(f"{pkl}: split '{split}' lacks key(s) {missing}; expected {list(SPLIT_KEYS)}")
     cids = [str(c) for c in part["cids"]]
     clusters = _int_array(part["cluster"], f"{pkl}: {split}['cluster']")
     qidxs = _int_array(part["qidxs"], f"{pkl}: {split}['qidxs']")
     pidxs = _int_array(part["pidxs"], f"{pkl}: {split}['pidxs']")
     where = f"{pkl}: split '{split}'"
     if len(clusters) != len(cids):
-        raise DataError(f"{where} has {len(cids)} cids but {len(clusters)} cluster ids")
+        raise CbirError(f"{where} has {len(cids)} cids but {len(clusters)} cluster ids")
     if len(qidxs) != len(pidxs):
-        raise DataError(f"{where} has {len(qidxs)} qidxs but {len(pidxs)} pidxs")
+        raise CbirError(f"{where} has {len(qidxs)} qidxs but {len(pidxs)} pidxs")
     for key, values in (("qidxs", qidxs), ("pidxs", pidxs)):
         if len(values) and (values.min() < 0 or values.max() >= len(cids)):
-            raise DataError(f"{where}: {key} has an index outside cids (0..{len(cids) - 1})")
+            raise CbirError(f"{where}: {key} has an index outside cids (0..{len(cids) - 1})")
     if len(qidxs):
         sizes = np.bincount(clusters - clusters.min())
         single = qidxs[sizes[clusters[qidxs] - clusters.min()] < 2]
         if len(single):
             q = int(single[0])
-            raise DataError(
+            raise CbirError(
                 f"{where}: cluster {int(clusters[q])} of query image {q} ({cids[q]}) has a single image, "
                 "so it has no positive; remove that query pair or add images to the cluster"
             )
         bad = np.flatnonzero((clusters[qidxs] != clusters[pidxs]) | (qidxs == pidxs))
         if len(bad):
             i = int(bad[0])
-            raise DataError(
+            raise CbirError(
                 f"{where}: pair {i} (query {int(qidxs[i])}, positive {int(pidxs[i])}) is not two different "
                 "images of one cluster; fix qidxs/pidxs"
             )
@@ -95,7 +95,7 @@ def read_sfm_split(root: str | Path, split: str, name: str = "retrieval-SfM-120k
     if check_files:
         absent = [p for p in paths if not p.is_file()]
         if absent:
-            raise DataError(
+            raise CbirError(
                 f"{len(absent)} of {len(paths)} '{split}' images missing under {ims}, e.g. {absent[0]}; "
                 "extract the release's ims/ tree into data.root "
                 "(layout ims/cid[-2:]/cid[-4:-2]/cid[-6:-4]/cid)"
@@ -117,10 +117,10 @@ def read_whitening_pairs(root: str | Path, name: str = "retrieval-SfM-120k"):
     data = safe_load_pickle(pkl)
     missing = [key for key in ("cids", "qidxs", "pidxs") if not isinstance(data, dict) or key not in data]
     if missing:
-        raise DataError(f"{pkl}: lacks key(s) {missing}; expected cids, qidxs, pidxs (or delete the file)")
+        raise CbirError(f"{pkl}: lacks key(s) {missing}; expected cids, qidxs, pidxs (or delete the file)")
     cids = [str(c) for c in data["cids"]]
     q, p = _int_array(data["qidxs"], f"{pkl}: qidxs"), _int_array(data["pidxs"], f"{pkl}: pidxs")
     if len(q) != len(p) or (len(q) and (min(q.min(), p.min()) < 0 or max(q.max(), p.max()) >= len(cids))):
-        raise DataError(f"{pkl}: qidxs/pidxs differ in length or index outside cids; download it again")
+        raise CbirError(f"{pkl}: qidxs/pidxs differ in length or index outside cids; download it again")
     ims = Path(root) / "ims"
     return [cid_path(ims, cid) for cid in cids], torch.from_numpy(np.stack([q, p], 1))

@@ -18,13 +18,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from data_modules.errors import DataError
-from data_modules.image_folders import read_image, to_uint8
+from cbir_lightning.errors import CbirError
+from data_modules.datasets.image_folders import read_image, to_uint8
+from data_modules.datasets.indexed_images import IndexedImages
 from data_modules.labelled_images import LabelledImagesDataModule
-from data_modules.omniglot import IndexedImages
-from data_modules.pairs import check_sampling
-from data_modules.retrieval_split import query_database_items
-from data_modules.stanford_dogs_files import DogsList, read_box, read_list
+from data_modules.sampling.pairs import check_sampling
+from data_modules.sampling.retrieval_split import query_database_items
+from data_modules.stanford_dogs.files import DogsList, read_box, read_list
 
 
 def first_per_label(labels: np.ndarray, count: int | None) -> np.ndarray:
@@ -83,10 +83,10 @@ class StanfordDogsDataModule(LabelledImagesDataModule):
         self.save_hyperparameters()
         check_sampling(sampling, classes_per_batch, samples_per_class)
         if database not in ("test", "train"):
-            raise DataError(f"database must be 'test' or 'train', got {database!r}")
+            raise CbirError(f"database must be 'test' or 'train', got {database!r}")
         channels = 1 if grayscale else 3
         if (mean is None) != (std is None) or (mean is not None and (len(mean), len(std)) != (channels,) * 2):
-            raise DataError(f"mean and std must both be {channels} numbers (one per channel) or both null")
+            raise CbirError(f"mean and std must both be {channels} numbers (one per channel) or both null")
 
     @property
     def mode(self) -> str:
@@ -100,16 +100,16 @@ class StanfordDogsDataModule(LabelledImagesDataModule):
         for i in keep.tolist():
             path = root / "Images" / listing.files[i]
             if not path.is_file():
-                raise DataError(f"{path} (listed in lists/{name}_list.mat) not found; re-extract images.tar")
+                raise CbirError(f"{path} (listed in lists/{name}_list.mat) not found; re-extract images.tar")
             image = read_image(path, self.mode)
             if self.hparams.crop:
                 annotation = root / "Annotation" / listing.annotations[i]
                 if not annotation.is_file():
-                    raise DataError(f"{annotation} not found; re-extract annotation.tar or set crop: false")
+                    raise CbirError(f"{annotation} not found; re-extract annotation.tar or set crop: false")
                 image = image.crop(read_box(annotation, *image.size))
             images.append(to_uint8(image, self.hparams.image_size))
         if not images:
-            raise DataError(f"{root / 'lists' / f'{name}_list.mat'} lists no images")
+            raise CbirError(f"{root / 'lists' / f'{name}_list.mat'} lists no images")
         return torch.stack(images), torch.from_numpy(listing.labels[keep])
 
     def setup(self, stage: str | None = None) -> None:
@@ -117,7 +117,7 @@ class StanfordDogsDataModule(LabelledImagesDataModule):
             return
         hp = self.hparams
         if not (Path(hp.root) / "lists").is_dir():
-            raise DataError(
+            raise CbirError(
                 f"{hp.root} has no lists/ folder; expected the Stanford Dogs release (Images/, Annotation/, "
                 "lists/ from images.tar, annotation.tar, lists.tar) under data.init_args.root"
             )

@@ -10,8 +10,8 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from data_modules.errors import DataError
-from data_modules.revisited_download import fetch
+from cbir_lightning.errors import CbirError
+from data_modules.io.download import fetch
 
 RELEASE_URL = "http://vision.stanford.edu/aditya86/ImageNetDogs"
 ARCHIVES = {"images.tar": "Images", "annotation.tar": "Annotation", "lists.tar": "lists"}
@@ -25,10 +25,10 @@ def extract_release_archive(archive: Path, root: Path) -> None:
             for member in tar.getmembers():
                 parts = PurePosixPath(member.name).parts
                 if member.name.startswith("/") or ".." in parts or member.issym() or member.islnk():
-                    raise DataError(f"{archive}: member {member.name!r} would leave {root}; download again")
+                    raise CbirError(f"{archive}: member {member.name!r} would leave {root}; download again")
             tar.extractall(root, filter="data")
     except (tarfile.TarError, OSError) as err:
-        raise DataError(f"{archive} is not a readable tar archive ({err}); download it again") from err
+        raise CbirError(f"{archive} is not a readable tar archive ({err}); download it again") from err
 
 
 def download_stanford_dogs(root: str | Path, base_url: str = RELEASE_URL) -> dict:
@@ -43,6 +43,6 @@ def download_stanford_dogs(root: str | Path, base_url: str = RELEASE_URL) -> dic
             fetch(f"{base_url}/{name}", archive, timeout=600.0)
             extract_release_archive(archive, root)
         if not (root / folder).is_dir():
-            raise DataError(f"{base_url}/{name} did not hold {folder}/; expected the Stanford Dogs release")
+            raise CbirError(f"{base_url}/{name} did not hold {folder}/; expected the Stanford Dogs release")
     breeds = sorted(p.name for p in (root / "Images").iterdir() if p.is_dir())
     return {"dataset": "stanford_dogs", "root": str(root), "breeds": len(breeds)}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_modules.errors import DataError
+from cbir_lightning.errors import CbirError
 
 LIST_FIELDS = ("file_list", "annotation_list", "labels")
 
@@ -33,11 +33,11 @@ def _strings(cell: np.ndarray) -> list[str]:
 
 
 def read_list(path: Path) -> DogsList:
-    """Read ``train_list.mat`` / ``test_list.mat``; DataError naming the file for anything unexpected."""
+    """Read ``train_list.mat`` / ``test_list.mat``; CbirError naming the file for anything unexpected."""
     from scipy.io import loadmat
 
     if not path.is_file():
-        raise DataError(
+        raise CbirError(
             f"{path} not found; expected the Stanford Dogs release (Images/, Annotation/, lists/) "
             "under data.init_args.root"
         )
@@ -45,10 +45,10 @@ def read_list(path: Path) -> DogsList:
         mat = loadmat(str(path))
     except Exception as err:  # scipy raises several types for non-.mat data
         reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise DataError(f"{path} is not a readable .mat file ({reason}); re-extract lists.tar") from err
+        raise CbirError(f"{path} is not a readable .mat file ({reason}); re-extract lists.tar") from err
     missing = [f for f in LIST_FIELDS if f not in mat]
     if missing:
-        raise DataError(
+        raise CbirError(
             f"{path} lacks {missing} (has {sorted(k for k in mat if not k.startswith('__'))}); "
             "use the release's lists/train_list.mat and test_list.mat"
         )
@@ -56,9 +56,9 @@ def read_list(path: Path) -> DogsList:
         files, annotations = _strings(mat["file_list"]), _strings(mat["annotation_list"])
         labels = np.asarray(mat["labels"]).reshape(-1).astype(np.int64) - 1
     except (IndexError, ValueError, TypeError) as err:
-        raise DataError(f"{path}: file_list/annotation_list/labels are not in the release's format") from err
+        raise CbirError(f"{path}: file_list/annotation_list/labels are not in the release's format") from err
     if not (len(files) == len(annotations) == len(labels)) or (len(labels) and labels.min() < 0):
-        raise DataError(
+        raise CbirError(
             f"{path}: {len(files)} files, {len(annotations)} annotations and {len(labels)} labels (1-based) "
             "do not match; use the release's list files"
         )
@@ -71,17 +71,17 @@ def read_box(path: Path, width: int, height: int) -> tuple[int, int, int, int]:
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as err:
-        raise DataError(f"{path}: unreadable annotation ({err}); re-extract annotation.tar") from err
+        raise CbirError(f"{path}: unreadable annotation ({err}); re-extract annotation.tar") from err
     boxes = []
     for box in root.iter("bndbox"):
         try:
             boxes.append(tuple(int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")))
         except (TypeError, ValueError) as err:
-            raise DataError(
+            raise CbirError(
                 f"{path}: a bndbox lacks numeric xmin/ymin/xmax/ymax; fix or re-extract it"
             ) from err
     if not boxes:
-        raise DataError(f"{path}: no object/bndbox in the annotation; re-extract annotation.tar")
+        raise CbirError(f"{path}: no object/bndbox in the annotation; re-extract annotation.tar")
     x0, y0, x1, y1 = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
     clamped = (
         max(0, min(x0, width)),
@@ -95,7 +95,7 @@ def read_box(path: Path, width: int, height: int) -> tuple[int, int, int, int]:
             stacklevel=2,
         )
     if clamped[2] <= clamped[0] or clamped[3] <= clamped[1]:
-        raise DataError(
+        raise CbirError(
             f"{path}: box {(x0, y0, x1, y1)} has no area inside the {width}x{height} image; fix it"
         )
     return clamped

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import DataError
+from cbir_lightning.errors import CbirError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -22,7 +22,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def load_png(src: str | Path | bytes, name: str | None = None) -> torch.Tensor:
     """Decode a PNG file or its bytes to uint8 ``[1, H, W]`` with ink = 255 (any PNG mode, via ``L``).
 
-    ``name`` labels the image in error messages (defaults to the path). Raises :class:`DataError`
+    ``name`` labels the image in error messages (defaults to the path). Raises :class:`CbirError`
     if the file cannot be read or decoded.
     """
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -32,21 +32,21 @@ def load_png(src: str | Path | bytes, name: str | None = None) -> torch.Tensor:
         try:
             data = Path(src).read_bytes()
         except OSError as exc:
-            raise DataError(f"{label}: cannot read image ({exc.strerror or exc}); check the path") from exc
+            raise CbirError(f"{label}: cannot read image ({exc.strerror or exc}); check the path") from exc
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
             gray = np.asarray(img.convert("L"))
     except Exception as exc:  # PIL raises many types for corrupt data
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         msg = f"{label}: corrupt or unreadable image ({reason}); re-extract or replace the file"
-        raise DataError(msg) from exc
+        raise CbirError(msg) from exc
     return torch.from_numpy(np.invert(gray))[None]
 
 
 def encode_png(image: torch.Tensor) -> bytes:
     """Encode a uint8 ``[1, H, W]`` or ``[H, W]`` tensor (ink = 255) as a black-on-white grayscale PNG."""
     if image.dtype != torch.uint8 or image.dim() not in (2, 3) or (image.dim() == 3 and image.shape[0] != 1):
-        raise DataError(
+        raise CbirError(
             f"cannot encode image of dtype {image.dtype} and shape {tuple(image.shape)}; "
             "expected uint8 [1, H, W]"
         )

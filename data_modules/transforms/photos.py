@@ -15,16 +15,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_modules.errors import DataError
-from data_modules.image_folders import read_image
-from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
+from cbir_lightning.errors import CbirError
+from data_modules.datasets.image_folders import read_image
+from data_modules.transforms.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 
 def load_photo(path: str | Path, what: str = "image") -> Image.Image:
-    """Decode ``path`` as RGB; DataError naming the file if it is missing or unreadable."""
+    """Decode ``path`` as RGB; CbirError naming the file if it is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{what} {path} not found; check the data root and that the image tree is complete")
+        raise CbirError(f"{what} {path} not found; check the data root and that the image tree is complete")
     return read_image(path, "RGB")
 
 
@@ -39,7 +39,7 @@ class PhotoTransform:
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         if image_size < 1:
-            raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
+            raise CbirError(f"image_size must be a positive number of pixels, got {image_size}")
         self.image_size, self.keep_aspect = int(image_size), keep_aspect
         self.mean, self.std = tuple(mean), tuple(std)
 
