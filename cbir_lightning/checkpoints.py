@@ -41,7 +41,7 @@ def _trusted_class(path: str | Path, class_path: str, base: type, what: str) -> 
     import sys
 
     module_name, _, name = str(class_path).rpartition(".")
-    if module_name not in sys.modules and not module_name.startswith(TRUSTED_PACKAGES):
+    if module_name not in sys.modules and not f"{module_name}.".startswith(TRUSTED_PACKAGES):
         raise CbirError(
             f"checkpoint {path} was saved with {what} class {class_path}, which is not part of "
             f"cbir_lightning; import {module_name} before loading it"

@@ -62,6 +62,19 @@ def test_old_class_paths_name_the_new_classes(old, tmp_path):
     assert datamodule_class(tmp_path / "x.ckpt", {"_class_path": old}) is new
 
 
+def test_package_level_class_path_is_trusted_before_data_modules_is_imported(tmp_path):
+    """``data_modules.OmniglotDataModule`` (what configs and checkpoints record) names the package itself;
+    a fresh process that has imported only the checkpoint loader must still trust and import it."""
+    code = (
+        "import sys; from cbir_lightning.checkpoints import datamodule_class; "
+        "assert 'data_modules' not in sys.modules; "
+        f"print(datamodule_class({str(tmp_path / 'x.ckpt')!r}, "
+        "{'_class_path': 'data_modules.OmniglotDataModule'}).__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.strip() == "data_modules.omniglot.data_module"
+
+
 def test_data_error_is_cbir_error():
     from data_modules.errors import DataError
 
