@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 
 from cbir_lightning.models import GeMSiameseModule
-from data_modules.mining import draw_epoch
-from data_modules.photos import PhotoTransform, load_photo
+from data_modules.sampling.mining import draw_epoch
 from data_modules.sfm import SfMPairsDataModule
-from data_modules.sfm_db import cid_path
+from data_modules.sfm.files import cid_path
+from data_modules.transforms.photos import PhotoTransform, load_photo
 
 
 def write_database(root: Path, images: int, clusters: int, seed: int) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from cbir_lightning.cli.evaluate import evaluate
 from cbir_lightning.rerank import RERANKERS
-from data_modules.gnd import load_gnd
+from data_modules.landmarks.gnd import load_gnd
 
 
 def synthetic_descriptors(truth, dim: int, easy: float, hard: float, seed: int):

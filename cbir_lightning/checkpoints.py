@@ -16,7 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from cbir_lightning.errors import USER_ERRORS, CbirError
+from cbir_lightning.errors import CbirError
 from cbir_lightning.whitening.io import whitening_path
 
 
@@ -49,7 +49,7 @@ def _trusted_class(path: str | Path, class_path: str, base: type, what: str) -> 
     import sys
 
     module_name, _, name = str(class_path).rpartition(".")
-    if module_name not in sys.modules and not module_name.startswith(TRUSTED_PACKAGES):
+    if module_name not in sys.modules and not f"{module_name}.".startswith(TRUSTED_PACKAGES):
         raise CbirError(
             f"checkpoint {path} was saved with {what} class {class_path}, which is not part of "
             f"cbir_lightning; import {module_name} before loading it"
@@ -230,7 +230,7 @@ def checkpoint_identity(contents: dict) -> dict:
 def build_datamodule(config: dict, source: str) -> pl.LightningDataModule:
     """A DataModule from ``{"class_path", "init_args"}`` (a config's ``data`` section or a checkpoint's
     record), as LightningCLI builds it; CbirError naming ``source`` if it cannot be built (a user error
-    the DataModule raises itself, ``USER_ERRORS``, passes unchanged). ``evaluate --config`` and the
+    the DataModule raises itself, ``CbirError``, passes unchanged). ``evaluate --config`` and the
     checkpoint's :meth:`Checkpoint.datamodule` both build through here."""
     from jsonargparse import ArgumentParser
 
@@ -239,7 +239,7 @@ def build_datamodule(config: dict, source: str) -> pl.LightningDataModule:
     try:
         parsed = parser.parse_object({"data": config})
         return parser.instantiate_classes(parsed).data
-    except USER_ERRORS:
+    except CbirError:
         raise
     except Exception as err:
         reason = " ".join(str(err).split())[:300]

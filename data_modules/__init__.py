@@ -1,5 +1,12 @@
-"""DataModules (one per data set) and the shared samplers, pair/batch datasets and episodes."""
+"""DataModules, one sub-package per data set (``omniglot``, ``cifar10``, ``stanford_dogs``, ``sfm``,
+``landmarks``, ``photo_collection``), each with its file readers and download; shared pieces in
+``sampling`` (samplers, pairs, class batches, tuples, episodes, mining), ``datasets``, ``transforms`` and
+``io``. Every DataModule derives from :class:`data_modules.base.RetrievalDataModule`.
 
+``DataError`` is kept as an alias of :class:`cbir_lightning.errors.CbirError` for old imports.
+"""
+
+from data_modules.base import RetrievalDataModule
 from data_modules.cifar10 import CIFAR10DataModule
 from data_modules.errors import DataError
 from data_modules.landmarks import LandmarksTestDataModule
@@ -14,6 +21,7 @@ __all__ = [
     "LandmarksTestDataModule",
     "OmniglotDataModule",
     "PhotoCollectionDataModule",
+    "RetrievalDataModule",
     "SfMPairsDataModule",
     "StanfordDogsDataModule",
 ]

@@ -1,5 +1,5 @@
-"""Exception type shared by the data modules."""
+"""Shim: ``DataError`` is :class:`cbir_lightning.errors.CbirError`, kept for code importing the old name."""
 
+from cbir_lightning.errors import CbirError
 
-class DataError(Exception):
-    """Bad input data or arguments; the message is one line naming the file/path and the fix."""
+DataError = CbirError

@@ -2,32 +2,32 @@
 tensors with class labels (CIFAR-10, Stanford Dogs).
 
 A subclass's ``setup`` fills ``self.train = (images, labels)``, ``self.eval_items`` (an
-:class:`~data_modules.omniglot.IndexedImages`) and ``self.retrieval_split`` (True for queries, or
-``None``: every item against all others); this class gives the training samples (class batches or
-pairs, :func:`~data_modules.pairs.training_samples`), the evaluation loaders, ``eval_transform`` and
-``whitening_data``. Hyperparameters used here: ``image_size``, ``sampling``, ``batch_size``,
-``classes_per_batch``, ``samples_per_class``, ``epoch_length``, ``augment``, ``mean``, ``std``,
-``whitening_pairs``, ``eval_batch_size``, ``num_workers``, ``seed``, ``root``.
+:class:`~data_modules.datasets.indexed_images.IndexedImages`) and ``self.retrieval_split`` (True for
+queries, or ``None``: every item against all others); this class gives the training samples (class
+batches or pairs, :func:`~data_modules.sampling.pairs.training_samples`), the evaluation loaders,
+``eval_transform`` and ``whitening_data``. Hyperparameters used here: ``image_size``, ``sampling``,
+``batch_size``, ``classes_per_batch``, ``samples_per_class``, ``epoch_length``, ``augment``, ``mean``,
+``std``, ``whitening_pairs``, ``eval_batch_size``, ``num_workers``, ``seed``, ``root``.
 """
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.augment import AffineRanges
-from data_modules.errors import DataError
-from data_modules.image_folders import to_uint8
-from data_modules.normalize import NormalizedItems, normalize
-from data_modules.omniglot import IndexedImages
-from data_modules.pairs import training_samples
-from data_modules.retrieval_split import balanced_pairs
-from data_modules.samplers import EpochSampler
+from cbir_lightning.errors import CbirError
+from data_modules.base import RetrievalDataModule
+from data_modules.datasets.image_folders import to_uint8
+from data_modules.datasets.indexed_images import IndexedImages
+from data_modules.sampling.pairs import training_samples
+from data_modules.sampling.retrieval_split import balanced_pairs
+from data_modules.sampling.samplers import EpochSampler
+from data_modules.transforms.augment import AffineRanges
+from data_modules.transforms.normalize import NormalizedItems, normalize
 
 
-class LabelledImagesDataModule(pl.LightningDataModule):
+class LabelledImagesDataModule(RetrievalDataModule):
     name = "images"  # used in error messages
     mode = "RGB"  # PIL mode of the images
 
@@ -54,7 +54,7 @@ class LabelledImagesDataModule(pl.LightningDataModule):
                 hp.samples_per_class,
             )
         except ValueError as err:
-            raise DataError(f"{self.name} training set under {hp.root}: {err}") from err
+            raise CbirError(f"{self.name} training set under {hp.root}: {err}") from err
         return self._loader(data, EpochSampler(len(data)), batch_size)
 
     def val_dataloader(self) -> DataLoader:

@@ -16,10 +16,11 @@ from PIL import Image
 
 from cbir_lightning.callbacks import RetrievalMetrics
 from cbir_lightning.cli.config_files import read_config
+from cbir_lightning.errors import CbirError
 from cbir_lightning.metrics import retrieval_metrics
-from data_modules import CIFAR10DataModule, DataError
-from data_modules.cifar10_batches import CLASSES, TRAIN_BATCHES
-from data_modules.normalize import IMAGENET_MEAN, IMAGENET_STD
+from data_modules import CIFAR10DataModule
+from data_modules.cifar10.batches import CLASSES, TRAIN_BATCHES
+from data_modules.transforms.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 CIFAR_SHARED = SHARED_DATA / "cifar10"
 
@@ -154,29 +155,29 @@ def test_training_batches_and_whitening_data(tmp_path):
 
 
 def test_bad_input_gives_one_line_errors(tmp_path):
-    with pytest.raises(DataError, match="neither cifar-10-batches-py/ .* nor train/ and test/"):
+    with pytest.raises(CbirError, match="neither cifar-10-batches-py/ .* nor train/ and test/"):
         CIFAR10DataModule(root=tmp_path).setup()
     write_folders(tmp_path / "a")
     (tmp_path / "a/train/empty").mkdir()
-    with pytest.raises(DataError, match=r"class folder .*empty holds no images"):
+    with pytest.raises(CbirError, match=r"class folder .*empty holds no images"):
         CIFAR10DataModule(root=tmp_path / "a").setup()
     write_folders(tmp_path / "b")
     bad = tmp_path / "b/test/dog/0000.png"
     bad.write_bytes(b"\xff\xd8\xff not really an image")
-    with pytest.raises(DataError, match=r"0000.png: corrupt or unreadable image"):
+    with pytest.raises(CbirError, match=r"0000.png: corrupt or unreadable image"):
         CIFAR10DataModule(root=tmp_path / "b").setup()
     write_batches(tmp_path / "c")
     (tmp_path / "c/cifar-10-batches-py/data_batch_3").write_bytes(pickle.dumps({b"data": 1}, protocol=2))
-    with pytest.raises(DataError, match=r"data_batch_3: no 'labels' field"):
+    with pytest.raises(CbirError, match=r"data_batch_3: no 'labels' field"):
         CIFAR10DataModule(root=tmp_path / "c").setup()
     (tmp_path / "c/cifar-10-batches-py/data_batch_3").write_bytes(b"\x80\x02}q")  # truncated
-    with pytest.raises(DataError, match=r"data_batch_3 is not a readable CIFAR-10 batch"):
+    with pytest.raises(CbirError, match=r"data_batch_3 is not a readable CIFAR-10 batch"):
         CIFAR10DataModule(root=tmp_path / "c").setup()
     (tmp_path / "c/cifar-10-batches-py/test_batch").unlink()
     (tmp_path / "c/cifar-10-batches-py/data_batch_3").unlink()
-    with pytest.raises(DataError, match=r"data_batch_3 not found"):
+    with pytest.raises(CbirError, match=r"data_batch_3 not found"):
         CIFAR10DataModule(root=tmp_path / "c").setup()
-    with pytest.raises(DataError, match="mean and std"):
+    with pytest.raises(CbirError, match="mean and std"):
         CIFAR10DataModule(mean=[0.5], std=[0.5, 0.5, 0.5])
 
 

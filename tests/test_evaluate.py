@@ -14,7 +14,7 @@ from conftest import REPO, SHARED_DATA, TINY_ARGS, last_json, run_cli
 from revisitop_reference import revisited_reference
 
 from cbir_lightning.cli.config_files import read_config
-from data_modules.gnd import load_gnd
+from data_modules.landmarks.gnd import load_gnd
 
 GND = Path(__file__).resolve().parents[2] / "shared" / "data" / "landmarks" / "gnd"
 

@@ -11,7 +11,7 @@ from revisitop_reference import revisited_reference
 from sfm_fixture import OXFORD, QUERIES, make_revisited_layout
 
 from cbir_lightning.callbacks.landmark_metrics import LandmarkMetrics, landmark_scores
-from data_modules.errors import DataError
+from cbir_lightning.errors import CbirError
 from data_modules.landmarks import LandmarksTestDataModule
 
 
@@ -64,5 +64,5 @@ def test_callback_scores_match_revisitop(layout):
 def test_missing_image_is_one_line(layout):
     root, gnd = layout
     (root / "jpg" / f"{gnd['imlist'][3]}.jpg").unlink()
-    with pytest.raises(DataError, match=f"1 of 10 images of roxford5k missing under .*{gnd['imlist'][3]}"):
+    with pytest.raises(CbirError, match=f"1 of 10 images of roxford5k missing under .*{gnd['imlist'][3]}"):
         LandmarksTestDataModule(root, "roxford5k", image_size=64).setup()

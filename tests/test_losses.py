@@ -27,10 +27,10 @@ from cbir_lightning.losses.dsh import dsh_all_pairs_loss, dsh_pair_loss
 from cbir_lightning.losses.pair_bce import all_pairs_bce, all_pairs_softmax, pair_bce
 from cbir_lightning.losses.pairs import indices_to_pairs, pairs_to_indices
 from cbir_lightning.models import DSHModule, GeMSiameseModule, KochSiameseNet, SiameseModule
-from data_modules.normalize import NormalizedItems
-from data_modules.omniglot import IndexedImages
-from data_modules.pairs import ClassBatchDataset, PairDataset
-from data_modules.tuples import collate_tuples
+from data_modules.datasets.indexed_images import IndexedImages
+from data_modules.sampling.pairs import ClassBatchDataset, PairDataset
+from data_modules.sampling.tuples import collate_tuples
+from data_modules.transforms.normalize import NormalizedItems
 
 
 def _koch() -> KochSiameseNet:

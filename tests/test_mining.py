@@ -11,9 +11,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from data_modules.errors import DataError
-from data_modules.mining import draw_epoch, hardest_negatives, mine_tuples
-from data_modules.tuples import TupleSampler
+from cbir_lightning.errors import CbirError
+from data_modules.sampling.mining import draw_epoch, hardest_negatives, mine_tuples
+from data_modules.sampling.tuples import TupleSampler
 
 
 def brute_force(qv, pv, qc, pc, k):
@@ -57,7 +57,7 @@ def test_hardest_negatives_match_brute_force(chunk):
 def test_too_few_clusters_in_pool_is_one_line():
     qv, qc = clustered(4, 3)
     pv, pc = clustered(20, 3)
-    with pytest.raises(DataError, match="raise pool_size, lower neg_num"):
+    with pytest.raises(CbirError, match="raise pool_size, lower neg_num"):
         hardest_negatives(qv, pv, qc, pc, 3)
 
 
@@ -121,7 +121,7 @@ def test_mine_tuples_reference_reproducible_and_restores_modes():
 
 def test_mining_sizes_are_checked():
     images, clusters, q, p = synthetic()
-    with pytest.raises(DataError, match="pool_size >= neg_num"):
+    with pytest.raises(CbirError, match="pool_size >= neg_num"):
         mine_tuples(Stub(), images, clusters, q, p, query_size=4, pool_size=2, neg_num=3, seed=0, epoch=0)
 
 

@@ -7,8 +7,9 @@ import zipfile
 import pytest
 import torch
 
-from data_modules import DataError, OmniglotDataModule
-from data_modules.omniglot_files import locate_set, read_omniglot
+from cbir_lightning.errors import CbirError
+from data_modules import OmniglotDataModule
+from data_modules.omniglot.files import locate_set, read_omniglot
 
 
 def test_reads_zips_and_dedupes_shared_alphabets(omniglot_root):
@@ -106,7 +107,7 @@ def test_drawer_split(omniglot_root):
 
 def test_missing_root_names_expected_layout(tmp_path):
     dm = OmniglotDataModule(root=tmp_path / "nowhere")
-    with pytest.raises(DataError) as err:
+    with pytest.raises(CbirError) as err:
         dm.setup("fit")
     message = str(err.value)
     assert "\n" not in message
@@ -117,14 +118,14 @@ def test_corrupt_png_names_the_file(omniglot_root, tmp_path):
     folder = tmp_path / "omniglot-py" / "images_background_small2" / "Tagalog" / "character01"
     folder.mkdir(parents=True)
     (folder / "0001_01.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    with pytest.raises(DataError, match=r"0001_01\.png.*corrupt"):
+    with pytest.raises(CbirError, match=r"0001_01\.png.*corrupt"):
         read_omniglot(tmp_path, ["images_background_small2"])
 
 
 def test_unknown_alphabet_and_too_many_ways(omniglot_root):
-    with pytest.raises(DataError, match="Klingon"):
+    with pytest.raises(CbirError, match="Klingon"):
         OmniglotDataModule(root=omniglot_root, val_alphabets=["Klingon"]).setup("fit")
-    with pytest.raises(DataError, match="ways=50 is larger"):
+    with pytest.raises(CbirError, match="ways=50 is larger"):
         OmniglotDataModule(root=omniglot_root, image_size=28, ways=50).setup("fit")
 
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from data_modules.errors import DataError
-from data_modules.images import encode_png, load_png
-from data_modules.oneshot_runs import (
+from cbir_lightning.errors import CbirError
+from data_modules.omniglot.oneshot_runs import (
     OneShotRun,
     build_runs_from_omniglot,
     evaluate_oneshot_runs,
     load_oneshot_runs,
     write_oneshot_runs,
 )
+from data_modules.transforms.images import encode_png, load_png
 
 OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 ZIPS = [OMNIGLOT / "images_background_small1.zip", OMNIGLOT / "images_background_small2.zip"]
@@ -183,7 +183,7 @@ def test_build_from_folder_layout_and_folder_of_zips(tmp_path):
         zf.extractall(root, [n for n in zf.namelist() if n.startswith("images_background_small1/Latin/")])
     out = build_runs_from_omniglot([root], None, tmp_path / "from_folder", num_runs=2, ways=20)
     assert len(load_oneshot_runs(out)) == 2
-    with pytest.raises(DataError, match="no alphabet has >= 27 characters.*Latin with 26"):
+    with pytest.raises(CbirError, match="no alphabet has >= 27 characters.*Latin with 26"):
         build_runs_from_omniglot([root], None, tmp_path / "x", ways=27)
     out = build_runs_from_omniglot([OMNIGLOT], ["Tagalog"], tmp_path / "from_zips", num_runs=1, ways=17)
     assert len(load_oneshot_runs(out)[0].training) == 17
@@ -192,15 +192,15 @@ def test_build_from_folder_layout_and_folder_of_zips(tmp_path):
 def test_builder_errors_and_alphabet_dedupe(tmp_path):
     # Greek is in both zips with 24 characters; deduped by name, it must not merge into 48.
     build_runs_from_omniglot(ZIPS, ["Greek"], tmp_path / "greek", num_runs=1, ways=24)
-    with pytest.raises(DataError, match="no alphabet has >= 25 characters.*Greek with 24"):
+    with pytest.raises(CbirError, match="no alphabet has >= 25 characters.*Greek with 24"):
         build_runs_from_omniglot(ZIPS, ["Greek"], tmp_path / "x", ways=25)
-    with pytest.raises(DataError, match="Klingon"):
+    with pytest.raises(CbirError, match="Klingon"):
         build_runs_from_omniglot(ZIPS, ["Klingon"], tmp_path / "x")
-    with pytest.raises(DataError, match="no alphabet has >= 50"):
+    with pytest.raises(CbirError, match="no alphabet has >= 50"):
         build_runs_from_omniglot(ZIPS, None, tmp_path / "x", ways=50)
-    with pytest.raises(DataError, match="nowhere.zip does not exist"):
+    with pytest.raises(CbirError, match="nowhere.zip does not exist"):
         build_runs_from_omniglot([tmp_path / "nowhere.zip"], None, tmp_path / "x")
-    with pytest.raises(DataError, match="already exists"):
+    with pytest.raises(CbirError, match="already exists"):
         build_runs_from_omniglot(ZIPS, ["Greek"], tmp_path / "greek", num_runs=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["greek"]
 
@@ -208,10 +208,10 @@ def test_builder_errors_and_alphabet_dedupe(tmp_path):
 def test_write_is_atomic(small_runs, tmp_path):
     good = load_oneshot_runs(small_runs)[0]
     bad = (good.training_images, [b"not a png"] * 5, good.targets)
-    with pytest.raises(DataError, match="run02/test/item01.png: image must be PNG"):
+    with pytest.raises(CbirError, match="run02/test/item01.png: image must be PNG"):
         write_oneshot_runs(tmp_path / "out" / "all_runs", [good, bad])
     assert list((tmp_path / "out").iterdir()) == [], "a failed write must leave nothing behind"
-    with pytest.raises(DataError, match="targets"):
+    with pytest.raises(CbirError, match="targets"):
         write_oneshot_runs(tmp_path / "out" / "all_runs", [(good.training_images, good.test_images, [0, 9])])
     out = write_oneshot_runs(small_runs, [good], overwrite=True)
     assert [r.name for r in load_oneshot_runs(out)] == ["run01"]
@@ -219,25 +219,25 @@ def test_write_is_atomic(small_runs, tmp_path):
 
 def test_load_errors_name_the_file(small_runs, tmp_path):
     layout = r"missing_dir does not exist.*runNN/class_labels\.txt.*training/classYY\.png.*test/itemXX\.png"
-    with pytest.raises(DataError, match=layout):
+    with pytest.raises(CbirError, match=layout):
         load_oneshot_runs(tmp_path / "missing_dir")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no one-shot runs found in .*empty"):
+    with pytest.raises(CbirError, match="no one-shot runs found in .*empty"):
         load_oneshot_runs(tmp_path / "empty")
     (tmp_path / "junk.zip").write_bytes(b"junk")
-    with pytest.raises(DataError, match="junk.zip is not a readable zip"):
+    with pytest.raises(CbirError, match="junk.zip is not a readable zip"):
         load_oneshot_runs(tmp_path / "junk.zip")
 
     png = small_runs / "run02" / "training" / "class02.png"
     png.write_bytes(png.read_bytes()[:60])
-    with pytest.raises(DataError, match=r"run02/training/class02\.png: corrupt or unreadable image"):
+    with pytest.raises(CbirError, match=r"run02/training/class02\.png: corrupt or unreadable image"):
         load_oneshot_runs(small_runs)
     (small_runs / "run01" / "test" / "item03.png").unlink()
     for source in (small_runs, zip_folder(small_runs, tmp_path / "runs.zip", "all_runs/")):
-        with pytest.raises(DataError, match=r"run01/test/item03\.png not found.*run01/class_labels\.txt"):
+        with pytest.raises(CbirError, match=r"run01/test/item03\.png not found.*run01/class_labels\.txt"):
             load_oneshot_runs(source)
 
     labels = small_runs / "run01" / "class_labels.txt"
     labels.write_text("run01/test/item01.png\n")
-    with pytest.raises(DataError, match=r"run01/class_labels\.txt line 1: expected"):
+    with pytest.raises(CbirError, match=r"run01/class_labels\.txt line 1: expected"):
         load_oneshot_runs(small_runs)

@@ -7,7 +7,7 @@ import torch
 from conftest import SHARED_DATA
 from PIL import Image
 
-from data_modules.errors import DataError
+from cbir_lightning.errors import CbirError
 from data_modules.photo_collection import PhotoCollectionDataModule
 
 WIKIART = SHARED_DATA / "wikiart_pd"
@@ -99,14 +99,14 @@ def test_split_column_and_whitening_pairs(tmp_path):
     ],
 )
 def test_bad_settings_are_one_line(wikiart, options, message):
-    with pytest.raises(DataError, match=message) as err:
+    with pytest.raises(CbirError, match=message) as err:
         make(wikiart, **options).train_dataloader()
     assert "\n" not in str(err.value)
 
 
 def test_missing_photo_is_named(tmp_path):
     (tmp_path / "t.tsv").write_text("path\tlabel\n\nmissing.jpg\tx\n")
-    with pytest.raises(DataError, match=r"t\.tsv line 3: photo .*missing\.jpg not found"):
+    with pytest.raises(CbirError, match=r"t\.tsv line 3: photo .*missing\.jpg not found"):
         make(tmp_path, labels_file="t.tsv")
 
 
@@ -120,7 +120,7 @@ def test_stanford_dogs_release_breeds_41_to_60_held_out_and_cropped_to_the_dog()
     held = {names[i] for i in module.labels[module.is_eval].unique().tolist()}
     assert held == set(names[40:])  # breeds 41-60 in the release's (wnid) order
     assert int(module.is_eval.sum()) == 20 * 50
-    from data_modules.stanford_dogs_files import read_box
+    from data_modules.stanford_dogs.files import read_box
 
     i = int(torch.nonzero(module.is_eval)[0])
     path, annotation = module.collection.paths[i], module.collection.boxes[i]

@@ -124,7 +124,7 @@ def test_evaluate_rerank_on_real_gnd_matches_revisitop_reference(tmp_path, capsy
     from revisitop_reference import revisited_reference
 
     from cbir_lightning.cli import main
-    from data_modules.gnd import load_gnd
+    from data_modules.landmarks.gnd import load_gnd
 
     gnd = SHARED_DATA / "landmarks" / "gnd" / "gnd_roxford5k.pkl"
     if not gnd.is_file():

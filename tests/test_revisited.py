@@ -13,9 +13,10 @@ import pytest
 import torch
 from revisitop_reference import original_reference, revisited_reference
 
+from cbir_lightning.errors import CbirError
 from cbir_lightning.metrics import original_metrics, protocol_lists, retrieval_metrics, revisited_metrics
-from data_modules.errors import DataError
-from data_modules.gnd import load_gnd, safe_load_pickle
+from data_modules.io.pickles import safe_load_pickle
+from data_modules.landmarks.gnd import load_gnd
 
 GND = Path(__file__).resolve().parents[2] / "shared" / "data" / "landmarks" / "gnd"
 SIZES = {"roxford5k": (70, 4993), "rparis6k": (70, 6322), "oxford5k": (55, 5063), "paris6k": (55, 6392)}
@@ -144,7 +145,7 @@ def test_unpickler_refuses_code(tmp_path):
     marker = tmp_path / "pwned"
     bad = tmp_path / "gnd_evil.pkl"
     bad.write_bytes(pickle.dumps({"imlist": ["a"], "gnd": [_Evil(marker)]}))
-    with pytest.raises(DataError) as info:
+    with pytest.raises(CbirError) as info:
         load_gnd(bad)
     message = str(info.value)
     assert "\n" not in message and str(bad) in message and "system" in message
@@ -155,7 +156,7 @@ def test_unpickler_refuses_builtins_eval(tmp_path):
     bad = tmp_path / "gnd_eval.pkl"
     # GLOBAL builtins.eval, then call it: the classic payload without any helper class
     bad.write_bytes(b"\x80\x02cbuiltins\neval\nq\x00X\x06\x00\x00\x001+1==2q\x01\x85q\x02Rq\x03.")
-    with pytest.raises(DataError, match="builtins.eval"):
+    with pytest.raises(CbirError, match="builtins.eval"):
         safe_load_pickle(bad)
 
 
@@ -188,15 +189,15 @@ def test_bad_gnd_files_give_one_line(tmp_path, content, match):
     path = tmp_path / "gnd_bad.pkl"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(DataError, match=match) as info:
+    with pytest.raises(CbirError, match=match) as info:
         load_gnd(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
 def test_download_offline_gives_one_line(tmp_path):
-    from data_modules.revisited_download import download_revisited
+    from data_modules.landmarks.download import download_revisited
 
-    with pytest.raises(DataError) as info:  # nothing listens on port 9 of this machine
+    with pytest.raises(CbirError) as info:  # nothing listens on port 9 of this machine
         download_revisited("roxford5k", tmp_path, gnd_url="http://127.0.0.1:9/{dataset}/gnd_{dataset}.pkl")
     message = str(info.value)
     assert "\n" not in message and "could not download" in message and "gnd_roxford5k.pkl" in message

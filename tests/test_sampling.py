@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_modules.augment import AffineRanges, apply_affine, random_affine_matrices
-from data_modules.episodes import make_episodes
-from data_modules.errors import DataError
-from data_modules.pairs import ClassBatchDataset, PairDataset
-from data_modules.samplers import EpochSampler
+from cbir_lightning.errors import CbirError
+from data_modules.sampling.episodes import make_episodes
+from data_modules.sampling.pairs import ClassBatchDataset, PairDataset
+from data_modules.sampling.samplers import EpochSampler
+from data_modules.transforms.augment import AffineRanges, apply_affine, random_affine_matrices
 
 
 def _images(num_classes=10, per_class=5, size=12):
@@ -124,5 +124,5 @@ def test_episodes_within_one_alphabet_and_fixed_by_seed():
         assert len(set(labels[cands].tolist())) == 20
     again = make_episodes(groups, labels, drawers, ways=20, trials=50, seed=1)
     assert torch.equal(eps.candidates, again.candidates) and torch.equal(eps.queries, again.queries)
-    with pytest.raises(DataError, match="ways=30 is larger than the classes available.*'A' has 25"):
+    with pytest.raises(CbirError, match="ways=30 is larger than the classes available.*'A' has 25"):
         make_episodes(groups, labels, drawers, ways=30, trials=5)

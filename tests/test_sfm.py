@@ -12,10 +12,10 @@ from conftest import REPO, last_json, run_cli
 from PIL import Image
 from sfm_fixture import SACRE_COEUR, make_revisited_layout, make_sfm_release
 
+from cbir_lightning.errors import CbirError
 from cbir_lightning.wandb_offline import read_offline_run
-from data_modules.errors import DataError
-from data_modules.photos import load_photo
 from data_modules.sfm import SfMPairsDataModule
+from data_modules.transforms.photos import load_photo
 
 SMALL = dict(image_size=40, neg_num=2, query_size=8, pool_size=20, batch_size=4, num_workers=0)
 
@@ -116,7 +116,7 @@ def _single_cluster(db):
 )
 def test_bad_pickles_are_one_line(release, tmp_path, edit, match):
     root = copy_release(release, tmp_path, edit)
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(CbirError, match=match):
         SfMPairsDataModule(root=root, **SMALL).setup()
 
 
@@ -125,14 +125,14 @@ def test_missing_image_and_sizes_are_one_line(release, tmp_path):
     with (root / "retrieval-SfM-120k.pkl").open("rb") as f:
         cid = pickle.load(f)["train"]["cids"][3]
     (root / "ims" / cid[-2:] / cid[-4:-2] / cid[-6:-4] / cid).unlink()
-    with pytest.raises(DataError, match=f"1 of 31 'train' images missing under .*ims.*{cid}"):
+    with pytest.raises(CbirError, match=f"1 of 31 'train' images missing under .*ims.*{cid}"):
         SfMPairsDataModule(root=root, **SMALL).setup()
-    with pytest.raises(DataError, match=r"nowhere.retrieval-SfM-120k.pkl not found; data.root must hold"):
+    with pytest.raises(CbirError, match=r"nowhere.retrieval-SfM-120k.pkl not found; data.root must hold"):
         SfMPairsDataModule(root=tmp_path / "nowhere", **SMALL).setup()
-    with pytest.raises(DataError, match=r"pool_size \(2\) is smaller than neg_num \(3\)"):
+    with pytest.raises(CbirError, match=r"pool_size \(2\) is smaller than neg_num \(3\)"):
         SfMPairsDataModule(root=release, **{**SMALL, "pool_size": 2, "neg_num": 3})
     single = copy_release(release, tmp_path / "one", lambda db: db["train"].update(cluster=[5] * 31))
-    with pytest.raises(DataError, match="has a single cluster, so no negatives exist"):
+    with pytest.raises(CbirError, match="has a single cluster, so no negatives exist"):
         SfMPairsDataModule(root=single, **SMALL).setup()
 
 

@@ -13,8 +13,9 @@ import torch
 from conftest import REPO, last_json, run_cli
 from PIL import Image
 
-from data_modules import DataError, StanfordDogsDataModule
-from data_modules.stanford_dogs_files import read_box, read_list
+from cbir_lightning.errors import CbirError
+from data_modules import StanfordDogsDataModule
+from data_modules.stanford_dogs.files import read_box, read_list
 
 BREEDS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]
 XML = """<annotation>
@@ -170,35 +171,35 @@ def test_largest_box_is_used_and_outside_box_is_clamped_with_a_warning(tmp_path)
     with pytest.warns(UserWarning, match=r"ann: box \(-3, 4, 55, 29\) lies outside the 40x30 image"):
         assert read_box(path, 40, 30) == (0, 4, 40, 29)
     write_annotation(path, BREEDS[0], (40, 30), [(50, 40, 60, 45)])
-    with warnings.catch_warnings(), pytest.raises(DataError, match="has no area inside"):
+    with warnings.catch_warnings(), pytest.raises(CbirError, match="has no area inside"):
         warnings.simplefilter("ignore")
         read_box(path, 40, 30)
     write_annotation(path, BREEDS[0], (40, 30), [])
-    with pytest.raises(DataError, match="ann: no object/bndbox"):
+    with pytest.raises(CbirError, match="ann: no object/bndbox"):
         read_box(path, 40, 30)
 
 
 def test_bad_release_files_give_one_line_errors(tmp_path):
-    with pytest.raises(DataError, match="has no lists/ folder"):
+    with pytest.raises(CbirError, match="has no lists/ folder"):
         StanfordDogsDataModule(root=tmp_path).setup()
     write_release(tmp_path / "a")
     scipy.io.savemat(
         tmp_path / "a/lists/test_list.mat", {"file_list": cell(["x.jpg"]), "labels": np.ones((1, 1))}
     )
-    with pytest.raises(DataError, match=r"test_list.mat lacks \['annotation_list'\]"):
+    with pytest.raises(CbirError, match=r"test_list.mat lacks \['annotation_list'\]"):
         StanfordDogsDataModule(root=tmp_path / "a").setup()
     (tmp_path / "a/lists/test_list.mat").write_bytes(b"not a mat file")
-    with pytest.raises(DataError, match=r"test_list.mat is not a readable .mat file"):
+    with pytest.raises(CbirError, match=r"test_list.mat is not a readable .mat file"):
         StanfordDogsDataModule(root=tmp_path / "a").setup()
     write_release(tmp_path / "b")
     bad = tmp_path / "b/Images" / BREEDS[2] / "n02085936_13.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    with pytest.raises(DataError, match=r"n02085936_13.jpg: corrupt or unreadable image"):
+    with pytest.raises(CbirError, match=r"n02085936_13.jpg: corrupt or unreadable image"):
         StanfordDogsDataModule(root=tmp_path / "b").setup()
     bad.unlink()
-    with pytest.raises(DataError, match=r"n02085936_13.jpg \(listed in lists/train_list.mat\) not found"):
+    with pytest.raises(CbirError, match=r"n02085936_13.jpg \(listed in lists/train_list.mat\) not found"):
         StanfordDogsDataModule(root=tmp_path / "b").setup()
-    with pytest.raises(DataError, match="mean and std must both be 1 numbers"):
+    with pytest.raises(CbirError, match="mean and std must both be 1 numbers"):
         StanfordDogsDataModule(mean=[0.5, 0.5, 0.5], std=[1, 1, 1])
 
 

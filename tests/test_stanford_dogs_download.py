@@ -9,9 +9,9 @@ import tarfile
 import pytest
 from conftest import SHARED_DATA
 
-from data_modules.errors import DataError
+from cbir_lightning.errors import CbirError
 from data_modules.photo_collection import PhotoCollectionDataModule
-from data_modules.stanford_dogs_download import ARCHIVES, download_stanford_dogs
+from data_modules.stanford_dogs.download import ARCHIVES, download_stanford_dogs
 
 DOGS = SHARED_DATA / "stanford_dogs"
 
@@ -41,12 +41,12 @@ def test_download_extracts_the_release_layout(release, tmp_path):
     assert (root / "lists" / "train_list.mat").is_file() and (root / "Annotation" / breeds[0]).is_dir()
     assert [p.name for p in root.iterdir() if p.name.startswith("tmp")] == []  # archives removed
     # the lists name breeds that are not there: the reader says which file is missing
-    with pytest.raises(DataError, match=r"Images/.* \(in lists/train_list.mat\) not found"):
+    with pytest.raises(CbirError, match=r"Images/.* \(in lists/train_list.mat\) not found"):
         PhotoCollectionDataModule(root=str(root), layout="stanford_dogs", num_workers=0).setup()
 
 
 def test_offline_names_the_file_and_where_to_put_it(tmp_path):
-    with pytest.raises(DataError, match=r"could not download .*images.tar .*offline, place images.tar in"):
+    with pytest.raises(CbirError, match=r"could not download .*images.tar .*offline, place images.tar in"):
         download_stanford_dogs(tmp_path / "dogs", base_url=(tmp_path / "nowhere").as_uri())
 
 
@@ -57,6 +57,6 @@ def test_an_archive_member_leaving_the_root_is_refused(tmp_path):
         member = tarfile.TarInfo("../../escaped.txt")
         member.size = 4
         tar.addfile(member, io.BytesIO(b"evil"))
-    with pytest.raises(DataError, match="would leave"):
+    with pytest.raises(CbirError, match="would leave"):
         download_stanford_dogs(tmp_path / "dogs", base_url=served.as_uri())
     assert not (tmp_path / "escaped.txt").exists()

@@ -102,8 +102,8 @@ class RetrievalMetrics(Callback):
             return
         data = gather_unique(pl_module, self._parts)
         self._parts = []
-        episodes = getattr(trainer.datamodule, "episodes", None) if trainer.datamodule is not None else None
-        split = getattr(trainer.datamodule, "retrieval_split", None)
+        dm = trainer.datamodule  # a RetrievalData (None when fit is given bare dataloaders)
+        episodes, split = (dm.episodes, dm.retrieval_split) if dm is not None else (None, None)
         metrics = self.compute(pl_module, data, episodes, split)
         self.last_metrics = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
         for name, value in self.last_metrics.items():

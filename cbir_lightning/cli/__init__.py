@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from cbir_lightning.errors import USER_ERRORS
+from cbir_lightning.errors import CbirError
 
 TOOL_COMMANDS = (
     "oneshot", "make-runs", "download", "evaluate", "index", "search", "recommend", "serve", "whiten",
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             f"cbir-lightning: error: {text} (see `cbir-lightning {args[0] if args else ''} --help`)\n"
         )
         raise SystemExit(2) from None
-    except (*USER_ERRORS, FileNotFoundError) as err:
+    except (CbirError, FileNotFoundError) as err:
         sys.stderr.write(f"cbir-lightning: error: {err}\n")
         raise SystemExit(1) from None
     except Exception as err:  # jsonargparse wraps errors raised while instantiating the config's classes
@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _user_error_cause(err: BaseException) -> BaseException | None:
-    """The first CbirError / DataError in ``err``'s chain of causes, if any."""
+    """The first CbirError in ``err``'s chain of causes, if any."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, USER_ERRORS):
+        if isinstance(err, CbirError):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__

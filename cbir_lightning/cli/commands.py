@@ -14,11 +14,15 @@ from cbir_lightning.cli.evaluate import evaluate
 from cbir_lightning.cli.search_commands import index, recommend, search, serve
 from cbir_lightning.cli.whiten import whiten
 from cbir_lightning.inference import embed_dataset
-from data_modules.images import resize_uint8
-from data_modules.omniglot_download import download_omniglot
-from data_modules.omniglot_files import SMALL_SETS
-from data_modules.oneshot_runs import build_runs_from_omniglot, evaluate_oneshot_runs, load_oneshot_runs
-from data_modules.revisited_download import REVISITED, download_revisited
+from data_modules.landmarks.download import REVISITED, download_revisited
+from data_modules.omniglot.download import download_omniglot
+from data_modules.omniglot.files import SMALL_SETS
+from data_modules.omniglot.oneshot_runs import (
+    build_runs_from_omniglot,
+    evaluate_oneshot_runs,
+    load_oneshot_runs,
+)
+from data_modules.transforms.images import resize_uint8
 
 
 def oneshot(ckpt: str, runs: str, image_size: int | None = None, batch_size: int = 256) -> dict:
@@ -87,7 +91,7 @@ def download(dataset: str, root: str, sets: list[str] | None = None, images: boo
     if dataset in REVISITED:
         return download_revisited(dataset, root, images=images)
     if dataset == "stanford_dogs":
-        from data_modules.stanford_dogs_download import download_stanford_dogs
+        from data_modules.stanford_dogs.download import download_stanford_dogs
 
         return download_stanford_dogs(root)
     if dataset != "omniglot":

@@ -82,7 +82,7 @@ def reranked_similarity(rerank: str, query: torch.Tensor, data: torch.Tensor):
 
 def evaluate_gnd(queries: str, database: str, gnd: str, rerank: str = "none") -> dict:
     from cbir_lightning.metrics.revisited import original_metrics, revisited_metrics
-    from data_modules.gnd import load_gnd
+    from data_modules.landmarks.gnd import load_gnd
 
     truth = load_gnd(gnd)
     # float64 scores: exact products of float32 descriptors, so only true ties are ties

@@ -30,9 +30,11 @@ RESIZES = ("area", "bilinear", "centre_square", "fit")
 def spec_of_datamodule(datamodule) -> dict:
     """The preprocessing spec of a DataModule's ``eval_transform``; CbirError if there is no recipe for it."""
     from data_modules.labelled_images import LabelledImagesDataModule
+    from data_modules.landmarks import LandmarksTestDataModule
     from data_modules.omniglot import OmniglotDataModule
     from data_modules.photo_collection import PhotoCollectionDataModule
-    from data_modules.photos import PhotoTransform
+    from data_modules.sfm import SfMPairsDataModule
+    from data_modules.transforms.photos import PhotoTransform
 
     def photo(transform: PhotoTransform, resize: str) -> dict:
         return {
@@ -61,8 +63,8 @@ def spec_of_datamodule(datamodule) -> dict:
         }
     if isinstance(datamodule, PhotoCollectionDataModule):
         return photo(datamodule.view.to_tensor, "centre_square")
-    transform = getattr(datamodule, "transform", None)
-    if isinstance(transform, PhotoTransform):
+    if isinstance(datamodule, (LandmarksTestDataModule, SfMPairsDataModule)):
+        transform = datamodule.transform
         return photo(transform, "fit" if transform.keep_aspect else "bilinear")
     raise CbirError(
         f"no ONNX preprocessing recipe for {type(datamodule).__name__}.eval_transform; export supports the "

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
+from cbir_lightning.contracts import RetrievalData
 from cbir_lightning.errors import CbirError
 from cbir_lightning.whitening import apply_whitening, load_whitening
 
@@ -27,7 +28,7 @@ def datamodule_from_checkpoint(ckpt: str | Path | Checkpoint):
     checkpoint = ckpt if isinstance(ckpt, Checkpoint) else read_checkpoint(ckpt)
     ckpt, class_path = checkpoint.path, checkpoint.datamodule_args.get("_class_path")
     datamodule = checkpoint.datamodule()
-    if not callable(getattr(datamodule, "eval_transform", None)):
+    if not isinstance(datamodule, RetrievalData):
         raise CbirError(
             f"DataModule {class_path} of {ckpt} has no eval_transform(image); it cannot index images"
         )

@@ -25,12 +25,13 @@ def _descriptors(module, dataset: Dataset, batch_size: int = 128) -> torch.Tenso
 
 
 def datamodule_whitening_data(datamodule) -> tuple[Dataset, torch.Tensor]:
-    if not hasattr(datamodule, "whitening_data"):
+    data = datamodule.whitening_data()
+    if data is None:
         raise CbirError(
             f"{type(datamodule).__name__} has no whitening_data(); whitening needs a DataModule that "
             "provides training images and matching pairs"
         )
-    return datamodule.whitening_data()
+    return data
 
 
 def fit_whitening(

@@ -1,0 +1,39 @@
+"""``RetrievalDataModule``: the base of every DataModule here; it implements
+:class:`cbir_lightning.contracts.RetrievalData` with the defaults of a data set that lacks a capability.
+
+A subclass provides Lightning's dataloaders and ``eval_transform`` (one PIL image -> the evaluation
+tensor, as its validation set does). It overrides ``episodes`` (N-way one-shot episodes of the validation
+set), ``retrieval_split`` (bool tensor, True for queries scored against the database only) and
+``whitening_data()`` (a dataset of ``(image, label, index)`` items and a pair tensor) where it has them;
+otherwise they are None, and consumers read them as plain attributes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import pytorch_lightning as pl
+import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch.utils.data import Dataset
+
+    from data_modules.sampling.episodes import Episodes
+
+
+class RetrievalDataModule(pl.LightningDataModule, ABC):
+    """A LightningDataModule that provides everything :class:`~cbir_lightning.contracts.RetrievalData`
+    names; ``episodes``, ``retrieval_split`` and ``whitening_data()`` default to None."""
+
+    episodes: Episodes | None = None
+    retrieval_split: torch.Tensor | None = None
+
+    @abstractmethod
+    def eval_transform(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image -> the tensor the validation set would give for it."""
+
+    def whitening_data(self) -> tuple[Dataset, torch.Tensor] | None:
+        """Images and matching pairs for learning whitening; None: this data set has none."""
+        return None

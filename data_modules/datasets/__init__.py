@@ -1,0 +1,2 @@
+"""General datasets: in-memory indexed images, image-folder trees, photo files decoded on access and
+streamed class batches."""

@@ -1,0 +1,1 @@
+"""General file helpers: data-only pickles and atomic downloads."""
