@@ -1,4 +1,5 @@
-# cbir_lightning: `make demo` trains and evaluates the Koch net on Omniglot; `make test` runs the tests.
+# cbir_lightning: `make demo` trains and evaluates the Koch net on Omniglot; `make test` runs the tests
+# (`make test-unit`: only the fast unit tier).
 # Both create .venv (Python 3.11) if it is missing. Data comes from ../shared/data when present,
 # otherwise from the official release.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -6,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED := ../shared/data
 
-.PHONY: demo test venv data lint bench clean chromium
+.PHONY: demo test test-unit venv data lint bench clean chromium
 
 venv: $(VENV)/.installed
 
@@ -61,12 +62,17 @@ test: venv chromium
 	@$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
 
-# Headless Chromium for the web page's end-to-end test (tests/test_web.py skips without it): installed
-# from Debian when missing and we are root; otherwise skipped quietly.
+# The fast tier: every test outside tests/integration/ (no CLI subprocesses, fits, DDP, notebook, benchmarks).
+test-unit: venv
+	@$(BIN)/python -m pytest -q -m "not integration" --durations=10; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
+
+# Headless Chromium for the web page's end-to-end test (tests/integration/test_web.py skips without it):
+# installed from Debian when missing and we are root; otherwise skipped quietly.
 chromium:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
-		|| echo "could not install chromium: tests/test_web.py will skip its browser test"; \
+		|| echo "could not install chromium: tests/integration/test_web.py will skip its browser test"; \
 	fi
 
 lint: venv

@@ -1,0 +1,81 @@
+"""CIFAR-10 through the CLI: one tiny `fit` of configs/cifar10_dsh.yaml on the real subset in
+../shared/data/cifar10, and the offline baseline without weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers.cli import last_json, run_cli
+from helpers.paths import REPO, SHARED_DATA
+
+from cbir_lightning.cli.config_files import read_config
+
+CIFAR_SHARED = SHARED_DATA / "cifar10"
+
+
+@pytest.mark.skipif(not CIFAR_SHARED.is_dir(), reason="real CIFAR-10 subset not in ../shared/data")
+def test_tiny_dsh_fit_on_real_subset(tmp_path):
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "cifar10_dsh.yaml"),
+            "--data.init_args.root",
+            str(CIFAR_SHARED),
+            "--data.init_args.train_per_class",
+            "20",
+            "--data.init_args.database_per_class",
+            "20",
+            "--data.init_args.query_per_class",
+            "5",
+            "--data.init_args.epoch_length",
+            "2",
+            "--model.init_args.bits",
+            "16",
+            "--trainer.max_epochs",
+            "1",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = last_json(proc.stdout)
+    assert result["num_queries"] == 50 and 0 < result["mAP"] <= 1
+    assert Path(result["checkpoint"]).is_file()
+    # `evaluate` on the same checkpoint and split (queries = test, database = train) gives the same numbers
+    config = read_config(REPO / "configs" / "cifar10_dsh.yaml")
+    config["data"]["init_args"].update(
+        root=str(CIFAR_SHARED), train_per_class=20, database_per_class=20, query_per_class=5
+    )
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    proc = run_cli(
+        ["evaluate", "--ckpt", result["checkpoint"], "--config", str(tmp_path / "tiny.yaml")], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = last_json(proc.stdout)
+    assert evaluated["mAP"] == pytest.approx(result["mAP"], abs=1e-6)
+    assert evaluated["recall@5"] == pytest.approx(result["recall@5"], abs=1e-6)
+
+
+def test_baseline_offline_without_weights_says_where_to_put_the_file(tmp_path):
+    proc = run_cli(
+        [
+            "validate",
+            "--config",
+            str(REPO / "configs" / "cifar10_baseline.yaml"),
+            "--data.init_args.root",
+            "x",
+        ],
+        cwd=tmp_path,
+        env={
+            "TORCH_HOME": str(tmp_path / "torch"),
+            "https_proxy": "http://127.0.0.1:9",
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+        },
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    assert last.startswith("cbir-lightning: error: cannot get resnet18 weights IMAGENET1K_V1")
+    assert f"put it at {tmp_path / 'torch' / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth'}" in last

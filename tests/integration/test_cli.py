@@ -1,0 +1,164 @@
+"""The command line end to end on real Omniglot: fit -> JSON + checkpoint + offline W&B run, validate,
+one-shot on Lake's format, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from helpers.cli import TINY_ARGS, last_json, run_cli
+from helpers.paths import REPO
+
+from cbir_lightning.wandb_offline import read_offline_run
+
+CONFIG = str(REPO / "configs" / "omniglot_koch.yaml")
+
+
+def test_fit_reports_best_checkpoint_and_metrics(tiny_run):
+    result = tiny_run["result"]
+    assert tiny_run["ckpt"].is_file() and "best" in tiny_run["ckpt"].name
+    for key in ("oneshot_20way", "mAP", "recall@1", "mAP@R", "precision@10"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["num_queries"] == 42 * 20  # every image of the held-out alphabet (Sanskrit) is a query
+    assert "Traceback" not in tiny_run["stderr"]
+
+
+def test_offline_wandb_run_has_metrics_config_and_grids(tiny_run):
+    runs = list((tiny_run["work"] / "runs" / "omniglot_koch" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = read_offline_run(runs[0])
+    assert math.isclose(logged["summary"]["val/mAP"], tiny_run["result"]["mAP"], abs_tol=1e-6)
+    assert math.isclose(
+        logged["summary"]["val/oneshot_20way"], tiny_run["result"]["oneshot_20way"], abs_tol=1e-6
+    )
+    assert "config" in logged["config"]  # the whole CLI config is logged
+    media = {p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "images" / "val").glob("*.png")}
+    assert media == {"retrievals", "oneshot"}
+
+
+def test_validate_checkpoint_reproduces_fit_numbers(tiny_run, omniglot_root):
+    proc = run_cli(
+        [
+            "validate",
+            "--config",
+            CONFIG,
+            "--data.init_args.root",
+            str(omniglot_root),
+            *TINY_ARGS,
+            "--ckpt_path",
+            str(tiny_run["ckpt"]),
+        ],
+        cwd=tiny_run["work"],
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = last_json(proc.stdout)
+    for key in ("mAP", "oneshot_20way", "recall@1"):
+        assert math.isclose(result[key], tiny_run["result"][key], abs_tol=1e-6), key
+
+
+def test_oneshot_on_lake_format(tiny_run, omniglot_root, tmp_path):
+    runs = tmp_path / "all_runs"
+    made = run_cli(
+        [
+            "make-runs",
+            "--sources",
+            f"[{omniglot_root}]",
+            "--out",
+            str(runs),
+            "--alphabets",
+            "[Japanese_(katakana), Sanskrit]",
+            "--num_runs",
+            "6",
+        ],
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert sorted(p.name for p in runs.iterdir()) == [f"run{i:02d}" for i in range(1, 7)]
+    proc = run_cli(["oneshot", "--ckpt", str(tiny_run["ckpt"]), "--runs", str(runs)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = last_json(proc.stdout)
+    assert len(result["per_run"]) == 6
+    assert math.isclose(result["accuracy"], sum(result["per_run"].values()) / 6, abs_tol=1e-6)
+    assert all(v * 20 == round(v * 20) for v in result["per_run"].values())
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines and lines[-1].startswith("cbir-lightning: error:"), proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[-1], (needle, lines[-1])
+
+
+def test_unknown_config_key_is_one_line(tmp_path, omniglot_root):
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.init_args.root",
+            str(omniglot_root),
+            "--data.init_args.imag_size",
+            "28",
+        ],
+        cwd=tmp_path,
+    )
+    _one_line_error(proc, "imag_size")
+    assert proc.returncode == 2
+
+
+def test_missing_data_root_is_one_line(tmp_path):
+    proc = run_cli(
+        ["fit", "--config", CONFIG, "--data.init_args.root", str(tmp_path / "missing"), *TINY_ARGS],
+        cwd=tmp_path,
+    )
+    _one_line_error(proc, str(tmp_path / "missing"), "images_background_small1")
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_missing_and_truncated_checkpoints_are_one_line(tiny_run, tmp_path):
+    _one_line_error(
+        run_cli(["oneshot", "--ckpt", str(tmp_path / "nope.ckpt"), "--runs", str(tmp_path)], cwd=tmp_path),
+        "nope.ckpt",
+        "not found",
+    )
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(Path(tiny_run["ckpt"]).read_bytes()[:5000])
+    _one_line_error(
+        run_cli(["validate", "--config", CONFIG, "--ckpt_path", str(truncated)], cwd=tmp_path),
+        "truncated.ckpt",
+        "truncated",
+    )
+
+
+@pytest.mark.parametrize("command", [["--help"], ["oneshot", "--help"]])
+def test_help(command, tmp_path):
+    proc = run_cli(command, cwd=tmp_path)
+    assert proc.returncode == 0 and "usage" in proc.stdout.lower()
+
+
+def test_config_interpolation_resolves(tmp_path):
+    """${...} in the config follows command-line overrides of the keys it points to."""
+    proc = run_cli(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.init_args.image_size",
+            "40",
+            "--trainer.max_epochs",
+            "3",
+            "--print_config",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "input_size: 40" in proc.stdout and "T_max: 3" in proc.stdout
+
+
+def test_unknown_tool_command_flag_is_one_line(tmp_path):
+    proc = run_cli(["oneshot", "--ckpt", "x.ckpt", "--runs", "r", "--bogus", "1"], cwd=tmp_path)
+    _one_line_error(proc, "--bogus")
+    assert proc.returncode == 2

@@ -1,0 +1,129 @@
+"""Checkpoints written before the issue-14 redesign still load, and evaluate to the same numbers.
+
+``tests/fixtures/legacy/`` holds tiny checkpoints of each model family (Koch on Omniglot, GeM with a
+whitening layer and a post-hoc whitening file on a photo collection, DSH on CIFAR-10) with the run's
+``config.yaml``, written by ``make_fixtures.py`` with the code before the redesign, and ``expected.json``:
+the commands a user evaluates them with and what that code printed. Each test repeats the commands
+through the ``cbir-lightning`` CLI with the code under test and compares: metrics (printed rounded to 6
+decimals) exactly, index vectors within 1e-6, search results by path and order (scores within 1e-6, one
+unit of their printed rounding). Loading must not warn about missing or unexpected state-dict keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers.paths import REPO, SHARED_DATA
+
+FIXTURES = REPO / "tests" / "fixtures" / "legacy"
+SHARED = SHARED_DATA
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+CHECKPOINTS = EXPECTED["checkpoints"]
+KEY_WARNING = re.compile(
+    r"missing key|unexpected key|missing_keys|unexpected_keys|not in the model state dict|"
+    r"were not used|weights? (?:not|were not) (?:initiali[sz]ed|loaded)",
+    re.IGNORECASE,
+)
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m cbir_lightning ARGS`` with the current environment; warnings shown, W&B offline."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "default"})
+    return subprocess.run(
+        [sys.executable, "-m", "cbir_lightning", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def last_json(stdout: str):
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert lines, "no output"
+    return json.loads(lines[-1])
+
+
+def substitute(args: list[str], tmp: Path) -> list[str]:
+    return [a.format(fixtures=FIXTURES, shared=SHARED, tmp=tmp) for a in args]
+
+
+def relative(path: str) -> str:
+    return Path(path).resolve().relative_to(SHARED.resolve()).as_posix()
+
+
+def index_rows(index: Path, images: Path, wanted: list[str]) -> dict[str, np.ndarray]:
+    """The index's vectors (``embeddings.npy`` of the ``CURRENT`` version) of the files ``wanted``
+    (paths relative to ``SHARED``), found through its ``manifest.json``."""
+    version = index / (index / "CURRENT").read_text().strip()
+    manifest = json.loads((version / "manifest.json").read_text())
+    vectors = np.load(version / "embeddings.npy")
+    rows = {}
+    for i, item in enumerate(manifest["items"]):
+        path = Path(item["path"])
+        path = path if path.is_absolute() else images / path
+        rows[path.resolve().relative_to(SHARED.resolve()).as_posix()] = vectors[i]
+    missing = sorted(set(wanted) - set(rows))
+    assert not missing, f"not in the index: {missing}"
+    return {w: rows[w] for w in wanted}
+
+
+def check(command: dict, proc: subprocess.CompletedProcess, tmp: Path) -> None:
+    args = substitute(command["args"], tmp)
+    assert proc.returncode == 0, f"cbir-lightning {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    warned = [line for line in (proc.stderr + proc.stdout).splitlines() if KEY_WARNING.search(line)]
+    assert not warned, f"cbir-lightning {' '.join(args)} warned about state-dict keys: {warned}"
+    result = last_json(proc.stdout)
+    kind = command["kind"]
+    if kind in ("validate", "evaluate"):
+        result.pop("checkpoint", None)
+        assert result == command["metrics"]
+    elif kind == "search":
+        got = [(relative(r["path"]), r["score"]) for r in result]
+        want = [(r["path"], r["score"]) for r in command["results"]]
+        assert [p for p, _ in got] == [p for p, _ in want]
+        assert np.allclose([s for _, s in got], [s for _, s in want], rtol=0, atol=1e-6), (got, want)
+    elif kind == "index":
+        assert result.get("count") == command["count"], result  # images indexed
+        images = Path(args[args.index("--images") + 1])
+        out = Path(args[args.index("--out") + 1])
+        rows = index_rows(out, images, list(command["embeddings"]))
+        for path, vector in command["embeddings"].items():
+            got, want = torch.from_numpy(rows[path]).double(), torch.tensor(vector, dtype=torch.float64)
+            assert got.shape == want.shape, (path, got.shape, want.shape)
+            assert torch.allclose(got, want, rtol=0, atol=1e-6), (path, (got - want).abs().max())
+    else:
+        raise AssertionError(f"unknown command kind {kind!r} in expected.json")
+
+
+def test_fixtures_are_complete_and_small():
+    total = 0
+    for name, entry in CHECKPOINTS.items():
+        for file in entry["files"]:
+            path = FIXTURES / name / file
+            assert path.is_file(), path
+            assert path.stat().st_size < 1_000_000, path
+            total += path.stat().st_size
+        assert any(c["kind"] in ("validate", "evaluate") for c in entry["commands"]), name
+    assert total < 3_000_000
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINTS))
+def test_legacy_checkpoint_evaluates_as_before(name, tmp_path):
+    entry = CHECKPOINTS[name]
+    needed = {a for c in entry["commands"] for a in c["args"] if a.startswith("{shared}/")}
+    for path in sorted(needed):
+        if not Path(path.format(shared=SHARED)).exists():
+            pytest.skip(f"shared data {path.format(shared=SHARED)} not found")
+    for command in entry["commands"]:  # in order: search reads the index written before it
+        check(command, run(substitute(command["args"], tmp_path), cwd=tmp_path), tmp_path)
