@@ -21,6 +21,17 @@ def pairs_to_indices(
     return anchors[pos], others[pos], anchors[~pos], others[~pos]
 
 
+def aligned_pairs(same: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """Labels ``[2n]`` and the pair indices tuple of ``n`` aligned pairs embedded as ``[first; second]``:
+    rows ``i`` and ``n + i`` form pair ``i``; a matching pair shares the label ``i``, every other row has
+    a label of its own (``labels = arange(2n)``, then ``labels[n + i] = i`` where ``same[i]``)."""
+    n = len(same)
+    anchors = torch.arange(n, device=same.device)
+    labels = torch.arange(2 * n, device=same.device)
+    labels[n:][same.bool()] = anchors[same.bool()]
+    return labels, pairs_to_indices(anchors, anchors + n, same)
+
+
 def indices_to_pairs(
     indices_tuple: tuple, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

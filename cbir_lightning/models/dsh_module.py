@@ -20,7 +20,7 @@ from torch import nn
 
 from cbir_lightning.contracts import ClassBatch, PairBatch
 from cbir_lightning.losses.by_name import dsh_loss
-from cbir_lightning.losses.pairs import pairs_to_indices
+from cbir_lightning.losses.pairs import aligned_pairs
 from cbir_lightning.models.dsh_net import DSHNet
 from cbir_lightning.models.embedding_module import EmbeddingModule
 from cbir_lightning.retrieval.hamming import hamming_distances, pack_codes, sign_codes
@@ -74,13 +74,9 @@ class DSHModule(EmbeddingModule):
 
     def training_step(self, batch: PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
         if isinstance(batch, PairBatch):
-            n = len(batch.same)
             codes = torch.cat([self.codes(batch.first), self.codes(batch.second)])
-            anchors = torch.arange(n, device=codes.device)
-            labels = torch.arange(2 * n, device=codes.device)
-            labels[n:][batch.same.bool()] = anchors[batch.same.bool()]  # a matching pair shares a label
-            loss = self.loss(codes, labels, pairs_to_indices(anchors, anchors + n, batch.same))
-            size = n
+            loss = self.loss(codes, *aligned_pairs(batch.same))
+            size = len(batch.same)
         elif isinstance(batch, ClassBatch):
             loss = self.loss(self.codes(batch.images), batch.labels)
             size = len(batch.labels)

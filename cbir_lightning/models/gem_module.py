@@ -36,7 +36,7 @@ from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import embed_grouped
 from cbir_lightning.losses.by_name import gem_loss, gem_miner
 from cbir_lightning.losses.contrastive import tuple_pairs
-from cbir_lightning.losses.pairs import pairs_to_indices
+from cbir_lightning.losses.pairs import aligned_pairs, pairs_to_indices
 from cbir_lightning.models.embedding_module import EmbeddingModule
 from cbir_lightning.models.gem_net import GeMNet
 from cbir_lightning.models.multiscale import multiscale_embed
@@ -199,13 +199,9 @@ class GeMSiameseModule(EmbeddingModule):
             loss = self.loss(embeddings, labels, pairs_to_indices(anchors, others, targets))
             size = len(tuples)
         elif isinstance(batch, PairBatch):
-            n = len(batch.same)
             embeddings = self.embed(torch.cat([batch.first, batch.second]))
-            anchors = torch.arange(n, device=self.device)
-            labels = torch.arange(2 * n, device=self.device)
-            labels[n:][batch.same.bool()] = anchors[batch.same.bool()]
-            loss = self.loss(embeddings, labels, pairs_to_indices(anchors, anchors + n, batch.same))
-            size = n
+            loss = self.loss(embeddings, *aligned_pairs(batch.same))
+            size = len(batch.same)
         elif isinstance(batch, ClassBatch):
             images, labels = batch
             embeddings = self.embed(images)

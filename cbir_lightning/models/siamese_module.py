@@ -22,7 +22,7 @@ from cbir_lightning.contracts import ClassBatch, PairBatch
 from cbir_lightning.losses.by_name import batch_loss as build_batch_loss
 from cbir_lightning.losses.model_similarity import ModelSimilarity
 from cbir_lightning.losses.pair_bce_loss import PairBCELoss
-from cbir_lightning.losses.pairs import pairs_to_indices
+from cbir_lightning.losses.pairs import aligned_pairs
 from cbir_lightning.losses.score_loss import ScoreLoss
 from cbir_lightning.models.embedding_module import EmbeddingModule
 from cbir_lightning.models.param_groups import layer_param_groups
@@ -75,14 +75,9 @@ class SiameseModule(EmbeddingModule):
 
     def training_step(self, batch: PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
         if isinstance(batch, PairBatch):
-            n = len(batch.same)
             embeddings = torch.cat([self.embed(batch.first), self.embed(batch.second)])
-            anchors = torch.arange(n, device=embeddings.device)
-            labels = torch.arange(2 * n, device=embeddings.device)
-            labels[n:][batch.same.bool()] = anchors[batch.same.bool()]  # a matching pair shares a label
-            indices = pairs_to_indices(anchors, anchors + n, batch.same)
-            loss = self.pair_loss(embeddings, labels, indices)
-            size = n
+            loss = self.pair_loss(embeddings, *aligned_pairs(batch.same))
+            size = len(batch.same)
         elif isinstance(batch, ClassBatch):
             loss = self.batch_loss(self.embed(batch.images), batch.labels)
             size = len(batch.labels)

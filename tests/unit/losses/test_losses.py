@@ -245,3 +245,11 @@ def test_normalized_items_keep_the_batch_type():
     images = torch.randint(0, 255, (2, 3, 4, 4), dtype=torch.uint8)
     item = NormalizedItems(IndexedImages(images, torch.tensor([0, 1])), [0.5] * 3, [0.25] * 3)[1]
     assert isinstance(item, EvalBatch) and item.indices.item() == 1
+
+
+def test_aligned_pairs_by_hand():
+    from cbir_lightning.losses.pairs import aligned_pairs
+
+    labels, (a1, p, a2, n) = aligned_pairs(torch.tensor([1, 0, 1]))
+    assert labels.tolist() == [0, 1, 2, 0, 4, 2]  # rows 3 and 5 match rows 0 and 2; row 4 matches none
+    assert (a1.tolist(), p.tolist(), a2.tolist(), n.tolist()) == ([0, 2], [3, 5], [1], [4])
