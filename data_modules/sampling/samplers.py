@@ -23,14 +23,21 @@ def item_generator(seed: int, key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
+def replicas_and_rank(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """The given ``(num_replicas, rank)``, each None replaced by the process group's (1 and 0 without one)."""
+    grouped = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if grouped else 1
+    if rank is None:
+        rank = dist.get_rank() if grouped else 0
+    return num_replicas, rank
+
+
 class EpochSampler(DistributedSampler):
     """Yields ``epoch * num_items + i`` for this rank's share of ``i in range(num_items)``."""
 
     def __init__(self, num_items: int, num_replicas: int | None = None, rank: int | None = None) -> None:
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        num_replicas, rank = replicas_and_rank(num_replicas, rank)
         super().__init__(
             range(num_items), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True
         )

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from cbir_lightning.contracts import TupleBatch
+from data_modules.sampling.samplers import replicas_and_rank
 
 
 def collate_tuples(batch: list[list[torch.Tensor]]) -> TupleBatch:
@@ -34,10 +34,7 @@ class TupleSampler(DistributedSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        num_replicas, rank = replicas_and_rank(num_replicas, rank)
         super().__init__(
             range(num_tuples), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True
         )
