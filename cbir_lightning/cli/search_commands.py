@@ -33,8 +33,8 @@ def index(
         devices / strategy / num_nodes: Lightning Trainer settings; ``--devices 4 --strategy ddp`` shards
             the images over 4 processes (GPUs), and rank 0 gathers the vectors and writes the index.
     """
+    from cbir_lightning.api import Index
     from cbir_lightning.errors import CbirError
-    from cbir_lightning.search.index import build_index
 
     options = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
     if model is not None:
@@ -44,12 +44,12 @@ def index(
                 "--num-nodes, or index with --ckpt"
             )
         options = None
-    result = build_index(ckpt, images, out, batch_size, options, onnx_model=model)
-    if result is None:  # a DDP worker process: rank 0 reports
+    built = Index.build(images, out, ckpt=ckpt, onnx=model, batch_size=batch_size, trainer_options=options)
+    if built is None:  # a DDP worker process: rank 0 reports
         return None
-    for skipped in result["skipped"]:
+    for skipped in built.report["skipped"]:
         print(f"skipped {skipped['path']}: {skipped['reason']}")
-    return result
+    return built.report
 
 
 def search(
@@ -76,19 +76,19 @@ def search(
         model: the index's ONNX model (``cbir-lightning export``) at another path, or an export of the
             index's checkpoint (same whitening), run with ONNX Runtime.
     """
+    from cbir_lightning.api import Index
     from cbir_lightning.search.files import crop_image, open_image, parse_crop
-    from cbir_lightning.search.query import SearchIndex, search_image
     from cbir_lightning.search.sheet import contact_sheet
 
     parse_crop(crop)  # a bad --crop is refused (one line) before any work
-    opened = SearchIndex.open(index)
-    loaded = opened.load_model(ckpt, model)
+    opened = Index.open(index, ckpt=ckpt, onnx=model)
+    opened.embedder  # noqa: B018 (the index's model is checked before the query is read)
     image = open_image(query)
-    results = search_image(opened, loaded, image, top_k, crop, rerank)
+    results = [{"path": r.path, "score": r.score} for r in opened.search(image, top_k, crop, rerank)]
     if sheet:
         contact_sheet(crop_image(image, parse_crop(crop)), results, sheet)
         print(f"contact sheet: {sheet}")
-    return [{"path": r["path"], "score": r["score"]} for r in results]
+    return results
 
 
 def recommend(
@@ -109,15 +109,15 @@ def recommend(
         ckpt: the index's checkpoint at another path (must be the same model).
         model: the index's ONNX model at another path, or an export of its checkpoint (see ``search``).
     """
-    from cbir_lightning.search.query import SearchIndex, recommend_image
+    from cbir_lightning.api import Index
 
-    opened = SearchIndex.open(index)
-    loaded = opened.load_model(ckpt, model)
-    result = recommend_image(opened, loaded, image, top_k, duplicate_threshold)
+    opened = Index.open(index, ckpt=ckpt, onnx=model)
+    opened.embedder  # noqa: B018 (the index's model is checked before the image is read)
+    result = opened.recommend(image, top_k, duplicate_threshold)
     return {
-        "results": [{"path": r["path"], "score": r["score"]} for r in result["results"]],
-        "exact_duplicates": [r["path"] for r in result["exact_duplicates"]],
-        "near_duplicates": [r["path"] for r in result["near_duplicates"]],
+        "results": [{"path": r.path, "score": r.score} for r in result["results"]],
+        "exact_duplicates": [r.path for r in result["exact_duplicates"]],
+        "near_duplicates": [r.path for r in result["near_duplicates"]],
     }
 
 

@@ -11,6 +11,7 @@ from torch import Tensor
 from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
 from cbir_lightning.contracts import RetrievalData
 from cbir_lightning.errors import CbirError
+from cbir_lightning.inference import model_device
 from cbir_lightning.whitening import apply_whitening, load_whitening
 
 
@@ -95,10 +96,15 @@ class SearchModel:
         with torch.no_grad():
             return self.module.similarity(queries.float(), database.float()).double()
 
+    def embed(self, images: Tensor) -> Tensor:
+        """Preprocessed images ``[n, C, H, W]`` (on any device) -> index vectors ``[n, D]`` on the CPU: the
+        module's ``embed`` on its own device, then ``post_process``."""
+        with torch.no_grad():
+            return self.post_process(self.module.embed(images.to(model_device(self.module))).cpu())
+
     def embed_image(self, image) -> Tensor:
         """One PIL image -> its index vector ``[1, D]``."""
-        with torch.no_grad():
-            return self.post_process(self.module.embed(self.transform(image)[None]))
+        return self.embed(self.transform(image)[None])
 
 
 def check_model_args(ckpt, onnx_model) -> None:

@@ -1,0 +1,262 @@
+"""The Python API: ``Embedder`` (images -> vectors) and ``Index`` (build, open, search, recommend).
+
+A thin layer over what the ``index`` / ``search`` / ``recommend`` commands run (and the commands call it):
+
+    from cbir_lightning import Embedder, Index
+
+    embedder = Embedder.load("model.ckpt")          # or "model.onnx" (cbir-lightning export)
+    vectors = embedder.embed(["a.jpg", "b.jpg"])    # torch.Tensor [2, embedder.dim]
+    index = Index.build("photos/", "photos.idx", "model.ckpt")
+    hits = Index.open("photos.idx").search("a.jpg", k=5)   # [Result(rank=1, path=..., score=...), ...]
+
+Images are file paths, PIL images, or tensors already preprocessed (``embedder.preprocess(image)``:
+``[C, H, W]`` or a batch ``[N, C, H, W]``), or a list of those. Vectors are index vectors: a checkpoint's
+whitening file (``CKPT.whitening.pt``) is applied, as ``cbir-lightning index`` does. Bad input raises
+:class:`~cbir_lightning.errors.CbirError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from cbir_lightning.errors import CbirError
+
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+
+
+def model_files(model, ckpt=None, onnx=None) -> tuple:
+    """``(ckpt, onnx)`` paths of a model given as a file (checkpoint or ONNX, by suffix) or an Embedder;
+    ``ckpt``/``onnx`` name the kind explicitly instead."""
+    if model is None:
+        return ckpt, onnx
+    if ckpt is not None or onnx is not None:
+        raise CbirError("pass the model once: as model=, ckpt= or onnx=")
+    if isinstance(model, Embedder):
+        return (None, model.path) if model.is_onnx else (model.path, None)
+    path = Path(model)
+    if path.suffix.lower() == ".onnx":
+        return None, path
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return path, None
+    raise CbirError(
+        f"model file {path} must be a checkpoint (.ckpt) or an ONNX export (.onnx, `cbir-lightning export`)"
+    )
+
+
+class Embedder:
+    """A trained model as a function from images to vectors (the vectors an index of it holds)."""
+
+    def __init__(self, model) -> None:
+        self.model = model  # a SearchModel (checkpoint) or an OnnxSearchModel (ONNX export)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Embedder:
+        """The model of a checkpoint (``.ckpt``, on ``device``) or an ONNX export (``.onnx``, CPU)."""
+        ckpt, onnx = model_files(path)
+        return cls.from_onnx(onnx) if onnx is not None else cls.from_checkpoint(ckpt, device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Embedder:
+        """A checkpoint of ``cbir-lightning fit``: its module and its DataModule's ``eval_transform``."""
+        from cbir_lightning.search.model import SearchModel
+
+        model = SearchModel.load(path)
+        model.module.to(device)
+        return cls(model)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, threads: int | None = None) -> Embedder:
+        """An ONNX file of ``cbir-lightning export``, on ONNX Runtime (CPU, ``threads`` intra-op)."""
+        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
+
+        return cls(OnnxSearchModel.load(path, threads))
+
+    @property
+    def path(self) -> Path:
+        """The checkpoint or ONNX file."""
+        return self.model.checkpoint
+
+    @property
+    def is_onnx(self) -> bool:
+        return getattr(self.model, "is_onnx", False)
+
+    def preprocess(self, image: Image.Image | str | Path) -> Tensor:
+        """An image (PIL or file) -> the model's input ``[C, H, W]`` (the evaluation transform)."""
+        from cbir_lightning.search.files import open_image
+
+        return self.model.transform(image if isinstance(image, Image.Image) else open_image(image))
+
+    @cached_property
+    def input_shape(self) -> tuple:
+        """``(C, H, W)`` of the model's input; ``(C, None, None)`` when the size follows the image."""
+        wide, tall = (self.preprocess(Image.new("RGB", size)).shape for size in ((96, 64), (64, 96)))
+        return tuple(wide) if wide == tall else (wide[0], None, None)
+
+    @cached_property
+    def dim(self) -> int:
+        """Length of a vector."""
+        return int(self.embed(Image.new("RGB", (64, 64))).shape[1])
+
+    def embed(self, images, batch_size: int = 32) -> Tensor:
+        """Images (one or a list: paths, PIL images, preprocessed ``[C, H, W]`` / ``[N, C, H, W]`` tensors)
+        -> vectors ``[N, D]`` (float32, CPU), ``batch_size`` images per forward pass."""
+        from cbir_lightning.inference import embed_grouped
+
+        items = self._items(images)
+        if not items:
+            return torch.zeros(0, self.dim)
+        out = []
+        for start in range(0, len(items), batch_size):
+            tensors = [self._input(item) for item in items[start : start + batch_size]]
+            out.append(embed_grouped(self.model.embed, tensors))
+        return torch.cat(out)
+
+    def _items(self, images) -> list:
+        """``images`` as a list of single images (a 4-D tensor gives its rows)."""
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        items = []
+        for image in images:
+            if isinstance(image, Tensor):
+                items.extend(self._check(image))
+            elif isinstance(image, (str, Path, Image.Image)):
+                items.append(image)
+            else:
+                raise CbirError(
+                    f"cannot embed a {type(image).__name__}; pass image files, PIL images or tensors "
+                    "from embedder.preprocess(image)"
+                )
+        return items
+
+    def _check(self, images: Tensor) -> Tensor:
+        """``images`` as a batch ``[N, C, H, W]`` if it is float of the model's input shape (``[C, H, W]`` or
+        ``[N, C, H, W]``); CbirError otherwise."""
+        c, h, w = self.input_shape
+        batch = images[None] if images.ndim == 3 else images
+        if (
+            batch.ndim != 4
+            or not batch.is_floating_point()
+            or batch.shape[1] != c
+            or (h is not None and tuple(batch.shape[2:]) != (h, w))
+        ):
+            size = f"{c}, {h or 'H'}, {w or 'W'}"
+            raise CbirError(
+                f"image tensor of shape {tuple(images.shape)} ({images.dtype}) is not the model's input "
+                f"(float [{size}] or [N, {size}]); pass image files, PIL images or tensors from "
+                "embedder.preprocess(image)"
+            )
+        return batch
+
+    def _input(self, item) -> Tensor:
+        return item if isinstance(item, Tensor) else self.preprocess(item)
+
+
+class Result(NamedTuple):
+    """One hit of a search: ``rank`` 1 is the most similar; ``score`` as the model scores it."""
+
+    rank: int
+    path: str
+    score: float
+
+
+def _results(found: list[dict]) -> list[Result]:
+    return [Result(rank, r["path"], r["score"]) for rank, r in enumerate(found, 1)]
+
+
+class Index:
+    """An index folder written by ``cbir-lightning index`` / ``Index.build``, with its model."""
+
+    def __init__(self, path: str | Path, model=None, *, ckpt=None, onnx=None) -> None:
+        self.path = Path(path)
+        self._ckpt, self._onnx = model_files(model, ckpt, onnx)
+        self._searcher = None
+
+    @classmethod
+    def open(cls, path: str | Path, model=None, *, ckpt=None, onnx=None) -> Index:
+        """The index at ``path``. Queries are embedded with the model it was built with, or ``model`` (a
+        copy: a file, by suffix, or an Embedder; ``ckpt=`` / ``onnx=`` name the kind); another model is
+        refused when first needed."""
+        index = cls(path, model, ckpt=ckpt, onnx=onnx)
+        index.searcher  # noqa: B018 (a missing or damaged index is reported here)
+        return index
+
+    @classmethod
+    def build(
+        cls,
+        images: str | Path,
+        out: str | Path,
+        model=None,
+        *,
+        ckpt=None,
+        onnx=None,
+        batch_size: int = 32,
+        trainer_options: dict | None = None,
+    ) -> Index | None:
+        """Index every jpg/png/webp below ``images`` into the folder ``out`` (as ``cbir-lightning index``:
+        incremental, atomic); ``model`` as in ``open``. ``trainer_options``: Lightning Trainer arguments of
+        the predict loop (checkpoints). ``index.report`` is the command's JSON; None in a DDP worker."""
+        from cbir_lightning.search.index import build_index
+
+        ckpt, onnx = model_files(model, ckpt, onnx)
+        report = build_index(ckpt, images, out, batch_size, trainer_options, onnx_model=onnx)
+        if report is None:
+            return None
+        index = cls(out, ckpt=ckpt, onnx=onnx)
+        index.report = report
+        return index
+
+    @property
+    def searcher(self):
+        """The loaded :class:`~cbir_lightning.search.query.SearchIndex` (vectors, faiss, manifest)."""
+        if self._searcher is None:
+            from cbir_lightning.search.query import SearchIndex
+
+            self._searcher = SearchIndex.open(self.path)
+        return self._searcher
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        """The index's model (checked to be the one that built it)."""
+        return Embedder(self.searcher.load_model(self._ckpt, self._onnx))
+
+    def __len__(self) -> int:
+        return len(self.searcher.items)
+
+    @property
+    def paths(self) -> list[str]:
+        """The indexed files, in row order."""
+        return [str(self.searcher.item_path(i)) for i in range(len(self))]
+
+    def search(self, query, k: int = 10, crop=None, rerank: str = "none") -> list[Result]:
+        """The ``k`` most similar items to ``query``: an image (file, PIL image, preprocessed ``[C, H, W]``
+        tensor) or a vector ``[D]`` / ``[1, D]``. ``crop``: ``(x0, y0, x1, y1)`` of an image in pixels;
+        ``rerank``: ``none``, ``aqe``, ``dba`` or ``diffusion`` (on the first 100 results)."""
+        from cbir_lightning.search.query import search_image
+
+        if isinstance(query, (str, Path, Image.Image)):
+            return _results(search_image(self.searcher, self.embedder.model, query, k, crop, rerank))
+        if crop is not None:
+            raise CbirError("crop applies to image files and PIL images; crop the image before embedding")
+        query = torch.as_tensor(query)
+        if query.ndim >= 3:
+            query = self.embedder.embed(query)
+        query = query.reshape(1, -1) if query.ndim == 1 else query
+        if len(query) != 1:
+            raise CbirError(f"search takes one query, got {len(query)}; search each in turn")
+        searcher = self.searcher
+        model = self.embedder.model if searcher.manifest["scoring"] == "model" else None
+        scores, rows = searcher.search_vectors(query, k, model, rerank)
+        return _results(searcher.results(scores[0], rows[0]))
+
+    def recommend(self, image: str | Path, k: int = 10, duplicate_threshold: float = 0.98) -> dict:
+        """Items similar to the image file ``image``: ``{"results": [Result], "exact_duplicates": [Result]
+        (same file hash), "near_duplicates": [Result] (score >= duplicate_threshold)}``."""
+        from cbir_lightning.search.query import recommend_image
+
+        found = recommend_image(self.searcher, self.embedder.model, image, k, duplicate_threshold)
+        return {key: _results(items) for key, items in found.items()}
