@@ -157,7 +157,8 @@ class Embedder:
 
 
 class Result(NamedTuple):
-    """One hit of a search: ``rank`` 1 is the most similar; ``score`` as the model scores it."""
+    """One hit of a search: ``rank`` 1 is the most similar; ``score`` as the model scores it (6 decimals,
+    as ``cbir-lightning search`` prints it)."""
 
     rank: int
     path: str
@@ -242,7 +243,13 @@ class Index:
             return _results(search_image(self.searcher, self.embedder.model, query, k, crop, rerank))
         if crop is not None:
             raise CbirError("crop applies to image files and PIL images; crop the image before embedding")
-        query = torch.as_tensor(query)
+        try:
+            query = torch.as_tensor(query)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise CbirError(
+                f"cannot search by a {type(query).__name__}; pass an image file, a PIL image, a preprocessed "
+                "image tensor or a vector"
+            ) from err
         if query.ndim >= 3:
             query = self.embedder.embed(query)
         query = query.reshape(1, -1) if query.ndim == 1 else query

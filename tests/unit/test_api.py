@@ -115,6 +115,7 @@ def test_index_queries_and_bad_input(embedder, files, tmp_path):
     one_line_error(lambda: index.search(torch.zeros(2, 32)), "search takes one query, got 2")
     one_line_error(lambda: index.search(vector, crop="0,0,5,5"), "crop applies to image files")
     one_line_error(lambda: index.search(query, rerank="magic"), "--rerank must be one of")
+    one_line_error(lambda: index.search([query]), "cannot search by a list")
 
 
 def test_import_stays_light():
