@@ -120,12 +120,12 @@ class FaissKnn:
             scores, indices = order_candidates(scores, found)
         return (-(-scores).sqrt() if self.metric == "l2" else scores), indices
 
-    def _candidates(self, query: Tensor, rows: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    def _candidates(self, query: Tensor, rows: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
         distances, found = self.index.search(query.numpy(), size)
-        last = torch.from_numpy(distances[:, -1]).double()
-        bound_score = -last if self.metric == "l2" else last  # faiss L2 gives squared distances
+        approx = torch.from_numpy(distances).double()
+        approx = -approx if self.metric == "l2" else approx  # faiss L2 gives squared distances
         error = rounding_bound(query.shape[1], query.double().norm(dim=1), self.max_norm, self.metric)
-        return torch.from_numpy(found).long(), bound_score + error
+        return torch.from_numpy(found).long(), approx, error
 
 
 def _kind(faiss, index) -> str:

@@ -69,7 +69,7 @@ class TorchKnn:
             shift = torch.zeros(len(query), dtype=torch.float64)
         values, found = grouped_topk(approx, size)
         error = rounding_bound(query.shape[1], query.double().norm(dim=1), self.max_norm, self.metric)
-        return found, values[:, -1].double() - shift + error
+        return found, values.double() - shift[:, None], error
 
 
 def grouped_topk(scores: Tensor, k: int, group: int = 32) -> tuple[Tensor, Tensor]:
