@@ -58,7 +58,7 @@ def main() -> None:
     ours_faiss_s, (_, via_faiss) = timed(lambda: ours_faiss.search(query, k), args.repeats)
     identical = bool(torch.equal(exact, via_faiss) and torch.equal(exact, via_torch))
     raw_recall = knn_recall(torch.from_numpy(raw), exact)
-    print(f"ours exact ({ours.choose(len(query)):5})       {ours_s:7.2f} s")
+    print(f"ours exact ({ours.choose(len(query), args.dim):5})       {ours_s:7.2f} s")
     print(f"ours exact (torch)        {ours_torch_s:7.2f} s")
     print(f"ours exact (faiss flat)   {ours_faiss_s:7.2f} s   identical rankings (all three): {identical}")
     print(
@@ -71,7 +71,7 @@ def main() -> None:
         "dim": args.dim,
         "k": k,
         "torch_threads": torch.get_num_threads(),
-        "ours_exact_backend": ours.choose(len(query)),
+        "ours_exact_backend": ours.choose(len(query), args.dim),
         "ours_exact_seconds": round(ours_s, 3),
         "ours_torch_seconds": round(ours_torch_s, 3),
         "ours_faiss_flat_seconds": round(ours_faiss_s, 3),

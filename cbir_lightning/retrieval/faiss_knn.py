@@ -24,9 +24,9 @@ from cbir_lightning.retrieval.exact import canonical_scores, exact_topk, order_c
 from cbir_lightning.retrieval.torch_knn import prepare
 
 INDEXES = ("flat", "ivf", "hnsw")
-# faiss's flat search uses BLAS from about this many queries on; below it a scan about 10x slower
-# (faiss-cpu 1.15: 1000 queries x 50k x 128-d in 0.16 s, 500 in 0.75 s, single-threaded)
-MIN_QUERIES = 1024
+# faiss's flat search uses BLAS once queries x dimension reach faiss.cvar.distance_compute_blas_threshold
+# (128000 in faiss-cpu 1.15); below it, a scan ~10x slower (1000 x 128-d on 50k items: 0.06 s; 999: 0.5 s)
+BLAS_THRESHOLD = 128_000
 
 
 def import_faiss():
@@ -125,20 +125,21 @@ class FaissKnn:
         return (-(-scores).sqrt() if self.metric == "l2" else scores), indices
 
     def _exact(self, query: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Exact top-``k`` of ``flat``: blocks of at least ``MIN_QUERIES`` queries side by side, faiss
+        """Exact top-``k`` of ``flat``: blocks of at least :func:`min_queries` queries side by side, faiss
         single-threaded in each worker (no OpenMP barriers stalling on a busy core)."""
         workers = torch.get_num_threads()
-        size = max(MIN_QUERIES, -(-len(query) // (4 * workers)))
-        starts = range(0, len(query), size)
-        if workers == 1 or len(starts) <= 1:
+        blocks = max(1, min(4 * workers, len(query) // min_queries(query.shape[1])))
+        if workers == 1 or blocks == 1:
             return exact_topk(query, self.database, k, self.metric, self._candidates)
         faiss = import_faiss()
+        starts = [i * len(query) // blocks for i in range(blocks + 1)]  # even: none below min_queries
 
-        def search(start: int) -> tuple[Tensor, Tensor]:
+        def search(i: int) -> tuple[Tensor, Tensor]:
             faiss.omp_set_num_threads(1)  # this worker thread only: OpenMP settings are per thread
-            return exact_topk(query[start : start + size], self.database, k, self.metric, self._candidates)
+            rows = query[starts[i] : starts[i + 1]]
+            return exact_topk(rows, self.database, k, self.metric, self._candidates)
 
-        parts = parallel_map(search, starts, workers)
+        parts = parallel_map(search, range(blocks), workers)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _candidates(self, query: Tensor, rows: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -147,6 +148,11 @@ class FaissKnn:
         approx = -approx if self.metric == "l2" else approx  # faiss L2 gives squared distances
         error = rounding_bound(query.shape[1], query.double().norm(dim=1), self.max_norm, self.metric)
         return torch.from_numpy(found).long(), approx, error
+
+
+def min_queries(dim: int) -> int:
+    """Fewest ``dim``-d queries that faiss's flat search runs through BLAS (fewer: a much slower scan)."""
+    return -(-import_faiss().cvar.distance_compute_blas_threshold // max(dim, 1))
 
 
 def _kind(faiss, index) -> str:

@@ -148,9 +148,9 @@ def test_loaded_index_of_unknown_kind_is_refused(data):
 def many_queries():
     """Enough queries for the exact backend to choose faiss, with exact duplicates (ties at any cut-off)."""
     g = torch.Generator().manual_seed(1)
-    database = torch.randn(300, 8, generator=g).round(decimals=1)  # coarse values: many exact score ties
+    database = torch.randn(300, 32, generator=g).round(decimals=1)  # coarse values: exact score ties
     database[50:70] = database[3]
-    query = torch.randn(1100, 8, generator=g).round(decimals=1)
+    query = torch.randn(4000, 32, generator=g).round(decimals=1)  # faiss-cpu 1.15: BLAS from 4000 32-d
     query[:40] = database[3]
     return query, database
 
@@ -160,10 +160,11 @@ def many_queries():
 def test_exact_backend_chooses_faiss_for_large_batches_with_identical_results(many_queries, metric, k):
     pytest.importorskip("faiss")
     from cbir_lightning.retrieval.exact_knn import ExactKnn
-    from cbir_lightning.retrieval.faiss_knn import MIN_QUERIES
+    from cbir_lightning.retrieval.faiss_knn import min_queries
 
     query, database = many_queries
-    assert ExactKnn.choose(len(query)) == "faiss" and ExactKnn.choose(MIN_QUERIES - 1) == "torch"
+    assert ExactKnn.choose(len(query), 32) == "faiss" and ExactKnn.choose(5000, 128) == "faiss"
+    assert ExactKnn.choose(min_queries(32) - 1, 32) == ExactKnn.choose(10, 128) == "torch"
     index = knn_index(database, metric)  # the default: exact
     got = index.search(query, k)
     assert index._faiss is not None  # went to faiss
@@ -190,9 +191,13 @@ def test_faiss_blocks_side_by_side_equal_one_block(many_queries, metric, monkeyp
     query, database = many_queries
     index = faiss_knn.FaissKnn(database, metric)
     one = index.search(query, 12)
-    monkeypatch.setattr(faiss_knn, "MIN_QUERIES", 100)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two workers even on a one-core machine
-    blocks = index.search(query, 12)
+    monkeypatch.setattr(faiss_knn, "min_queries", lambda dim: 100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))  # two workers even on a one-core machine
+    try:
+        blocks = index.search(query, 12)
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(one[0], blocks[0]) and torch.equal(one[1], blocks[1])
 
 
