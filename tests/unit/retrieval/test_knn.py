@@ -212,3 +212,22 @@ def test_rescoring_only_the_first_k_is_exact_with_near_ties_at_the_boundary():
         scores, idx = knn(query, database, 3, "dot", backend)
         assert idx.tolist() == [[10, 0, 1]]
         assert scores[0, 0] > scores[0, 1] == scores[0, 2] == 1.0
+
+
+def test_candidate_within_twice_the_error_of_the_kth_is_rescored():
+    """A candidate ranked below the k-th by its approximate score, but within 2 x error of it, can be
+    canonically above: it must be re-scored (re-scoring only the first k would miss item 2)."""
+    from cbir_lightning.retrieval.exact import exact_topk
+
+    database = torch.zeros(50, 1)
+    database[:3, 0] = torch.tensor([5.0, 4.0, 4.1])
+    database[3, 0] = 1.0
+
+    def candidates(query, rows, size):  # approximate scores within 0.2 of the canonical ones
+        found = torch.arange(size).expand(len(query), -1)
+        approx = torch.cat([torch.tensor([5.0, 4.0, 3.95, 1.0]), torch.zeros(size - 4)]).double()
+        return found, approx.expand(len(query), -1), torch.full((len(query),), 0.2, dtype=torch.float64)
+
+    scores, idx = exact_topk(torch.ones(2, 1), database, 2, "dot", candidates, margin=4)
+    assert idx.tolist() == [[0, 2]] * 2
+    assert scores[0].tolist() == pytest.approx([5.0, 4.1])
