@@ -1,4 +1,4 @@
-"""k-NN search backends: exact torch and faiss (identical rankings), approximate faiss IVF / HNSW."""
+"""k-NN search backends: exact (torch or faiss flat per batch, identical rankings), approximate IVF / HNSW."""
 
 from cbir_lightning.retrieval.knn import BACKENDS, knn, knn_index, knn_recall
 

@@ -1,12 +1,17 @@
 """Exact top-k shared by the exact backends: one canonical score per pair, one tie rule.
 
-A backend proposes ``K >= k`` candidates per query from its own float32 scores, plus an upper bound on
-the score any other item can have (its ``K``-th score plus a rigorous rounding-error bound). The
-candidates are re-scored canonically: float64 sums of exact float64 products of the float32 inputs
-(``dot``/``cosine``: ``q . x``; ``l2``: ``-|q - x|^2``), ordered by score descending, then database index
-ascending. If the ``k``-th canonical score beats the bound, no other item can enter the top ``k`` and the
-result is exact; otherwise the query is retried with more candidates, and finally against the whole
-database. Backends that pass this check therefore return identical rankings.
+A backend proposes ``K >= k`` candidates per query with their float32 scores ``s_1 >= ... >= s_K`` and a
+rigorous rounding-error bound ``e`` (``|s - c| <= e`` for the canonical score ``c`` of any item). The
+canonical score is a float64 sum of exact float64 products of the float32 inputs (``dot``/``cosine``:
+``q . x``; ``l2``: ``-|q - x|^2``); results are ordered by it descending, then database index ascending.
+
+Only candidates that can reach the top ``k`` are re-scored: if ``s_K < s_k - 2e``, every item with
+``s < s_k - 2e`` (the other candidates, and all items faiss/torch did not return, ``s <= s_K``) has
+``c < s_k - e``, while the ``k`` first candidates have ``c >= s_k - e``; so the top ``k`` lies among the
+candidates with ``s >= s_k - 2e`` (usually just ``k``), and re-scoring those is exact. Otherwise all ``K``
+are re-scored, and if the ``k``-th canonical score beats ``s_K + e`` the result is exact; else the query
+is retried with more candidates, and finally against the whole database. Backends therefore return
+identical rankings.
 """
 
 from __future__ import annotations
@@ -48,16 +53,23 @@ def order_candidates(scores: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
     return scores.gather(1, by_score), indices.gather(1, by_score)
 
 
-CandidateFn = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
+CandidateFn = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]]
 
 
 def exact_topk(
-    query: Tensor, database: Tensor, k: int, metric: str, candidates: CandidateFn, margin: int = 16
+    query: Tensor,
+    database: Tensor,
+    k: int,
+    metric: str,
+    candidates: CandidateFn,
+    margin: int = 16,
+    block: int = 1024,
 ) -> tuple[Tensor, Tensor]:
     """Exact top-``k`` (canonical scores float64 ``[c, k]``, indices int64 ``[c, k]``).
 
-    ``candidates(query_rows, row_ids, K)`` returns ``(indices [c, K], bound [c])``: the backend's top
-    ``K`` and an upper bound on the canonical score of every item it did not return.
+    ``candidates(query_rows, row_ids, K)`` returns ``(indices [c, K], scores [c, K], error [c])``: the
+    backend's top ``K``, their float32 scores on the canonical scale (float64 tensor, descending) and a
+    bound on ``|float32 score - canonical score|`` for any item. Re-scoring runs ``block`` queries at a time.
     """
     n = len(database)
     k = min(k, n)
@@ -72,15 +84,30 @@ def exact_topk(
                 for i, row in enumerate(todo.tolist()):
                     scores[row], indices[row] = _full_row(rows[i], database, k, metric)
             break
-        found, bound = candidates(rows, todo, size)  # the heavy part: multi-threaded
+        found, approx, error = candidates(rows, todo, size)  # the heavy part: multi-threaded
         with single_threaded():  # many small ops: no waiting for busy cores
-            items = database.index_select(0, found.reshape(-1)).view(*found.shape, -1)
-            cand_scores, found = order_candidates(canonical_scores(rows, items, metric), found)
-            ok = cand_scores[:, k - 1] > bound
-            scores[todo[ok]], indices[todo[ok]] = cand_scores[ok, :k], found[ok, :k]
-            todo = todo[~ok]
+            cut = approx[:, k - 1] - 2 * error  # below it no candidate can reach the top k
+            narrow = (approx[:, -1] < cut) & (approx[:, min(k, size - 1)] < cut)
+            wide = (~narrow).nonzero().squeeze(1)
+            narrow = narrow.nonzero().squeeze(1)
+            for part in narrow.split(block):  # exact from the first k alone (see module docstring)
+                top = _rescore(rows[part], found[part, :k], database, metric)
+                scores[todo[part]], indices[todo[part]] = top[0], top[1]
+            retry = []
+            for part in wide.split(block):
+                cand_scores, cand = _rescore(rows[part], found[part], database, metric)
+                ok = cand_scores[:, k - 1] > approx[part, -1] + error[part]
+                scores[todo[part[ok]]], indices[todo[part[ok]]] = cand_scores[ok, :k], cand[ok, :k]
+                retry.append(part[~ok])
+            todo = todo[torch.cat(retry)] if retry else todo[:0]
         size = min(n, size * 8)
     return scores, indices
+
+
+def _rescore(query: Tensor, found: Tensor, database: Tensor, metric: str) -> tuple[Tensor, Tensor]:
+    """Canonical scores of the candidates ``found [c, K]``, ordered (score descending, index ascending)."""
+    items = database.index_select(0, found.reshape(-1)).view(*found.shape, database.shape[1])
+    return order_candidates(canonical_scores(query, items, metric), found)
 
 
 def _full_row(query: Tensor, database: Tensor, k: int, metric: str, block: int = 1 << 16):

@@ -5,12 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-BACKENDS = ("torch", "faiss", "faiss-ivf", "faiss-hnsw")
+BACKENDS = ("exact", "torch", "faiss", "faiss-ivf", "faiss-hnsw")
 
 
-def knn_index(database, metric: str = "cosine", backend: str = "torch", **options):
-    """A searchable index: ``torch`` / ``faiss`` (exact, identical rankings) or ``faiss-ivf`` /
-    ``faiss-hnsw`` (approximate). ``options`` go to the backend's class."""
+def knn_index(database, metric: str = "cosine", backend: str = "exact", **options):
+    """A searchable index: ``exact`` (the faster of torch and faiss flat for each batch), ``torch`` /
+    ``faiss`` (exact; all three give identical rankings) or ``faiss-ivf`` / ``faiss-hnsw`` (approximate).
+    ``options`` go to the backend's class."""
+    if backend == "exact":
+        from cbir_lightning.retrieval.exact_knn import ExactKnn
+
+        return ExactKnn(database, metric, **options)
     if backend == "torch":
         from cbir_lightning.retrieval.torch_knn import TorchKnn
 
@@ -24,7 +29,7 @@ def knn_index(database, metric: str = "cosine", backend: str = "torch", **option
 
 
 def knn(
-    query, database, k: int, metric: str = "cosine", backend: str = "torch", **options
+    query, database, k: int, metric: str = "cosine", backend: str = "exact", **options
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` database items of every query: ``(scores float64 [nq, k], indices int64 [nq, k])``.
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -47,9 +50,14 @@ class TorchKnn:
         k = min(k, len(self.database))
         starts = range(0, len(query), self.chunk_size)
 
+        buffers = threading.local()  # one score buffer per worker: no fresh pages for every chunk
+
         def search(start: int) -> tuple[Tensor, Tensor]:
             rows = query[start : start + self.chunk_size]
-            return exact_topk(rows, self.database, k, self.metric, self._candidates)
+            if not hasattr(buffers, "out"):
+                buffers.out = torch.empty(min(self.chunk_size, len(query)), len(self.database))
+            candidates = partial(self._candidates, out=buffers.out)
+            return exact_topk(rows, self.database, k, self.metric, candidates)
 
         workers = torch.get_num_threads()
         if workers > 1 and len(starts) > 1:  # chunks side by side, one thread each
@@ -60,16 +68,18 @@ class TorchKnn:
         indices = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, k, dtype=torch.int64)
         return (-(-scores).sqrt() if self.metric == "l2" else scores), indices
 
-    def _candidates(self, query: Tensor, rows: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    def _candidates(
+        self, query: Tensor, rows: Tensor, size: int, out: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        approx = torch.matmul(query, self.database.T, out=out[: len(query)])
         if self.metric == "l2":  # rank by 2 q.x - |x|^2 (= |q|^2 - |q - x|^2)
-            approx = 2 * (query @ self.database.T) - self.sq_norms.float()[None]
+            approx.mul_(2).sub_(self.sq_norms.float()[None])
             shift = (query.double() ** 2).sum(1)
         else:
-            approx = query @ self.database.T
             shift = torch.zeros(len(query), dtype=torch.float64)
         values, found = grouped_topk(approx, size)
         error = rounding_bound(query.shape[1], query.double().norm(dim=1), self.max_norm, self.metric)
-        return found, values[:, -1].double() - shift + error
+        return found, values.double() - shift[:, None], error
 
 
 def grouped_topk(scores: Tensor, k: int, group: int = 32) -> tuple[Tensor, Tensor]:

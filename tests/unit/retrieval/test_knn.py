@@ -142,3 +142,92 @@ def test_loaded_index_of_unknown_kind_is_refused(data):
     _, database = data
     with pytest.raises(ValueError, match="Unsupported faiss index"):
         FaissKnn(database, "dot", index=faiss.IndexLSH(database.shape[1], 16))
+
+
+@pytest.fixture(scope="module")
+def many_queries():
+    """Enough queries for the exact backend to choose faiss, with exact duplicates (ties at any cut-off)."""
+    g = torch.Generator().manual_seed(1)
+    database = torch.randn(300, 32, generator=g).round(decimals=1)  # coarse values: exact score ties
+    database[50:70] = database[3]
+    query = torch.randn(4000, 32, generator=g).round(decimals=1)  # faiss-cpu 1.15: BLAS from 4000 32-d
+    query[:40] = database[3]
+    return query, database
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("k", [10, 400])  # k > n: every item, ranked
+def test_exact_backend_chooses_faiss_for_large_batches_with_identical_results(many_queries, metric, k):
+    pytest.importorskip("faiss")
+    from cbir_lightning.retrieval.exact_knn import ExactKnn
+    from cbir_lightning.retrieval.faiss_knn import min_queries
+
+    query, database = many_queries
+    assert ExactKnn.choose(len(query), 32) == "faiss" and ExactKnn.choose(5000, 128) == "faiss"
+    assert ExactKnn.choose(min_queries(32) - 1, 32) == ExactKnn.choose(10, 128) == "torch"
+    index = knn_index(database, metric)  # the default: exact
+    got = index.search(query, k)
+    assert index._faiss is not None  # went to faiss
+    small = index.search(query[:5], k)  # few queries: torch
+    for backend in ("torch", "faiss"):
+        expected = knn(query, database, k, metric, backend)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert torch.equal(small[1], got[1][:5]) and torch.equal(small[0], got[0][:5])
+    assert got[1].shape == (len(query), min(k, len(database)))
+    reference = _brute_force(query, database, k, metric)
+    assert torch.equal(got[1][:40], reference[:40])  # the duplicate block: ties by lower index
+    if metric != "dot":
+        assert got[1][0, :4].tolist() == [3, 50, 51, 52]
+    if k > len(database):
+        assert torch.equal(got[1].sort(1).values, torch.arange(len(database)).expand(len(query), -1))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_faiss_blocks_side_by_side_equal_one_block(many_queries, metric, monkeypatch):
+    """The faiss flat search in query blocks on worker threads equals the single-block search."""
+    pytest.importorskip("faiss")
+    from cbir_lightning.retrieval import faiss_knn
+
+    query, database = many_queries
+    index = faiss_knn.FaissKnn(database, metric)
+    one = index.search(query, 12)
+    monkeypatch.setattr(faiss_knn, "min_queries", lambda dim: 100)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))  # two workers even on a one-core machine
+    try:
+        blocks = index.search(query, 12)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], blocks[0]) and torch.equal(one[1], blocks[1])
+
+
+def test_rescoring_only_the_first_k_is_exact_with_near_ties_at_the_boundary():
+    """Items whose float32 scores are within rounding of the k-th are re-scored: a tie that float32
+    breaks the wrong way (by index) is still ordered by the canonical float64 score, then index."""
+    database = torch.zeros(200, 4)
+    database[:, 0] = 1.0
+    database[10, 1] = 2.0**-30  # canonically above the other tied items, equal in float32 after + 1
+    query = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    for backend in ("torch", "faiss"):
+        scores, idx = knn(query, database, 3, "dot", backend)
+        assert idx.tolist() == [[10, 0, 1]]
+        assert scores[0, 0] > scores[0, 1] == scores[0, 2] == 1.0
+
+
+def test_candidate_within_twice_the_error_of_the_kth_is_rescored():
+    """A candidate ranked below the k-th by its approximate score, but within 2 x error of it, can be
+    canonically above: it must be re-scored (re-scoring only the first k would miss item 2)."""
+    from cbir_lightning.retrieval.exact import exact_topk
+
+    database = torch.zeros(50, 1)
+    database[:3, 0] = torch.tensor([5.0, 4.0, 4.1])
+    database[3, 0] = 1.0
+
+    def candidates(query, rows, size):  # approximate scores within 0.2 of the canonical ones
+        found = torch.arange(size).expand(len(query), -1)
+        approx = torch.cat([torch.tensor([5.0, 4.0, 3.95, 1.0]), torch.zeros(size - 4)]).double()
+        return found, approx.expand(len(query), -1), torch.full((len(query),), 0.2, dtype=torch.float64)
+
+    scores, idx = exact_topk(torch.ones(2, 1), database, 2, "dot", candidates, margin=4)
+    assert idx.tolist() == [[0, 2]] * 2
+    assert scores[0].tolist() == pytest.approx([5.0, 4.1])
