@@ -144,11 +144,12 @@ def tune_approximate(
     if kind == "flat":
         reason = f"{n} vectors, fewer than {min_size}: exact search"
         return Tuned(FaissKnn(x, metric), "flat", {}, 1.0, target_recall, k, 0, reason)
-    if n < 10 * (k + 1):
-        raise ValueError(f"tuning recall@{k} needs at least {10 * (k + 1)} vectors, got {n}")
+    held_count = max(1, min(sample, n // 10))  # at most a tenth of the rows is held out
+    if n - held_count < k:
+        raise ValueError(f"tuning recall@{k} needs at least {k + 1} vectors, got {n}")
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g)
-    held, rest = order[: min(sample, n // 10)].sort().values, order[min(sample, n // 10) :].sort().values
+    held, rest = order[:held_count].sort().values, order[held_count:].sort().values
     queries = x[held]
     _, exact = knn_index(x[rest], metric).search(queries, k)  # positions in ``rest``
     knn = build_approximate(x, metric, kind, seed, rows=rest)
@@ -156,7 +157,9 @@ def tune_approximate(
     for params in ladder(knn):
         set_params(knn, params)
         _, found = knn.index.search(queries.numpy(), k)
-        found = torch.from_numpy(found) if kind == "ivf" else rest[torch.from_numpy(found).clamp(min=0)]
+        found = torch.from_numpy(found)
+        if kind == "hnsw":  # graph positions -> database rows (-1: fewer than k found)
+            found = torch.where(found >= 0, rest[found.clamp(min=0)], -1)
         recall, error = recall_with_error(found, rest[exact])
         if recall - 2 * error >= target_recall:
             if kind == "ivf":
