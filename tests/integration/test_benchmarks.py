@@ -171,4 +171,5 @@ def test_index_scale_prints_a_json_line_per_size():
         assert r["approximate_kind"] == "hnsw" and list(r["approximate_params"]) == ["ef_search"]
         assert r["tuning_recall"] >= 0.95 and 0 < r["recall@10"] <= 1
         assert r["speedup_p95"] == pytest.approx(r["exact_p95_ms"] / r["approximate_p95_ms"], rel=1e-2)
+        assert r["speedup_mean"] == pytest.approx(r["exact_mean_ms"] / r["approximate_mean_ms"], rel=1e-2)
         assert r["exact_index_bytes"] >= r["size"] * 16 * 4 and r["approximate_build_s"] > 0
