@@ -69,12 +69,11 @@ def choose_kind(n: int, min_size: int = MIN_SIZE) -> str:
     return "flat" if n < min_size else "hnsw" if n < HNSW_BELOW else "ivf"
 
 
-def build_approximate(database, metric: str, kind: str, seed: int = 0, rows=None) -> FaissKnn:
+def build_approximate(database, metric: str, kind: str, seed: int = 0, ids=None) -> FaissKnn:
     """An untuned ``hnsw`` or ``ivf`` :class:`FaissKnn` over ``database`` (see the module docstring);
-    ``rows``: only these rows (IVF keeps their ids; HNSW numbers them 0, 1, ...)."""
+    ``ids`` (IVF only): the row id of each vector (default 0, 1, ...)."""
     faiss = import_faiss()
     x = prepare(database, metric).numpy()
-    part = x if rows is None else x[rows.numpy()]
     n, d = x.shape
     faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
     if kind == "hnsw":
@@ -88,15 +87,13 @@ def build_approximate(database, metric: str, kind: str, seed: int = 0, rows=None
         index.own_fields = True
         index.cp.seed = seed
         index.cp.max_points_per_centroid = IVF_TRAIN_PER_CELL
-        index.train(part)
+        index.train(x)
     else:
         raise ValueError(f"Unknown approximate index {kind!r}; expected hnsw or ivf.")
-    if rows is None:
+    if ids is None:
         index.add(x)
-    elif kind == "ivf":
-        index.add_with_ids(part, rows.numpy().astype("int64"))
     else:
-        index.add(part)
+        index.add_with_ids(x, torch.as_tensor(ids).numpy().astype("int64"))
     return FaissKnn(x, metric, index=index)
 
 
@@ -150,9 +147,10 @@ def tune_approximate(
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g)
     held, rest = order[:held_count].sort().values, order[held_count:].sort().values
-    queries = x[held]
-    _, exact = knn_index(x[rest], metric).search(queries, k)  # positions in ``rest``
-    knn = build_approximate(x, metric, kind, seed, rows=rest)
+    queries, others = x[held], x[rest]
+    _, exact = knn_index(others, metric).search(queries, k)  # positions in ``rest``
+    knn = build_approximate(others, metric, kind, seed, ids=rest if kind == "ivf" else None)
+    del others  # the index holds its own copy
     recall, params = 0.0, {}
     for params in ladder(knn):
         set_params(knn, params)
@@ -164,7 +162,9 @@ def tune_approximate(
         if recall - 2 * error >= target_recall:
             if kind == "ivf":
                 knn.index.add_with_ids(queries.numpy(), held.numpy().astype("int64"))
+                knn = FaissKnn(x, metric, index=knn.index)
             else:
+                knn = None  # free the tuning graph before building the final one
                 knn = build_approximate(x, metric, kind, seed)
             set_params(knn, params)
             return Tuned(knn, kind, params, recall, target_recall, k, len(held), error=error)
