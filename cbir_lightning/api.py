@@ -197,14 +197,27 @@ class Index:
         onnx=None,
         batch_size: int = 32,
         trainer_options: dict | None = None,
+        approximate: bool = False,
+        target_recall: float = 0.95,
     ) -> Index | None:
         """Index every jpg/png/webp below ``images`` into the folder ``out`` (as ``cbir-lightning index``:
         incremental, atomic); ``model`` as in ``open``. ``trainer_options``: Lightning Trainer arguments of
-        the predict loop (checkpoints). ``index.report`` is the command's JSON; None in a DDP worker."""
+        the predict loop (checkpoints). ``approximate``: a faiss HNSW / IVF index tuned to reach
+        ``target_recall`` at 10 (``index --approximate``; exact below 10000 images). ``index.report`` is the
+        command's JSON; None in a DDP worker."""
         from cbir_lightning.search.index import build_index
 
         ckpt, onnx = model_files(model, ckpt, onnx)
-        report = build_index(ckpt, images, out, batch_size, trainer_options, onnx_model=onnx)
+        report = build_index(
+            ckpt,
+            images,
+            out,
+            batch_size,
+            trainer_options,
+            onnx_model=onnx,
+            approximate=approximate,
+            target_recall=target_recall,
+        )
         if report is None:
             return None
         index = cls(out, ckpt=ckpt, onnx=onnx)

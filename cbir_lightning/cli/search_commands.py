@@ -16,6 +16,8 @@ def index(
     strategy: str = "auto",
     num_nodes: int = 1,
     model: str | None = None,
+    approximate: bool = False,
+    target_recall: float = 0.95,
 ) -> dict | None:
     """Embed every jpg/png/webp below ``images`` into the index folder ``out`` (incremental, atomic).
 
@@ -32,6 +34,12 @@ def index(
         accelerator: Lightning accelerator for the predict loop (``auto``, ``cpu``, ``gpu``).
         devices / strategy / num_nodes: Lightning Trainer settings; ``--devices 4 --strategy ddp`` shards
             the images over 4 processes (GPUs), and rank 0 gathers the vectors and writes the index.
+        approximate: write an approximate faiss index (HNSW below 10^6 images, IVF-Flat above) whose search
+            parameter is tuned on a held-out sample of the index to reach ``--target-recall`` at 10; the
+            manifest records kind, parameter and measured recall, and ``search`` uses them. Below 10000
+            images (or with a model that scores with its own similarity) the index stays exact and the
+            manifest says why. Default: exact.
+        target_recall: recall@10 the approximate index must reach (``--target-recall``, in (0, 1]).
     """
     from cbir_lightning.api import Index
     from cbir_lightning.errors import CbirError
@@ -44,7 +52,16 @@ def index(
                 "--num-nodes, or index with --ckpt"
             )
         options = None
-    built = Index.build(images, out, ckpt=ckpt, onnx=model, batch_size=batch_size, trainer_options=options)
+    built = Index.build(
+        images,
+        out,
+        ckpt=ckpt,
+        onnx=model,
+        batch_size=batch_size,
+        trainer_options=options,
+        approximate=approximate,
+        target_recall=target_recall,
+    )
     if built is None:  # a DDP worker process: rank 0 reports
         return None
     for skipped in built.report["skipped"]:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.retrieval import approximate as tuning
+from cbir_lightning.retrieval.approximate import Tuned, tune_approximate
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
 from cbir_lightning.search.embed import image_header, is_launched_worker, predict_embeddings
 from cbir_lightning.search.files import file_sha256, open_image, scan_collection
@@ -67,6 +69,18 @@ def _previous(out: Path, images: Path, model: SearchModel, whitening: dict | Non
 def write_faiss(vectors: np.ndarray, path: Path) -> None:
     """The inner-product k-NN index over ``vectors`` (``faiss.index``, read by ``SearchIndex.open``)."""
     FaissKnn(np.ascontiguousarray(vectors, dtype=np.float32), "dot").save(path)
+
+
+def approximate_knn(vectors: np.ndarray, scoring: str, target_recall: float) -> Tuned:
+    """``index --approximate``: the inner-product index over ``vectors`` tuned for ``target_recall`` at 10
+    (:func:`~cbir_lightning.retrieval.approximate.tune_approximate`: HNSW below 10^6 vectors, IVF-Flat
+    above, exact below :data:`~cbir_lightning.retrieval.approximate.MIN_SIZE`); exact when the model scores
+    with its own similarity (faiss is not used to search then)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if scoring == "model":
+        reason = "the model scores with its own similarity (faiss is not searched): exact search"
+        return Tuned(FaissKnn(vectors, "dot"), "flat", target=target_recall, reason=reason)
+    return tune_approximate(vectors, "dot", target_recall, min_size=tuning.MIN_SIZE)
 
 
 def check_out_folder(out: Path, images: Path) -> None:
@@ -195,13 +209,16 @@ def _predict(model: SearchModel, paths: list[Path], headers: list, batch_size: i
         Path(listing).unlink(missing_ok=True)
 
 
-def _write_version(out: Path, manifest: dict, embeddings: np.ndarray) -> Path:
+def _write_version(out: Path, manifest: dict, embeddings: np.ndarray, knn: FaissKnn | None = None) -> Path:
     """A complete new version folder in ``out`` (marker first, every file fsynced); removed if writing
-    fails."""
+    fails. ``knn``: the faiss index to write (default: exact over ``embeddings``)."""
     version = new_version(out)
     try:
         np.save(version / EMBEDDINGS, embeddings)
-        write_faiss(embeddings, version / FAISS_INDEX)
+        if knn is None:
+            write_faiss(embeddings, version / FAISS_INDEX)
+        else:
+            knn.save(version / FAISS_INDEX)
         (version / MANIFEST).write_text(json.dumps(manifest))
         for name in (EMBEDDINGS, FAISS_INDEX, MANIFEST):
             with open(version / name, "rb") as f:
@@ -219,8 +236,14 @@ def build_index(
     batch_size: int = 32,
     trainer_options: dict | None = None,
     onnx_model: str | Path | None = None,
+    approximate: bool = False,
+    target_recall: float = 0.95,
 ) -> dict | None:
     """Index every jpg/png/webp below ``images`` with the checkpoint into the folder ``out``.
+
+    ``approximate``: write a faiss HNSW / IVF index tuned to reach ``target_recall`` at 10 (see
+    :func:`approximate_knn`); the manifest's ``faiss`` entry records its kind, parameters and measured
+    recall, and ``search`` applies them. Default: exact (no ``faiss`` entry: the format of earlier indexes).
 
     ``onnx_model`` (with ``ckpt`` None): embed with a file written by ``cbir-lightning export`` on ONNX
     Runtime (CPU, no Lightning predict loop, no DDP); the manifest records that file and its SHA-256.
@@ -232,6 +255,8 @@ def build_index(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CbirError(f"--batch-size must be a positive number of images, got {batch_size!r}")
     check_model_args(ckpt, onnx_model)
+    if approximate and not 0 < target_recall <= 1:
+        raise CbirError(f"--target-recall must lie in (0, 1], got {target_recall}")
     if onnx_model is not None:  # a missing or foreign file is refused before the index folder is touched
         from cbir_lightning.export.onnx_embedder import read_metadata
 
@@ -294,7 +319,11 @@ def build_index(
             "items": items,
             "skipped": skipped,
         }
-        version = _write_version(out, manifest, embeddings)
+        knn = None
+        if approximate:
+            tuned = approximate_knn(embeddings, manifest["scoring"], target_recall)
+            knn, manifest["faiss"] = tuned.knn, tuned.describe()
+        version = _write_version(out, manifest, embeddings, knn)
         previous = _live_version(out)
         publish(out, version)
         _prune(out, keep={version, previous})  # the previous version stays for readers that just opened it
@@ -307,4 +336,5 @@ def build_index(
             "skipped": skipped,
             "dimension": manifest["dimension"],
             "whitening": whitening is not None,
+            **({"faiss": manifest["faiss"]} if approximate else {}),
         }

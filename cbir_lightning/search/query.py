@@ -13,6 +13,7 @@ from torch import Tensor
 from cbir_lightning.checkpoints import read_checkpoint
 from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import check_reranker, rerank_scores
+from cbir_lightning.retrieval.approximate import set_params
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
 from cbir_lightning.search.files import crop_image, file_sha256, open_image, parse_crop
 from cbir_lightning.search.manifest import CURRENT, EMBEDDINGS, FAISS_INDEX, read_manifest
@@ -52,6 +53,7 @@ class SearchIndex:
         try:
             embeddings = np.load(version / EMBEDDINGS, allow_pickle=False)
             knn = FaissKnn.load(version / FAISS_INDEX, embeddings, "dot")
+            set_params(knn, manifest.get("faiss", {}).get("params", {}))  # index --approximate
         except Exception as err:
             reason = " ".join(str(err).split())[:200]
             raise CbirError(
@@ -171,9 +173,10 @@ class SearchIndex:
         return np.stack(out_scores), np.stack(out_rows)
 
     def results(self, scores: np.ndarray, rows: np.ndarray) -> list[dict]:
-        return [
+        return [  # an approximate (IVF) index may find fewer than k: faiss pads with -1
             {"id": int(r), "path": str(self.item_path(int(r))), "score": round(float(s), 6)}
             for s, r in zip(scores, rows, strict=True)
+            if r >= 0
         ]
 
 

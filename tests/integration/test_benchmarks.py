@@ -143,3 +143,33 @@ def test_quality_prints_a_json_line_per_command(tmp_path):
     assert row["benchmark"] == "quality" and row["config"] == "wikiart_pretrained"
     assert row["num_queries"] > 200 and 0 < row["mAP"] <= 1 and row["seconds"] > 0
     assert row["command"].startswith("cbir-lightning evaluate --config")
+
+
+def test_index_scale_prints_a_json_line_per_size():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "index_scale.py"),
+            "--sizes",
+            "1500",
+            "3000",
+            "--min-size",
+            "1000",
+            "--dim",
+            "16",
+            "--queries",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["size"] for r in rows] == [1500, 3000] and all(r["benchmark"] == "index_scale" for r in rows)
+    for r in rows:
+        assert r["approximate_kind"] == "hnsw" and list(r["approximate_params"]) == ["ef_search"]
+        assert r["tuning_recall"] >= 0.95 and 0 < r["recall@10"] <= 1
+        assert r["speedup_p95"] == pytest.approx(r["exact_p95_ms"] / r["approximate_p95_ms"], rel=1e-2)
+        assert r["speedup_mean"] == pytest.approx(r["exact_mean_ms"] / r["approximate_mean_ms"], rel=1e-2)
+        assert r["exact_index_bytes"] >= r["size"] * 16 * 4 and r["approximate_build_s"] > 0
