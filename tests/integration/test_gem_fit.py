@@ -16,17 +16,6 @@ from cbir_lightning.metrics import retrieval_metrics
 from cbir_lightning.whitening import apply_whitening, load_whitening, whitening_path
 from data_modules import OmniglotDataModule
 
-TINY_DATA = {
-    "image_size": 32,
-    "epoch_length": 2,
-    "classes_per_batch": 8,
-    "samples_per_class": 4,
-    "train_drawers": [1, 2, 3],
-    "val_drawers": [1, 2, 3, 4],
-    "ways": 5,
-    "trials": 20,
-    "num_workers": 0,
-}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

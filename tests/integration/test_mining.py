@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.ddp import free_port, init_gloo
 from helpers.mining import Stub, synthetic
 
 from data_modules.sampling.mining import mine_tuples
 from data_modules.sampling.tuples import TupleSampler
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    init_gloo(rank, world, port)
     images, clusters, q, p = synthetic()
     result = mine_tuples(
         Stub(), images, clusters, q, p, query_size=11, pool_size=31, neg_num=3, seed=5, epoch=1
@@ -40,7 +30,7 @@ def test_ddp_ranks_mine_the_single_process_tuples_and_split_them():
     )
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, free_port(), out), nprocs=2, join=True)
         out = dict(out)
     for rank in (0, 1):
         assert torch.equal(out[rank][0], single.tuples)

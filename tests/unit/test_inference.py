@@ -3,13 +3,11 @@ identical to a plain loop, whitening applied once (by the model), dataset order,
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers.ddp import free_port, init_gloo
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -156,16 +154,8 @@ def test_in_index_order_keeps_the_first_row_of_each_index():
     assert indices[keep].tolist() == [0, 1, 2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    init_gloo(rank, world, port)
     data = images(7)
     idx = torch.tensor([6, 2, 4, 0, 5])  # 5 rows over 2 ranks: one padded row dropped
     out[rank] = (embed_dataset(Means(), data, batch_size=2), embed_dataset(Means(), data, idx))
@@ -182,7 +172,7 @@ def test_ddp_gather_gives_every_rank_the_full_set_in_order():
     idx = torch.tensor([6, 2, 4, 0, 5])
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, free_port(), out), nprocs=2, join=True)
         out = dict(out)
     for rank in (0, 1):
         assert torch.equal(out[rank][0], single)
