@@ -76,7 +76,8 @@ def retrieval_grid(
     tile_size: int = 96,
 ) -> torch.Tensor:
     """One row per query: the query (grey, "query"), then its ranked results (``scores[i, j]`` of
-    ``ranked[i, j]``) framed by correctness and captioned "#rank: score" and the label. uint8 ``[3, H, W]``."""
+    ``ranked[i, j]``) framed by correctness and captioned "#rank: score" and the label.
+    uint8 ``[3, H, W]``."""
     tiles = []
     for q, row, row_scores in zip(queries.tolist(), ranked.tolist(), scores.tolist(), strict=True):
         tiles.append(tile(pixels[q], tile_size, GREY, ("query", label_text(int(labels[q]), class_names))))
