@@ -140,3 +140,16 @@ def test_offline_run_holds_grids_and_embedding_table(cifar, tmp_path, monkeypatc
     assert media == {"retrievals", "oneshot"}
     grid = Image.open(next((run_dir / "files" / "media" / "images" / "val").glob("retrievals*.png")))
     assert grid.width >= 6 * 64 and grid.height >= 3 * 64  # 3 queries x (query + top 5)
+
+
+def test_omniglot_shows_ink_dark_on_white():
+    from data_modules import OmniglotDataModule
+
+    ink = torch.zeros(1, 4, 4)
+    ink[0, 1, 1] = 1.0  # evaluation tensors hold ink as 1
+    shown = OmniglotDataModule().display_image(ink)
+    assert (
+        shown.shape == (3, 4, 4)
+        and shown[:, 1, 1].tolist() == [0, 0, 0]
+        and shown[:, 0, 0].tolist() == [255] * 3
+    )
