@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 import torch
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from PIL import Image
     from torch.utils.data import Dataset
 
@@ -82,7 +84,14 @@ class RetrievalData(Protocol):
     validation set, or None. ``retrieval_split``: a bool tensor marking queries (scored against the
     rest, the database only), or None (every item against all others). ``whitening_data()``: a
     dataset of ``(image, label, index)`` items and a pair tensor for learning whitening, or None.
+    ``display_image(tensor)``: one evaluation tensor -> its original pixels, uint8 RGB ``[3, H, W]``
+    (the loaders' normalisation, ``mean``/``std`` or None, undone; for W&B grids). ``class_names``: the
+    name of each label (``class_names[label]``), or None.
     """
+
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+    class_names: Sequence[str] | None
 
     @property
     def episodes(self): ...
@@ -93,6 +102,8 @@ class RetrievalData(Protocol):
     def eval_transform(self, image: Image.Image) -> torch.Tensor: ...
 
     def whitening_data(self) -> tuple[Dataset, torch.Tensor] | None: ...
+
+    def display_image(self, image: torch.Tensor) -> torch.Tensor: ...
 
 
 # ---- losses -------------------------------------------------------------------------------------

@@ -5,16 +5,21 @@ A subclass provides Lightning's dataloaders and ``eval_transform`` (one PIL imag
 tensor, as its validation set does). It overrides ``episodes`` (N-way one-shot episodes of the validation
 set), ``retrieval_split`` (bool tensor, True for queries scored against the database only) and
 ``whitening_data()`` (a dataset of ``(image, label, index)`` items and a pair tensor) where it has them;
-otherwise they are None, and consumers read them as plain attributes.
+otherwise they are None, and consumers read them as plain attributes. A subclass that normalises its
+images sets ``mean``/``std`` (so ``display_image`` can undo it) and one that knows its label names sets
+``class_names``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
+
+from data_modules.transforms.normalize import display_pixels
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -25,10 +30,19 @@ if TYPE_CHECKING:
 
 class RetrievalDataModule(pl.LightningDataModule, ABC):
     """A LightningDataModule that provides everything :class:`~cbir_lightning.contracts.RetrievalData`
-    names; ``episodes``, ``retrieval_split`` and ``whitening_data()`` default to None."""
+    names; ``episodes``, ``retrieval_split``, ``whitening_data()``, ``mean``/``std`` and ``class_names``
+    default to None."""
 
     episodes: Episodes | None = None
     retrieval_split: torch.Tensor | None = None
+    mean: Sequence[float] | None = None  # the per-channel normalisation of the loaders' images, if any
+    std: Sequence[float] | None = None
+    class_names: Sequence[str] | None = None  # label i is class_names[i]
+
+    def display_image(self, image: torch.Tensor) -> torch.Tensor:
+        """One evaluation tensor ``[C, H, W]`` -> its original pixels, uint8 RGB ``[3, H, W]``
+        (normalisation with ``mean``/``std`` undone)."""
+        return display_pixels(image, self.mean, self.std)
 
     @abstractmethod
     def eval_transform(self, image: Image.Image) -> torch.Tensor:

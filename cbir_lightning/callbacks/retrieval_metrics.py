@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
 
 from cbir_lightning.callbacks.example_grids import log_example_grids
 from cbir_lightning.callbacks.gather import gather_unique
@@ -26,11 +27,26 @@ class RetrievalMetrics(Callback):
     ks: cut-offs for recall@k, precision@k and mAP@k.
     chunk_size: queries scored at a time (bounds memory).
     log_examples: how many retrieval queries and one-shot tasks to draw into W&B image grids
-        each epoch (0 to turn off).
+        each epoch (0 to turn off the grids and the table).
+    tile_size: pixels per grid tile (small images are enlarged, nearest neighbour).
+    embedding_table: rows (evaluation items, evenly spread) of the W&B embedding table for the
+        projector (0: none).
+    table_every_n_epochs: the table is logged on fit's validation epochs ``n-1, 2n-1, ...`` and its
+        last (``max_epochs``) one, and on every ``validate`` and ``test``.
     """
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 512, log_examples: int = 6) -> None:
+    def __init__(
+        self,
+        ks: Sequence[int] = (1, 5, 10),
+        chunk_size: int = 512,
+        log_examples: int = 6,
+        tile_size: int = 96,
+        embedding_table: int = 200,
+        table_every_n_epochs: int = 10,
+    ) -> None:
         self.ks, self.chunk_size, self.log_examples = tuple(ks), chunk_size, log_examples
+        self.tile_size, self.embedding_table = tile_size, embedding_table
+        self.table_every_n_epochs = table_every_n_epochs
         self._parts: list[dict[str, torch.Tensor]] = []
         self.last_metrics: dict[str, float] = {}
 
@@ -109,4 +125,14 @@ class RetrievalMetrics(Callback):
         for name, value in self.last_metrics.items():
             pl_module.log(name, value, sync_dist=False, prog_bar=name.endswith(("mAP", "way")))
         if self.log_examples and trainer.is_global_zero:
-            log_example_grids(trainer, pl_module, data, episodes, prefix, self.log_examples)
+            rows = self.embedding_table if self._table_epoch(trainer) else 0
+            log_example_grids(
+                trainer, pl_module, data, episodes, prefix, self.log_examples, self.tile_size, rows
+            )
+
+    def _table_epoch(self, trainer: pl.Trainer) -> bool:
+        """Whether this evaluation logs the embedding table (see ``table_every_n_epochs``)."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            return True
+        epoch = trainer.current_epoch + 1
+        return epoch % max(1, self.table_every_n_epochs) == 0 or epoch == trainer.max_epochs

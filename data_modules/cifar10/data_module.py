@@ -83,6 +83,7 @@ class CIFAR10DataModule(LabelledImagesDataModule):
         check_sampling(sampling, classes_per_batch, samples_per_class)
         if (mean is None) != (std is None) or (mean is not None and (len(mean), len(std)) != (3, 3)):
             raise CbirError("mean and std must both be 3 numbers (one per RGB channel) or both null")
+        self.mean, self.std = mean, std
         self.classes: list[str] = []
 
     def prepare_data(self) -> None:
@@ -118,6 +119,7 @@ class CIFAR10DataModule(LabelledImagesDataModule):
                 f"{root} holds neither {BATCHES_DIR}/ (torchvision's CIFAR-10) nor train/ and test/ class "
                 "folders; run `make data`, point data.init_args.root at the data or set download: true"
             )
+        self.class_names = self.classes
         train_x, train_y = splits["train"]
         test_x, test_y = splits["test"]
         keep = first_per_class(train_y, hp.train_per_class)

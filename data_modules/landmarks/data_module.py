@@ -44,6 +44,7 @@ class LandmarksTestDataModule(RetrievalDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.transform = PhotoTransform(image_size, keep_aspect)
+        self.mean, self.std = self.transform.mean, self.transform.std
         self.gnd: GroundTruth | None = None
         self.data: LabelledPhotos | None = None
 

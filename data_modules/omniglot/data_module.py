@@ -26,6 +26,7 @@ from data_modules.sampling.pairs import check_sampling, training_samples
 from data_modules.sampling.samplers import EpochSampler
 from data_modules.transforms.augment import AffineRanges
 from data_modules.transforms.images import resize_uint8
+from data_modules.transforms.normalize import display_pixels
 
 
 class OmniglotDataModule(RetrievalDataModule):
@@ -150,6 +151,10 @@ class OmniglotDataModule(RetrievalDataModule):
         white), ``image_size`` square with area averaging, float in [0, 1], ``[1, S, S]``."""
         gray = torch.from_numpy(np.invert(np.asarray(image.convert("L"))))[None, None]
         return resize_uint8(gray, self.hparams.image_size)[0].float().div(255)
+
+    def display_image(self, image: torch.Tensor) -> torch.Tensor:
+        """An evaluation tensor (ink bright) -> uint8 RGB ``[3, S, S]``, ink dark on white as drawn."""
+        return display_pixels(1 - image)
 
     def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
         """Training images (evaluation transform) and every pair of drawings of the same character."""

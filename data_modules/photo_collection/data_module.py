@@ -114,6 +114,7 @@ class PhotoCollectionDataModule(RetrievalDataModule):
         if (len(mean), len(std)) != (3, 3):
             raise CbirError("mean and std must be 3 numbers each (R, G, B)")
         self.view = SquareView(image_size, mean, std)
+        self.mean, self.std = mean, std
         self.collection: Collection | None = None
         self.is_eval: torch.Tensor | None = None
         self.class_names: list[str] = []

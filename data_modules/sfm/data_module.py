@@ -71,6 +71,7 @@ class SfMPairsDataModule(RetrievalDataModule):
                 "must hold at least neg_num images; raise pool_size or lower neg_num"
             )
         self.transform = PhotoTransform(image_size, keep_aspect)
+        self.mean, self.std = self.transform.mean, self.transform.std
         self.train_split: SfMSplit | None = None
         self.val_split: SfMSplit | None = None
         self.last_neg_distance = float("nan")

@@ -87,6 +87,7 @@ class StanfordDogsDataModule(LabelledImagesDataModule):
         channels = 1 if grayscale else 3
         if (mean is None) != (std is None) or (mean is not None and (len(mean), len(std)) != (channels,) * 2):
             raise CbirError(f"mean and std must both be {channels} numbers (one per channel) or both null")
+        self.mean, self.std = mean, std
 
     @property
     def mode(self) -> str:

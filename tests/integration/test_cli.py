@@ -35,6 +35,9 @@ def test_offline_wandb_run_has_metrics_config_and_grids(tiny_run):
     assert "config" in logged["config"]  # the whole CLI config is logged
     media = {p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "images" / "val").glob("*.png")}
     assert media == {"retrievals", "oneshot"}
+    # the projector table: fit's last epoch, and the validation of the best checkpoint
+    tables = [r for r in logged["history"] if "val/embeddings/path" in r]
+    assert tables and all(t["val/embeddings/nrows"] == 200 for t in tables)
 
 
 def test_validate_checkpoint_reproduces_fit_numbers(tiny_run, omniglot_root):
