@@ -84,7 +84,7 @@ class Embedder:
 
     @property
     def is_onnx(self) -> bool:
-        return getattr(self.model, "is_onnx", False)
+        return self.model.is_onnx
 
     def preprocess(self, image: Image.Image | str | Path) -> Tensor:
         """An image (PIL or file) -> the model's input ``[C, H, W]`` (the evaluation transform)."""

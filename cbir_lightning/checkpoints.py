@@ -146,7 +146,7 @@ class Checkpoint:
         except (RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError) as err:
             raise _unloadable(self.path, err) from err
         module = module.to(map_location)
-        if whitening and hasattr(module, "attach_whitening_file"):
+        if whitening:
             module.attach_whitening_file(self.path)
         module.eval()
         return module

@@ -64,12 +64,18 @@ class EmbeddingModel(Protocol):
     ``embed`` maps images ``[N, C, H, W]`` to embeddings ``[N, D]`` (in eval mode: the retrieval
     descriptor, e.g. multi-scale and whitened). ``similarity`` scores ``[nq, nd]``, higher = more
     similar. ``dot_product_similarity`` says whether ``similarity(q, d) == q @ d.T`` ranks exactly as
-    ``similarity`` does, so an inner-product index (faiss) can search the embeddings.
+    ``similarity`` does, so an inner-product index (faiss) can search the embeddings. ``descriptor``:
+    what hard-negative mining compares (GeM: single scale, no post-hoc whitening; else ``embed``).
+    ``post_whitening``: the attached post-hoc whitening (GeM's ``.whitening.pt``) or None.
+    ``EmbeddingModule`` gives the defaults.
     """
 
     dot_product_similarity: bool
+    post_whitening: dict | None
 
     def embed(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def descriptor(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor: ...
 

@@ -53,8 +53,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextmanager
 def whitening_set_aside(model: nn.Module) -> Iterator[nn.Module]:
-    """The model's attached post-hoc whitening (``post_whitening``, GeM) removed inside the block."""
-    attached = getattr(model, "post_whitening", None)
+    """The model's attached post-hoc whitening (``post_whitening``: GeM's, None for the others)
+    removed inside the block."""
+    attached = model.post_whitening
     if attached is None:
         yield model
         return

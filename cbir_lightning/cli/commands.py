@@ -35,7 +35,7 @@ def oneshot(ckpt: str, runs: str, image_size: int | None = None, batch_size: int
         batch_size: images embedded at a time.
     """
     module = load_module(ckpt)
-    size = image_size or getattr(module.net, "input_size", None)
+    size = image_size or module.input_size
 
     def embed(images: torch.Tensor) -> torch.Tensor:  # uint8 [n, C, H, W] -> [n, D]
         images = resize_uint8(images, size) if size else images

@@ -57,6 +57,10 @@ class DSHModule(EmbeddingModule):
         self.net = DSHNet(bits, in_channels, input_size, channels, hidden, batch_norm)
         self.loss = dsh_loss(loss, margin, alpha)
 
+    @property
+    def input_size(self) -> int:
+        return int(self.hparams.input_size)
+
     def codes(self, images: torch.Tensor) -> torch.Tensor:
         """Relaxed (real-valued) codes ``[n, bits]``."""
         return self.net(images)

@@ -51,6 +51,23 @@ class EmbeddingModule(pl.LightningModule):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def descriptor(self, images: torch.Tensor) -> torch.Tensor:
+        """The descriptor hard-negative mining compares (GeM: single scale, no post-hoc whitening);
+        by default :meth:`embed`."""
+        return self.embed(images)
+
+    @property
+    def input_size(self) -> int | None:
+        """The square image side the net was built for, or None when any size works."""
+        return None
+
+    # post-hoc whitening (see :mod:`cbir_lightning.whitening`): only GeM applies one
+    post_whitening: dict | None = None
+
+    def attach_whitening_file(self, checkpoint) -> bool:
+        """Attach ``<checkpoint>.whitening.pt`` if the model applies post-hoc whitening; whether it did."""
+        return False
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.embed(images)
 

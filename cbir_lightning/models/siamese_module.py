@@ -69,6 +69,10 @@ class SiameseModule(EmbeddingModule):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.embed(images)
 
+    @property
+    def input_size(self) -> int | None:
+        return self.net.input_size
+
     def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:
         """Scores ``[nq, nd]``, higher = more similar: the net's own similarity."""
         return self.net.similarity(queries, database)

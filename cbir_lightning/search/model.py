@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +46,7 @@ class SearchModel:
     whitening: dict | None
     whitening_file: Path | None
     identity: dict
+    is_onnx: bool = field(default=False, init=False)  # OnnxSearchModel says True
 
     @classmethod
     def load(cls, ckpt: str | Path | Checkpoint) -> SearchModel:

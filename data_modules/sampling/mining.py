@@ -106,10 +106,9 @@ def mine_tuples(
     if neg_num == 0:
         return MinedTuples(torch.stack([queries, positives], 1), float("nan"))
     unique, inverse = torch.unique(torch.cat([queries, pool]), return_inverse=True)
-    # the single-scale descriptor if the model has one (GeM: no multi-scale, no post-hoc whitening)
-    describe = getattr(model, "descriptor", None) or model.embed
+    # the model's mining descriptor (GeM: single scale, no post-hoc whitening)
     vecs = embed_dataset(
-        model, images, unique, embed=describe, batch_size=batch_size, num_workers=num_workers
+        model, images, unique, embed=model.descriptor, batch_size=batch_size, num_workers=num_workers
     )
     query_vecs, pool_vecs = vecs[inverse[: len(queries)]], vecs[inverse[len(queries) :]]
     positions, distances = hardest_negatives(

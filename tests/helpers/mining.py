@@ -33,6 +33,9 @@ class Stub(nn.Module):
     def embed(self, x):
         return nn.functional.normalize(self.bn(self.conv(x)).mean((2, 3)), dim=1)
 
+    descriptor = embed  # what mining compares (an EmbeddingModule's default)
+    post_whitening = None  # no post-hoc whitening attached (an EmbeddingModule's default)
+
 
 def synthetic(n=40, clusters=8):
     labels = torch.arange(n) % clusters

@@ -27,6 +27,8 @@ from cbir_lightning.whitening.fit import fit_whitening
 class Stub(nn.Module):
     """Conv + BatchNorm + Dropout: eval and train mode give different embeddings."""
 
+    post_whitening = None  # the model contract: no post-hoc whitening attached
+
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)

@@ -60,7 +60,7 @@ def test_tuple_batches_and_whitening_data(release):
     dm = SfMPairsDataModule(root=release, **SMALL)
     dm.setup()
     model = torch.nn.Sequential()
-    model.embed = lambda x: torch.nn.functional.normalize(x.mean((2, 3)), dim=1)
+    model.embed = model.descriptor = lambda x: torch.nn.functional.normalize(x.mean((2, 3)), dim=1)
     dm.trainer = type(
         "T",
         (),
@@ -131,7 +131,7 @@ def test_sizes_adapt_to_small_data(release):
     with pytest.warns(UserWarning, match="only 7 clusters besides a query's: mining 7 negatives"):
         dm.setup()
     model = torch.nn.Module()
-    model.embed = lambda x: torch.nn.functional.normalize(x.mean((2, 3)), dim=1)
+    model.embed = model.descriptor = lambda x: torch.nn.functional.normalize(x.mean((2, 3)), dim=1)
     tuples = dm.mine(model, 0)
     assert tuples.shape == (len(dm.train_split.qidxs), 2 + 7)  # every pair; all 7 other clusters
     clusters = dm.train_split.clusters

@@ -139,6 +139,8 @@ def test_save_load_roundtrip_atomic_and_errors(tmp_path):
 class _Identity(torch.nn.Module):
     """A module whose embedding is its input flattened (to check fit_whitening end to end)."""
 
+    post_whitening = None  # the model contract: no post-hoc whitening attached
+
     def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
