@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 
 import pytest
-from helpers.paths import REPO
+from helpers.benchmarks import run_benchmark, run_benchmark_lines
+from helpers.paths import SHARED_DATA
 
 
 def test_lightning_overhead_prints_a_json_line(omniglot_root):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "lightning_overhead.py"),
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--repeats",
-            "1",
-            "--processes",
-            "2",
-            "--root",
-            str(omniglot_root),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    args = "--steps 2 --warmup 1 --repeats 1 --processes 2".split()
+    result = run_benchmark("lightning_overhead.py", *args, "--root", omniglot_root)
     assert result["benchmark"] == "lightning_overhead"
     assert len(result["rounds_lightning"]) == len(result["rounds_plain"]) == 2  # one round per process
     assert result["lightning_pairs_per_s"] > 0 and result["plain_pairs_per_s"] > 0
@@ -42,80 +21,24 @@ def test_lightning_overhead_prints_a_json_line(omniglot_root):
 
 
 def test_mining_benchmark_prints_a_json_line():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "mining.py"),
-            "--images",
-            "24",
-            "--clusters",
-            "6",
-            "--query-size",
-            "6",
-            "--pool-size",
-            "12",
-            "--neg-num",
-            "2",
-            "--workers",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_benchmark(
+        "mining.py", *"--images 24 --clusters 6 --query-size 6 --pool-size 12 --neg-num 2 --workers 0".split()
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["benchmark"] == "mining" and result["identical_tuples"] is True
     assert result["ratio"] == pytest.approx(result["ours_s"] / result["cirtorch_s"], rel=1e-2)
 
 
 def test_search_benchmark_prints_a_json_line():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "search.py"),
-            "--images",
-            "4",
-            "--database",
-            "2000",
-            "--queries",
-            "20",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_benchmark("search.py", "--images", "4", "--database", "2000", "--queries", "20")
     assert result["benchmark"] == "search" and result["database"] == 2000
     assert result["index_images_per_s"] > 0 and result["faiss_p95_ms"] > 0
     assert result["ratio_p95"] == pytest.approx(result["ours_p95_ms"] / result["faiss_p95_ms"], rel=1e-2)
 
 
 def test_hamming_benchmark_prints_a_json_line():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "hamming.py"),
-            "--database",
-            "3000",
-            "--queries",
-            "50",
-            "--bits",
-            "16",
-            "--k",
-            "10",
-            "--map-queries",
-            "20",
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_benchmark(
+        "hamming.py", *"--database 3000 --queries 50 --bits 16 --k 10 --map-queries 20 --repeats 1".split()
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["benchmark"] == "hamming" and result["database"] == 3000
     assert result["memory_ratio"] == 32.0 and result["packed_bytes"] == 3000 * 2
     assert result["speedup"] == pytest.approx(result["float_s"] / result["hamming_s"], rel=1e-3)
@@ -123,49 +46,22 @@ def test_hamming_benchmark_prints_a_json_line():
 
 
 def test_quality_prints_a_json_line_per_command(tmp_path):
-    from helpers.paths import SHARED_DATA
-
     if not (SHARED_DATA / "wikiart_pd" / "labels.tsv").is_file():
-        import pytest
-
         pytest.skip("no shared paintings")
-    proc = subprocess.run(
-        [
-            sys.executable, str(REPO / "benchmarks" / "quality.py"), "--sets", "wikiart",
-            "--data", str(SHARED_DATA), "--work", str(tmp_path), "--pretrained-only",
-            "--extra", "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0",
-            "--trainer.logger", "false",
-        ],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = run_benchmark(
+        "quality.py", "--sets", "wikiart", "--data", SHARED_DATA, "--work", tmp_path, "--pretrained-only",
+        "--extra", "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0",
+        "--trainer.logger", "false", timeout=600,
+    )  # fmt: skip
     assert row["benchmark"] == "quality" and row["config"] == "wikiart_pretrained"
     assert row["num_queries"] > 200 and 0 < row["mAP"] <= 1 and row["seconds"] > 0
     assert row["command"].startswith("cbir-lightning evaluate --config")
 
 
 def test_index_scale_prints_a_json_line_per_size():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "index_scale.py"),
-            "--sizes",
-            "1500",
-            "3000",
-            "--min-size",
-            "1000",
-            "--dim",
-            "16",
-            "--queries",
-            "30",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    rows = run_benchmark_lines(
+        "index_scale.py", "--sizes", "1500", "3000", "--min-size", "1000", "--dim", "16", "--queries", "30"
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["size"] for r in rows] == [1500, 3000] and all(r["benchmark"] == "index_scale" for r in rows)
     for r in rows:
         assert r["approximate_kind"] == "hnsw" and list(r["approximate_params"]) == ["ef_search"]

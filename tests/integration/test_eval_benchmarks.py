@@ -2,23 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
-from helpers.paths import REPO
-
-
-def _run(script: str, *args: str) -> dict:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+from helpers.benchmarks import run_benchmark as _run
 
 
 def test_map_eval_prints_a_json_line():

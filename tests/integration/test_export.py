@@ -5,15 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.benchmarks import run_benchmark
 from helpers.cli import last_json
-from helpers.paths import REPO
 from helpers.search import photo_folder, reference_vectors
 from PIL import Image
 
@@ -274,25 +272,9 @@ def test_bad_inputs_are_one_line_errors(tiny_run, photos, tmp_path, capsys):
 
 
 def test_onnx_throughput_benchmark_prints_a_json_line(tiny_run):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "onnx_throughput.py"),
-            "--ckpt",
-            str(tiny_run["ckpt"]),
-            "--images",
-            "16",
-            "--batch-size",
-            "8",
-            "--repeats",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_benchmark(
+        "onnx_throughput.py", "--ckpt", tiny_run["ckpt"], *"--images 16 --batch-size 8 --repeats 1".split()
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["benchmark"] == "onnx_throughput" and result["max_abs_diff"] <= 1e-4
     assert result["onnx_images_per_s"] > 0 and result["torch_images_per_s"] > 0
     onnx_over_torch = result["onnx_images_per_s"] / result["torch_images_per_s"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.paths import REPO
+from helpers.benchmarks import run_benchmark
 from helpers.search import LANDMARKS, other_checkpoint, photo_folder
 from PIL import Image, ImageFile
 
@@ -342,22 +342,7 @@ def wait_for_count(url: str, count: int, timeout: float = 10) -> bool:
 
 
 def test_serve_load_benchmark_prints_a_json_line(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "serve_load.py"),
-            "--requests",
-            "24",
-            "--concurrency",
-            "4",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_benchmark("serve_load.py", "--requests", "24", "--concurrency", "4", cwd=tmp_path)
     assert result["benchmark"] == "serve_load" and result["good_failed"] == 0
     assert result["good_ok"] > 0 and result["good_p95_ms"] >= result["good_p50_ms"] > 0
     assert sum(result["bad_statuses"].values()) > 0 and "200" not in result["bad_statuses"]
