@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.legacy.make_fixtures import read_index_rows
 from helpers.paths import REPO, SHARED_DATA
 
 FIXTURES = REPO / "tests" / "fixtures" / "legacy"
@@ -62,22 +63,6 @@ def relative(path: str) -> str:
     return Path(path).resolve().relative_to(SHARED.resolve()).as_posix()
 
 
-def index_rows(index: Path, images: Path, wanted: list[str]) -> dict[str, np.ndarray]:
-    """The index's vectors (``embeddings.npy`` of the ``CURRENT`` version) of the files ``wanted``
-    (paths relative to ``SHARED``), found through its ``manifest.json``."""
-    version = index / (index / "CURRENT").read_text().strip()
-    manifest = json.loads((version / "manifest.json").read_text())
-    vectors = np.load(version / "embeddings.npy")
-    rows = {}
-    for i, item in enumerate(manifest["items"]):
-        path = Path(item["path"])
-        path = path if path.is_absolute() else images / path
-        rows[path.resolve().relative_to(SHARED.resolve()).as_posix()] = vectors[i]
-    missing = sorted(set(wanted) - set(rows))
-    assert not missing, f"not in the index: {missing}"
-    return {w: rows[w] for w in wanted}
-
-
 def check(command: dict, proc: subprocess.CompletedProcess, tmp: Path) -> None:
     args = substitute(command["args"], tmp)
     assert proc.returncode == 0, f"cbir-lightning {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
@@ -97,7 +82,7 @@ def check(command: dict, proc: subprocess.CompletedProcess, tmp: Path) -> None:
         assert result.get("count") == command["count"], result  # images indexed
         images = Path(args[args.index("--images") + 1])
         out = Path(args[args.index("--out") + 1])
-        rows = index_rows(out, images, list(command["embeddings"]))
+        rows = read_index_rows(out, images, list(command["embeddings"]), SHARED)
         for path, vector in command["embeddings"].items():
             got, want = torch.from_numpy(rows[path]).double(), torch.tensor(vector, dtype=torch.float64)
             assert got.shape == want.shape, (path, got.shape, want.shape)
