@@ -175,6 +175,7 @@ class Index:
     def __init__(self, path: str | Path, model=None, *, ckpt=None, onnx=None) -> None:
         self.path = Path(path)
         self._ckpt, self._onnx = model_files(model, ckpt, onnx)
+        self._loaded = model if isinstance(model, Embedder) else None  # used as is, not read again
         self._searcher = None
 
     @classmethod
@@ -236,6 +237,9 @@ class Index:
     @cached_property
     def embedder(self) -> Embedder:
         """The index's model (checked to be the one that built it)."""
+        if self._loaded is not None:
+            self.searcher.check_model(self._loaded.model)
+            return self._loaded
         return Embedder(self.searcher.load_model(self._ckpt, self._onnx))
 
     def __len__(self) -> int:

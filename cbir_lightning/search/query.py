@@ -72,64 +72,58 @@ class SearchIndex:
     def item_path(self, i: int) -> Path:
         return Path(self.manifest["images_root"]) / self.items[i]["path"]
 
-    def load_model(self, ckpt: str | Path | None = None, onnx_model: str | Path | None = None) -> SearchModel:
-        """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path); CbirError if it is
-        another model. An index built with an ONNX export is queried with that export (or a copy); one built
-        with a checkpoint also with an export of that checkpoint and its whitening file."""
+    def load_model(self, ckpt: str | Path | None = None, onnx_model: str | Path | None = None):
+        """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path), checked by
+        :meth:`check_model`. An index built with an ONNX export is queried with that export (or a copy);
+        one built with a checkpoint also with an export of that checkpoint and its whitening file."""
+        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
+
         recorded = self.manifest["model"]
         if recorded.get("onnx") or onnx_model is not None:
-            return self._load_onnx(recorded, ckpt, onnx_model)
+            if recorded.get("onnx") and ckpt is not None:
+                raise CbirError(
+                    f"index {self.path} was built with the ONNX model {recorded['checkpoint']}; query it "
+                    "with --model (not --ckpt), or rebuild it with `cbir-lightning index --ckpt`"
+                )
+            path = Path(onnx_model or recorded["checkpoint"])
+            if not path.is_file():
+                raise CbirError(
+                    f"ONNX model {path} of index {self.path} not found; pass the index's model with --model "
+                    "or rebuild the index"
+                )
+            return self.check_model(OnnxSearchModel.load(path))
         ckpt = Path(ckpt or recorded["checkpoint"])
         if not ckpt.is_file():
             raise CbirError(
                 f"checkpoint {ckpt} of index {self.path} not found; pass the index's checkpoint with --ckpt "
                 "or rebuild the index"
             )
-        checkpoint = read_checkpoint(ckpt.resolve())
-        if checkpoint.identity != recorded["identity"]:
-            raise CbirError(
-                f"checkpoint {ckpt} is not the model index {self.path} was built with "
-                f"({recorded['checkpoint']}); query with that checkpoint or re-index with "
-                f"`cbir-lightning index --ckpt {ckpt} --out {self.path}`"
-            )
-        model = SearchModel.load(checkpoint)
-        recorded_whitening = self.manifest.get("whitening") or {}
-        found_whitening = model.describe_whitening() or {}
-        if found_whitening.get("sha256") != recorded_whitening.get("sha256"):
-            raise CbirError(
-                f"the whitening beside {ckpt} differs from the one index {self.path} was built with; "
-                "re-index with `cbir-lightning index`"
-            )
-        return model
+        return self.check_model(SearchModel.load(read_checkpoint(ckpt.resolve())))
 
-    def _load_onnx(self, recorded: dict, ckpt, onnx_model):
-        """``load_model`` when the index or the query uses an ONNX export (see there)."""
-        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
-
-        if recorded.get("onnx") and ckpt is not None:
-            raise CbirError(
-                f"index {self.path} was built with the ONNX model {recorded['checkpoint']}; query it with "
-                "--model (not --ckpt), or rebuild it with `cbir-lightning index --ckpt`"
-            )
-        path = Path(onnx_model or recorded["checkpoint"])
-        if not path.is_file():
-            raise CbirError(
-                f"ONNX model {path} of index {self.path} not found; pass the index's model with --model or "
-                "rebuild the index"
-            )
-        model = OnnxSearchModel.load(path)
+    def check_model(self, model):
+        """``model`` (a :class:`SearchModel` or an ONNX export's model) if it is the one the index was built
+        with: the same checkpoint identity and whitening file, or an export of them; else CbirError."""
+        recorded = self.manifest["model"]
+        whitening = (model.describe_whitening() or {}).get("sha256")
+        same_whitening = whitening == (self.manifest.get("whitening") or {}).get("sha256")
+        onnx = model.is_onnx
         if recorded.get("onnx"):
+            same = onnx and model.identity == recorded["identity"]
+        elif onnx:  # a checkpoint's index: an export of that checkpoint with the same whitening file
+            same = model.meta["source"]["identity"] == recorded["identity"] and same_whitening
+        else:
             same = model.identity == recorded["identity"]
-        else:  # a checkpoint's index: an export of that checkpoint with the same whitening file
-            source_whitening = (model.describe_whitening() or {}).get("sha256")
-            same = model.meta["source"]["identity"] == recorded["identity"] and source_whitening == (
-                self.manifest.get("whitening") or {}
-            ).get("sha256")
+            if same and not same_whitening:
+                raise CbirError(
+                    f"the whitening beside {model.checkpoint} differs from the one index {self.path} was "
+                    "built with; re-index with `cbir-lightning index`"
+                )
         if not same:
+            kind, option = ("ONNX model", "--model") if onnx else ("checkpoint", "--ckpt")
             raise CbirError(
-                f"ONNX model {path} is not the model index {self.path} was built with "
-                f"({recorded['checkpoint']}); query with that model or re-index with "
-                f"`cbir-lightning index --model {path} --out {self.path}`"
+                f"{kind} {model.checkpoint} is not the model index {self.path} "
+                f"was built with ({recorded['checkpoint']}); query with that model or re-index with "
+                f"`cbir-lightning index {option} {model.checkpoint} --out {self.path}`"
             )
         return model
 

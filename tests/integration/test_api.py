@@ -123,3 +123,20 @@ def test_search_and_recommend_equal_the_cli(work, cli_index):
     assert [{"path": h.path, "score": h.score} for h in found["results"]] == printed["results"]
     assert [h.path for h in found["exact_duplicates"]] == printed["exact_duplicates"] == [str(query)]
     assert [h.path for h in found["near_duplicates"]] == printed["near_duplicates"]
+
+
+def test_an_embedder_opens_an_index_as_loaded_and_another_model_is_refused(work, cli_index, monkeypatch):
+    import cbir_lightning.search.query as query_module
+    from cbir_lightning.errors import CbirError
+
+    reads = []
+    for path in (work / "model.ckpt", work / "model.onnx"):
+        embedder = Embedder.load(path)
+        monkeypatch.setattr(query_module, "read_checkpoint", lambda *a: reads.append(a))  # must not be called
+        index = Index.open(cli_index, embedder)
+        assert index.embedder is embedder and not reads
+        assert index.search(work / "photos" / "a.jpg", k=1)[0].path.endswith("a.jpg")
+        monkeypatch.undo()
+    other = Embedder.load(REPO / "tests" / "fixtures" / "legacy" / "koch_omniglot" / "model.ckpt")
+    with pytest.raises(CbirError, match="is not the model index .* was built with"):
+        Index.open(cli_index, other).embedder  # noqa: B018
