@@ -257,7 +257,9 @@ def config_checkpoint(
 
     if not Path(config).is_file():
         raise CbirError(f"config file {config} not found; pass a YAML config such as configs/<name>.yaml")
-    cli = run_lightning_cli(["--config", str(config), "--trainer.logger", "false", *overrides], run=False)
+    with warnings.catch_warnings():  # called from Python (a notebook's kernel has its own sys.argv)
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        cli = run_lightning_cli(["--config", str(config), "--trainer.logger", "false", *overrides], run=False)
     if out is None:
         root = cli.config.get("trainer", {}).get("default_root_dir") or "."
         out = Path(root) / "checkpoints" / CONFIG_CHECKPOINT
