@@ -212,23 +212,74 @@ class CbirCLI(LightningCLI):
         )
 
 
-def run_lightning_cli(args: list[str] | None) -> None:
+def run_lightning_cli(args: list[str] | None, run: bool = True) -> CbirCLI:
     """Run LightningCLI; argument errors raise ``jsonargparse.ArgumentError`` (reported as one line).
 
     ``omegaconf+`` resolves ``${...}`` interpolations after the config files and command-line overrides
     are merged, so ``--data.init_args.image_size 40`` also changes ``${data.init_args.image_size}``;
     interpolation paths in configs are written from the config's root (``${trainer.max_epochs}``).
+    ``run=False``: only build the config's model, DataModule and trainer (no subcommand, nothing saved).
     """
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    CbirCLI(
+    return CbirCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         parser_class=ConfigParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_callback=LogConfigCallback,
+        save_config_callback=LogConfigCallback if run else None,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False},
         args=args,
+        run=run,
         auto_configure_optimizers=False,
     )
+
+
+CONFIG_CHECKPOINT = "config.ckpt"
+
+
+def config_checkpoint(
+    config: str | Path, out: str | Path | None = None, overrides: tuple | list = ()
+) -> Path:
+    """Write the model of ``config`` with its own weights (e.g. an ImageNet-pretrained baseline, untrained:
+    what ``evaluate --config`` scores) as a checkpoint in ``fit``'s format, so ``index``, ``search``,
+    ``export`` and the Python API take it like any trained one. The module and DataModule are built as
+    ``fit`` builds them (``overrides``: ``--data.*`` / ``--model.*`` flags), seeded by the config.
+
+    ``out``: default ``<trainer.default_root_dir>/checkpoints/config.ckpt``, beside ``fit``'s checkpoints
+    of that config. Written atomically; returns the path.
+    """
+    import os
+    import tempfile
+
+    import torch
+
+    if not Path(config).is_file():
+        raise CbirError(f"config file {config} not found; pass a YAML config such as configs/<name>.yaml")
+    with warnings.catch_warnings():  # called from Python (a notebook's kernel has its own sys.argv)
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        cli = run_lightning_cli(["--config", str(config), "--trainer.logger", "false", *overrides], run=False)
+    if out is None:
+        root = cli.config.get("trainer", {}).get("default_root_dir") or "."
+        out = Path(root) / "checkpoints" / CONFIG_CHECKPOINT
+    out = Path(out)
+    contents = {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": pl.__version__,
+        "state_dict": cli.model.state_dict(),
+        "hyper_parameters": dict(cli.model.hparams),
+        "datamodule_hyper_parameters": dict(cli.datamodule.hparams),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)  # as a checkpoint `fit` writes, not mkstemp's 0600
+        torch.save(contents, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

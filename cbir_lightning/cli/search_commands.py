@@ -1,5 +1,5 @@
 """``index``, ``search``, ``recommend``, ``serve``: image search over a folder with a trained checkpoint
-(or its ONNX export, ``--model``)."""
+(or its ONNX export, ``--model``, or a config's own model, ``--config``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def index(
     model: str | None = None,
     approximate: bool = False,
     target_recall: float = 0.95,
+    config_file: str | None = None,
 ) -> dict | None:
     """Embed every jpg/png/webp below ``images`` into the index folder ``out`` (incremental, atomic).
 
@@ -40,10 +41,21 @@ def index(
             images (or with a model that scores with its own similarity) the index stays exact and the
             manifest says why. Default: exact.
         target_recall: recall@10 the approximate index must reach (``--target-recall``, in (0, 1]).
+        config_file: (``--config``) instead of ``--ckpt``, a ``fit`` config whose model is used with its own
+            weights (e.g. ``configs/wikiart_pretrained.yaml``: ImageNet EfficientNet-Lite0 + GeM, no
+            training). It is written as the checkpoint ``<trainer.default_root_dir>/checkpoints/config.ckpt``
+            (``fit``'s format), which the index records and ``search``/``recommend`` load.
     """
     from cbir_lightning.api import Index
     from cbir_lightning.errors import CbirError
 
+    if config_file is not None:
+        if ckpt is not None or model is not None:
+            raise CbirError("pass one of --ckpt, --model and --config (the model to index with)")
+        from cbir_lightning.cli.lightning_cli import config_checkpoint
+
+        ckpt = str(config_checkpoint(config_file))
+        print(f"model of {config_file}: {ckpt}")
     options = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
     if model is not None:
         if (devices, strategy, num_nodes) != (1, "auto", 1) or accelerator not in ("auto", "cpu"):
@@ -88,7 +100,8 @@ def search(
         crop: ``x0,y0,x1,y1`` region of the query in pixels.
         rerank: ``none``, ``aqe`` (alpha query expansion), ``dba`` (database-side augmentation) or
             ``diffusion``, applied to the first 100 results.
-        sheet: also write a contact sheet PNG (query + results with scores).
+        sheet: also write a contact sheet (query + results with scores; ``.jpg``/``.jpeg``: JPEG, otherwise
+            PNG).
         ckpt: the index's checkpoint at another path (must be the same model).
         model: the index's ONNX model (``cbir-lightning export``) at another path, or an export of the
             index's checkpoint (same whitening), run with ONNX Runtime.
@@ -115,6 +128,7 @@ def recommend(
     duplicate_threshold: float = 0.98,
     ckpt: str | None = None,
     model: str | None = None,
+    sheet: str | None = None,
 ) -> dict:
     """Items similar to ``image``, without its exact duplicates (same file hash) and near duplicates.
 
@@ -125,14 +139,22 @@ def recommend(
         duplicate_threshold: results scoring at least this are near duplicates (``--duplicate-threshold``).
         ckpt: the index's checkpoint at another path (must be the same model).
         model: the index's ONNX model at another path, or an export of its checkpoint (see ``search``).
+        sheet: also write a contact sheet (the image + its recommendations with scores; ``.jpg``/``.jpeg``:
+            JPEG, otherwise PNG).
     """
     from cbir_lightning.api import Index
+    from cbir_lightning.search.files import open_image
+    from cbir_lightning.search.sheet import contact_sheet
 
     opened = Index.open(index, ckpt=ckpt, onnx=model)
     opened.embedder  # noqa: B018 (the index's model is checked before the image is read)
     result = opened.recommend(image, top_k, duplicate_threshold)
+    results = [{"path": r.path, "score": r.score} for r in result["results"]]
+    if sheet:
+        contact_sheet(open_image(image), results, sheet)
+        print(f"contact sheet: {sheet}")
     return {
-        "results": [{"path": r.path, "score": r.score} for r in result["results"]],
+        "results": results,
         "exact_duplicates": [r.path for r in result["exact_duplicates"]],
         "near_duplicates": [r.path for r in result["near_duplicates"]],
     }

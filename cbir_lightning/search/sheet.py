@@ -1,4 +1,4 @@
-"""Contact sheet: the query and its results as one PNG grid with scores."""
+"""Contact sheet: the query and its results as one image grid (PNG, or JPEG by suffix) with scores."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def _tile(image: Image.Image, caption: str, border: str) -> Image.Image:
 
 
 def contact_sheet(query: Image.Image, results: list[dict], out: str | Path, columns: int = 6) -> Path:
-    """Write the query (blue frame) and results (score under each) as a PNG grid, atomically."""
+    """Write the query (blue frame) and results (score under each) as a grid, atomically: a JPEG if ``out``
+    ends in ``.jpg``/``.jpeg`` (quality 85), a PNG otherwise."""
     tiles = [_tile(query, "query", "blue")]
     for r in results:
         try:
@@ -42,7 +43,11 @@ def contact_sheet(query: Image.Image, results: list[dict], out: str | Path, colu
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
     os.close(fd)
     try:
-        sheet.save(tmp, "PNG")
+        os.chmod(tmp, 0o644)  # not mkstemp's 0600: a viewer or web server may read the sheet
+        if out.suffix.lower() in (".jpg", ".jpeg"):
+            sheet.save(tmp, "JPEG", quality=85)
+        else:
+            sheet.save(tmp, "PNG")
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -372,3 +372,35 @@ def test_ddp_workers_embed_rank_0s_file_list(tiny_run, tmp_path):
     ddp, ddp_vectors = load(tmp_path / "ddp")
     assert [i["path"] for i in ddp["items"]] == [i["path"] for i in single["items"]]
     assert np.allclose(ddp_vectors, single_vectors, atol=1e-5)
+
+
+def test_index_with_a_configs_pretrained_model(tmp_path, monkeypatch, capsys):
+    """``index --config``: the config's model with its own (ImageNet) weights, written as a checkpoint under
+    the config's run folder; the index holds the vectors of that model built directly, and ``recommend``
+    loads it from the index alone."""
+    from helpers.paths import REPO
+
+    from cbir_lightning.cli import main
+    from cbir_lightning.models import GeMSiameseModule
+    from data_modules import PhotoCollectionDataModule
+
+    photos = photo_folder(tmp_path / "photos", count=4)
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "configs" / "wikiart_pretrained.yaml")
+    main(["index", "--config", config, "--images", str(photos), "--out", "idx", "--batch-size", "4"])
+    ckpt = tmp_path / "runs" / "wikiart_pretrained" / "checkpoints" / "config.ckpt"
+    manifest, vectors = load(tmp_path / "idx")
+    assert Path(manifest["model"]["checkpoint"]).resolve() == ckpt.resolve()
+    module = GeMSiameseModule(backbone="efficientnet_lite0", weights="imagenet", pooling="gem", p=3.0).eval()
+    transform = PhotoCollectionDataModule(root="unused", image_size=224).eval_transform
+    files = [photos / item["path"] for item in manifest["items"]]
+    with torch.no_grad():
+        expected = torch.cat([module.embed(transform(Image.open(f).convert("RGB"))[None]) for f in files])
+    assert np.allclose(vectors, expected.numpy(), atol=1e-4)
+    capsys.readouterr()
+    main(["recommend", "--index", "idx", "--image", str(files[0]), "--top-k", "2"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["results"]) == 2 and str(files[0]) not in [r["path"] for r in result["results"]]
+    with pytest.raises(SystemExit):
+        main(["index", "--config", config, "--ckpt", str(ckpt), "--images", str(photos), "--out", "idx"])
+    assert "pass one of --ckpt, --model and --config" in capsys.readouterr().err

@@ -190,6 +190,8 @@ def test_recommend_removes_exact_and_near_duplicates(built, capsys):
             "3",
             "--duplicate-threshold",
             str(threshold),
+            "--sheet",
+            str(built["work"] / "recommend.jpg"),
         ],
         capsys,
     )
@@ -201,3 +203,10 @@ def test_recommend_removes_exact_and_near_duplicates(built, capsys):
     assert result["near_duplicates"] == near
     rest = [p for p, s in ranking if s < threshold and p not in copies][:3]
     assert [r["path"] for r in result["results"]] == rest
+    # the contact sheet (JPEG by its suffix): the image and its 3 recommendations, one row of 6 tiles
+    sheet = Image.open(built["work"] / "recommend.jpg")
+    assert sheet.format == "JPEG" and sheet.size == (6 * 160, 160 + 18)
+    frame = lambda tile: np.asarray(sheet.convert("RGB"))[80, tile * 160 + 1].astype(int)  # noqa: E731
+    assert abs(frame(0) - [0, 0, 255]).max() < 40  # the query's blue frame
+    assert abs(frame(3) - [128, 128, 128]).max() < 40  # the third recommendation's grey frame
+    assert frame(4).min() > 230  # no fourth tile
