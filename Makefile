@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 	@touch $@
 
-data: data/omniglot/.ready data/cifar10/.ready data/stanford_dogs/.ready data/wikiart_pd/.ready
+data: data/omniglot/.ready data/cifar10/.ready data/stanford_dogs/.ready data/wikiart_pd/.ready data/landmarks/.ready
 
 data/omniglot/.ready: | venv
 	@mkdir -p data/omniglot
@@ -53,6 +53,16 @@ data/wikiart_pd/.ready:
 		mkdir -p data/wikiart_pd && cp -r $(SHARED)/wikiart_pd/. data/wikiart_pd/ && touch $@; \
 	else \
 		echo "no $(SHARED)/wikiart_pd: put <artist>/<file>.jpg and labels.tsv (path, style, artist) in data/wikiart_pd"; \
+	fi
+
+# Landmark photos (10 Oxford5k photos, 10 Sacre Coeur distractors, the Oxford/Paris ground-truth pickles) for
+# configs/landmarks_efficientnet_rmac.yaml and notebooks/landmarks.ipynb. The full sets: `cbir-lightning download
+# --dataset roxford5k --root data/landmarks`.
+data/landmarks/.ready:
+	@if [ -d $(SHARED)/landmarks ]; then \
+		mkdir -p data/landmarks && cp -r $(SHARED)/landmarks/. data/landmarks/ && touch $@; \
+	else \
+		echo "no $(SHARED)/landmarks: get the full sets with cbir-lightning download --dataset roxford5k --root data/landmarks"; \
 	fi
 
 demo: venv data/omniglot/.ready

@@ -4,7 +4,8 @@ answer, and a table of embeddings for W&B's projector, logged to Weights & Biase
 Tiles show the original pixels (the DataModule's ``display_image`` undoes its normalisation), scaled to
 ``tile_size`` pixels (nearest neighbour when enlarging, so small images stay sharp) with a caption: the
 query's label, or each result's rank, score and label (class name when the DataModule has
-``class_names``). Borders: grey = query, green = right, red = wrong, blue = the missed right answer.
+``class_names``). Borders: grey = query, green = right, red = wrong, blue = the missed right answer;
+with a ground truth (:func:`relevance_grid`): green = positive, red = negative, orange = junk.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from data_modules.transforms.normalize import display_pixels
 
 GREEN, RED, BLUE, GREY, WHITE = (25, 204, 25), (230, 25, 25), (25, 76, 230), (128, 128, 128), (255, 255, 255)
+ORANGE = (245, 150, 20)
+RELEVANCE = {"positive": GREEN, "negative": RED, "junk": ORANGE}
 BORDER, PADDING, CAPTION_LINES = 3, 2, 2
 
 
@@ -85,6 +88,32 @@ def retrieval_grid(
             colour = GREEN if labels[r] == labels[q] else RED
             caption = (f"#{rank}: {score:.3f}", label_text(int(labels[r]), class_names))
             tiles.append(tile(pixels[r], tile_size, colour, caption))
+    return assemble(tiles, ranked.shape[1] + 1)
+
+
+def relevance_grid(
+    queries: Sequence[torch.Tensor],
+    items: Sequence[torch.Tensor],
+    ranked: torch.Tensor,
+    scores: torch.Tensor,
+    relevance: Sequence[Sequence[str]],
+    query_names: Sequence[str] | None = None,
+    item_names: Sequence[str] | None = None,
+    tile_size: int = 160,
+) -> torch.Tensor:
+    """One row per query: the query image (grey), then its ranked database items ``ranked[i, j]``
+    (``queries`` and ``items``: uint8 ``[3, h, w]`` original pixels), captioned "#rank: score" and
+    ``relevance[i][j]`` (with the item's name), framed by it: ``positive`` green, ``negative`` red,
+    ``junk`` orange (as a ground truth with junk lists, e.g. Oxford's, judges them). uint8 ``[3, H, W]``."""
+    tiles = []
+    for q, (row, row_scores) in enumerate(zip(ranked.tolist(), scores.tolist(), strict=True)):
+        tiles.append(tile(queries[q], tile_size, GREY, ("query", query_names[q] if query_names else "")))
+        for rank, (r, score) in enumerate(zip(row, row_scores, strict=True), start=1):
+            kind = relevance[q][rank - 1]
+            if kind not in RELEVANCE:
+                raise ValueError(f"relevance must be one of {list(RELEVANCE)}, got {kind!r}")
+            name = f"{kind} {item_names[r]}" if item_names else kind
+            tiles.append(tile(items[r], tile_size, RELEVANCE[kind], (f"#{rank}: {score:.3f}", name)))
     return assemble(tiles, ranked.shape[1] + 1)
 
 

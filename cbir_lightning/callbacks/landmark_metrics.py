@@ -5,11 +5,14 @@ validation (and test) epoch it embeds the cropped queries and the database with 
 (:func:`cbir_lightning.inference.embed_dataset`: each rank a shard, all-gathered), scores them with
 :func:`cbir_lightning.metrics.revisited_metrics` (or ``original_metrics`` for the original ground truth)
 and logs ``val/<dataset>/mAP_E``, ``mAP_M``, ``mAP_H`` (original: ``val/<dataset>/mAP``). Use one callback
-per test set.
+per test set. With ``rerank`` (``aqe``, ``dba``, ``diffusion`` or a list of them, see
+:func:`cbir_lightning.rerank.rerank_scores`) it also logs the re-ranked lists' scores, as
+``val/<dataset>/<reranker>/mAP_M`` (``none``: the plain names).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -18,19 +21,26 @@ from pytorch_lightning.callbacks import Callback
 
 from cbir_lightning.inference import ItemImages, embed_dataset
 from cbir_lightning.metrics import original_metrics, revisited_metrics
+from cbir_lightning.rerank import reranked_similarity
+from cbir_lightning.rerank.rerank import check_reranker
 from data_modules.landmarks import LandmarksTestDataModule
 
 SHORT = {"easy": "E", "medium": "M", "hard": "H"}
 
 
-def landmark_scores(embeddings: torch.Tensor, gnd) -> dict[str, float]:
+def landmark_scores(embeddings: torch.Tensor, gnd, rerank: str = "none", **options) -> dict[str, float]:
     """``{"mAP_E", "mAP_M", "mAP_H", "mP@10_M", ...}`` (revisited) or ``{"mAP"}`` (original) from the
-    embeddings of the queries followed by the database (the DataModule's item order)."""
+    embeddings of the queries followed by the database (the DataModule's item order), ranked by dot
+    product or re-ranked by ``rerank`` (``aqe``, ``dba``, ``diffusion``; ``options``: the keyword
+    arguments of :func:`cbir_lightning.rerank.rerank_scores`, e.g. ``graph_k``)."""
     query, database = embeddings[: gnd.num_queries].float(), embeddings[gnd.num_queries :].float()
+    similarity = "dot"
+    if check_reranker(rerank) != "none":
+        query, database, similarity = reranked_similarity(rerank, query, database, **options)
     if not gnd.revisited:
-        return {"mAP": original_metrics(query, database, gnd.gnd)["mAP"]}
+        return {"mAP": original_metrics(query, database, gnd.gnd, similarity=similarity)["mAP"]}
     out = {}
-    for protocol, metrics in revisited_metrics(query, database, gnd.gnd).items():
+    for protocol, metrics in revisited_metrics(query, database, gnd.gnd, similarity=similarity).items():
         for key, value in metrics.items():
             out[f"{key}_{SHORT[protocol]}"] = value
     return out
@@ -38,9 +48,13 @@ def landmark_scores(embeddings: torch.Tensor, gnd) -> dict[str, float]:
 
 class LandmarkMetrics(Callback):
     """Args:
-    root / dataset / image_size / keep_aspect / crop_queries / num_workers: the test set (see
-        :class:`~data_modules.landmarks.LandmarksTestDataModule`).
+    root / dataset / image_size / keep_aspect / crop_queries / num_workers / images / present_only /
+        distractors: the test set (see :class:`~data_modules.landmarks.LandmarksTestDataModule`).
     every_n_epochs: score every n-th validation epoch (the set can be slow to embed).
+    rerank: ``none`` or a re-ranker, or a list of them: each one's scores are logged.
+    rerank_options: keyword arguments of :func:`cbir_lightning.rerank.rerank_scores` (``graph_k``,
+        ``kq``, ``neighbours``, ...). Diffusion's ``graph_k`` (50) must stay well below the database
+        size: a graph where every image is every other's neighbour ranks all queries alike.
     """
 
     def __init__(
@@ -52,10 +66,27 @@ class LandmarkMetrics(Callback):
         crop_queries: bool = True,
         num_workers: int = 2,
         every_n_epochs: int = 1,
+        images: str | Path | None = None,
+        present_only: bool = False,
+        distractors: str | Path | None = None,
+        rerank: str | Sequence[str] = "none",
+        rerank_options: dict | None = None,
     ) -> None:
         self.data = LandmarksTestDataModule(
-            root, dataset, image_size, keep_aspect, crop_queries, num_workers=num_workers
+            root,
+            dataset,
+            image_size,
+            keep_aspect,
+            crop_queries,
+            num_workers=num_workers,
+            images=images,
+            present_only=present_only,
+            distractors=distractors,
         )
+        self.rerank = [rerank] if isinstance(rerank, str) else list(rerank)
+        self.rerank_options = dict(rerank_options or {})
+        for name in self.rerank:
+            check_reranker(name)
         self.every_n_epochs = max(1, int(every_n_epochs))
         self.last_metrics: dict[str, float] = {}
 
@@ -71,13 +102,18 @@ class LandmarkMetrics(Callback):
             batch_size=1 if self.data.hparams.keep_aspect else 16,
             num_workers=self.data.hparams.num_workers,
         )
-        return landmark_scores(embeddings.cpu(), self.data.gnd)
+        out = {}
+        for name in self.rerank:
+            prefix = "" if name == "none" else f"{name}/"
+            scores = landmark_scores(embeddings.cpu(), self.data.gnd, name, **self.rerank_options)
+            out.update({f"{prefix}{key}": value for key, value in scores.items()})
+        return out
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
         metrics = self.score(pl_module)
         self.last_metrics = {f"{prefix}/{self.data.name}/{k}": float(v) for k, v in metrics.items()}
         for name, value in self.last_metrics.items():
-            pl_module.log(name, value, sync_dist=False, prog_bar=name.endswith("mAP_M"))
+            pl_module.log(name, value, sync_dist=False, prog_bar=name.endswith(("mAP_M", "/mAP")))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:

@@ -67,17 +67,10 @@ def _check_rows(array: torch.Tensor, rows: int, path: str, what: str, follows: s
 
 
 def reranked_similarity(rerank: str, query: torch.Tensor, data: torch.Tensor):
-    """``(query_rows, database_rows, similarity)`` that score with the re-ranked matrix: rows are stand-ins
-    (their index), the similarity looks the scores up, so the metric engine is unchanged."""
-    from cbir_lightning.rerank import rerank_scores
+    """See :func:`cbir_lightning.rerank.reranked_similarity`."""
+    from cbir_lightning.rerank import reranked_similarity as rows_and_similarity
 
-    scores = rerank_scores(rerank, query, data)
-    rows = [torch.arange(n, dtype=torch.float64)[:, None] for n in (len(query), len(data))]
-
-    def similarity(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return scores[q[:, 0].long()][:, x[:, 0].long()]
-
-    return rows[0], rows[1], similarity
+    return rows_and_similarity(rerank, query, data)
 
 
 def evaluate_gnd(queries: str, database: str, gnd: str, rerank: str = "none") -> dict:

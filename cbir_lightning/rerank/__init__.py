@@ -5,7 +5,7 @@ Pure functions on descriptors (tensors in, tensors out); scores are dot products
 
 from cbir_lightning.rerank.diffusion import diffusion_scores, mutual_knn_affinity
 from cbir_lightning.rerank.expansion import alpha_query_expansion, database_side_augmentation
-from cbir_lightning.rerank.rerank import RERANKERS, rerank_scores
+from cbir_lightning.rerank.rerank import RERANKERS, rerank_scores, reranked_similarity
 
 __all__ = [
     "RERANKERS",
@@ -14,4 +14,5 @@ __all__ = [
     "diffusion_scores",
     "mutual_knn_affinity",
     "rerank_scores",
+    "reranked_similarity",
 ]

@@ -52,3 +52,16 @@ def rerank_scores(
     # items the diffusion never reaches score 0: order them after, by their plain scores
     plain = query @ database.T
     return torch.where(scores > 0, scores + 2.0, plain.clamp(-1, 1) + 0.0 if clamp else plain)
+
+
+def reranked_similarity(name: str, query: Tensor, database: Tensor, **options):
+    """``(query_rows, database_rows, similarity)`` that score with :func:`rerank_scores`' matrix (``options``:
+    its keyword arguments): the rows are stand-ins (their index) and the similarity looks the scores up,
+    so a metric engine that takes descriptors and a similarity function scores the re-ranked lists."""
+    scores = rerank_scores(name, query, database, **options)
+    rows = [torch.arange(n, dtype=torch.float64)[:, None] for n in (len(query), len(database))]
+
+    def similarity(q: Tensor, x: Tensor) -> Tensor:
+        return scores[q[:, 0].long()][:, x[:, 0].long()]
+
+    return rows[0], rows[1], similarity

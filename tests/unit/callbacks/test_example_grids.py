@@ -14,8 +14,14 @@ from PIL import Image
 
 from cbir_lightning.callbacks.example_grids import (
     BORDER,
+    GREEN,
+    GREY,
+    ORANGE,
+    PADDING,
+    RED,
     log_example_grids,
     oneshot_grid,
+    relevance_grid,
     retrieval_grid,
     tile,
 )
@@ -153,3 +159,24 @@ def test_omniglot_shows_ink_dark_on_white():
         and shown[:, 1, 1].tolist() == [0, 0, 0]
         and shown[:, 0, 0].tolist() == [255] * 3
     )
+
+
+def test_relevance_grid_frames_positive_negative_and_junk():
+    grey = torch.full((3, 10, 20), 128, dtype=torch.uint8)
+    ranked = torch.tensor([[2, 0, 1]])
+    grid = relevance_grid(
+        [grey],
+        [grey, grey, grey],
+        ranked,
+        torch.tensor([[0.9, 0.5, 0.1]]),
+        [["positive", "junk", "negative"]],
+        ["q"],
+        ["a", "b", "c"],
+        tile_size=40,
+    )
+    pixels = grid.permute(1, 2, 0).numpy()
+    width = 40 + 2 * BORDER + PADDING  # tile + gap; the grid starts after one gap
+    corners = [tuple(pixels[PADDING, PADDING + k * width]) for k in range(4)]
+    assert corners == [GREY, GREEN, ORANGE, RED]  # query, then rank 1, 2, 3 by relevance
+    with pytest.raises(ValueError, match="relevance must be one of"):
+        relevance_grid([grey], [grey], torch.tensor([[0]]), torch.tensor([[1.0]]), [["maybe"]])

@@ -3,16 +3,21 @@ real Oxford5k photos, scored against the transcribed revisitop reference."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from helpers.revisitop import revisited_reference
-from helpers.sfm import OXFORD, QUERIES, make_revisited_layout
+from helpers.sfm import LANDMARKS, OXFORD, QUERIES, SACRE_COEUR, make_revisited_layout
 from PIL import Image
 
 from cbir_lightning.callbacks.landmark_metrics import LandmarkMetrics, landmark_scores
 from cbir_lightning.errors import CbirError
+from cbir_lightning.metrics import revisited_metrics
+from cbir_lightning.rerank import alpha_query_expansion
 from data_modules.landmarks import LandmarksTestDataModule
+from data_modules.landmarks.gnd import GroundTruth, restrict_gnd
 
 
 @pytest.fixture()
@@ -66,3 +71,77 @@ def test_missing_image_is_one_line(layout):
     (root / "jpg" / f"{gnd['imlist'][3]}.jpg").unlink()
     with pytest.raises(CbirError, match=f"1 of 10 images of roxford5k missing under .*{gnd['imlist'][3]}"):
         LandmarksTestDataModule(root, "roxford5k", image_size=64).setup()
+
+
+def _tiny_truth() -> GroundTruth:
+    """imlist a..e, queries q1..q3 (revisited keys), q1 and q3 with boxes."""
+    lists = [
+        {"easy": [0, 2], "hard": [3], "junk": [4]},
+        {"easy": [1], "hard": [], "junk": [0]},
+        {"easy": [4], "hard": [], "junk": []},
+    ]
+    gnd = [{key: np.asarray(v, dtype=np.int64) for key, v in entry.items()} for entry in lists]
+    boxes = [[1.0, 2.0, 3.0, 4.0], None, [5.0, 6.0, 7.0, 8.0]]
+    return GroundTruth(Path("gnd_tiny.pkl"), list("abcde"), ["q1", "q2", "q3"], gnd, True, boxes)
+
+
+def test_restrict_gnd_keeps_present_images_reindexed_with_distractors_last():
+    # b, d and q2 are absent: a, c, e become 0, 1, 2; the distractors 3, 4
+    small = restrict_gnd(_tiny_truth(), {"q1", "q3", "a", "c", "e"}, ["z1", "z2"])
+    assert small.imlist == ["a", "c", "e", "z1", "z2"] and small.qimlist == ["q1", "q3"]
+    assert small.boxes == [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+    as_lists = [{key: v.tolist() for key, v in entry.items()} for entry in small.gnd]
+    assert as_lists == [{"easy": [0, 1], "hard": [], "junk": [2]}, {"easy": [2], "hard": [], "junk": []}]
+    with pytest.raises(CbirError, match="distractor 'a' is also an image"):
+        restrict_gnd(_tiny_truth(), {"a"}, ["a"])
+
+
+def test_restricted_ground_truth_scores_by_hand():
+    small = restrict_gnd(_tiny_truth(), {"q1", "q3", "a", "c", "e"}, ["z1", "z2"])
+    database = torch.eye(5, dtype=torch.float64)  # scores = the query's coordinates (a, c, e, z1, z2)
+    query = torch.tensor([[0.8, 0.6, 0.7, 0.9, 0.1], [0.1, 0.2, 0.9, 0.3, 0.0]], dtype=torch.float64)
+    # q1 ranks z1, a, e (junk: out), c, z2: positives at ranks 1 and 2 (0-based) of 2 -> trapezoid AP
+    # (0 + 1/2) / 2 / 2 + (1/2 + 2/3) / 2 / 2 = 5/12; q3 ranks e first -> 1
+    result = revisited_metrics(query, database, small.gnd, protocols=("easy", "medium"))
+    assert result["medium"]["mAP"] == pytest.approx((5 / 12 + 1) / 2)
+    assert result["easy"]["mAP"] == pytest.approx((5 / 12 + 1) / 2)
+
+
+@pytest.mark.skipif(len(OXFORD) < 10 or len(SACRE_COEUR) < 10, reason="shared landmark photos not found")
+def test_present_photos_with_distractors_as_a_datamodule():
+    dm = LandmarksTestDataModule(
+        LANDMARKS / "gnd",
+        "oxford5k",
+        image_size=64,
+        images=LANDMARKS / "oxford5k_images",
+        present_only=True,
+        distractors=LANDMARKS / "sacre_coeur",
+        num_workers=0,
+    )
+    dm.setup()
+    gnd = dm.gnd
+    assert gnd.num_queries == 10 and len(gnd.imlist) == 20 and len(dm.data) == 30
+    assert gnd.imlist[10:] == [p.stem for p in SACRE_COEUR]
+    assert all(len(entry["ok"]) == 5 and len(entry["junk"]) == 0 for entry in gnd.gnd)
+    assert all(gnd.qimlist[q] in [gnd.imlist[i] for i in entry["ok"]] for q, entry in enumerate(gnd.gnd))
+    name, box = gnd.qimlist[0], gnd.boxes[0]
+    crop = Image.open(LANDMARKS / "oxford5k_images" / f"{name}.jpg").convert("RGB").crop(tuple(box))
+    assert torch.equal(dm.data[0][0], dm.eval_transform(crop))
+
+
+@pytest.mark.skipif(len(OXFORD) < 10, reason="shared landmark photos not found")
+def test_revisited_ground_truth_on_its_query_photos_alone_is_one_line():
+    dm = LandmarksTestDataModule(
+        LANDMARKS / "gnd", "roxford5k", image_size=64, images=LANDMARKS / "oxford5k_images", present_only=True
+    )
+    with pytest.raises(CbirError, match="no query has a positive among the 0 of its images"):
+        dm.setup()
+
+
+def test_landmark_scores_rerank_equals_expanded_queries():
+    truth = restrict_gnd(_tiny_truth(), {"q1", "q3", "a", "c", "e"}, ["z1", "z2"])
+    gen = torch.Generator().manual_seed(0)
+    vectors = torch.nn.functional.normalize(torch.randn(7, 4, generator=gen), dim=1)
+    expanded = alpha_query_expansion(vectors[:2].double(), vectors[2:].double())
+    direct = revisited_metrics(expanded, vectors[2:].double(), truth.gnd, protocols=("medium",))
+    assert landmark_scores(vectors, truth, "aqe")["mAP_M"] == pytest.approx(direct["medium"]["mAP"])
