@@ -212,15 +212,9 @@ class CbirCLI(LightningCLI):
         )
 
 
-def run_lightning_cli(args: list[str] | None) -> None:
-    """Run LightningCLI; argument errors raise ``jsonargparse.ArgumentError`` (reported as one line).
-
-    ``omegaconf+`` resolves ``${...}`` interpolations after the config files and command-line overrides
-    are merged, so ``--data.init_args.image_size 40`` also changes ``${data.init_args.image_size}``;
-    interpolation paths in configs are written from the config's root (``${trainer.max_epochs}``).
-    """
+def _cli(args: list[str] | None, run: bool = True) -> CbirCLI:
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    CbirCLI(
+    return CbirCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         parser_class=ConfigParser,
@@ -231,4 +225,30 @@ def run_lightning_cli(args: list[str] | None) -> None:
         parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False},
         args=args,
         auto_configure_optimizers=False,
+        run=run,
     )
+
+
+def run_lightning_cli(args: list[str] | None) -> None:
+    """Run LightningCLI; argument errors raise ``jsonargparse.ArgumentError`` (reported as one line).
+
+    ``omegaconf+`` resolves ``${...}`` interpolations after the config files and command-line overrides
+    are merged, so ``--data.init_args.image_size 40`` also changes ``${data.init_args.image_size}``;
+    interpolation paths in configs are written from the config's root (``${trainer.max_epochs}``).
+    """
+    _cli(args)
+
+
+def build_from_config(
+    config: str | Path, *overrides: str
+) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
+    """``(model, datamodule, trainer)`` exactly as ``cbir-lightning fit --config CONFIG OVERRIDES...``
+    builds them (base configs, overrides, interpolations resolved, seed set), without running anything:
+    for notebooks and scripts, e.g. ``trainer.fit(model, datamodule=datamodule)``.
+
+    ``overrides`` are command-line tokens (``"--trainer.max_steps=5"``,
+    ``"--data.init_args.image_size=64"``). Unlike ``fit``, the trainer has no ``StopOnNonFinite``
+    callback unless the config names it. A bad key raises ``jsonargparse.ArgumentError``.
+    """
+    cli = _cli(["--config", str(config), *overrides], run=False)
+    return cli.model, cli.datamodule, cli.trainer
