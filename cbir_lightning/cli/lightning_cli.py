@@ -250,5 +250,7 @@ def build_from_config(
     ``"--data.init_args.image_size=64"``). Unlike ``fit``, the trainer has no ``StopOnNonFinite``
     callback unless the config names it. A bad key raises ``jsonargparse.ArgumentError``.
     """
-    cli = _cli(["--config", str(config), *overrides], run=False)
+    with warnings.catch_warnings():  # from Python (a notebook's kernel) sys.argv is not ours: no clash
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        cli = _cli(["--config", str(config), *overrides], run=False)
     return cli.model, cli.datamodule, cli.trainer
