@@ -236,6 +236,23 @@ def run_lightning_cli(args: list[str] | None, run: bool = True) -> CbirCLI:
     )
 
 
+def build_from_config(
+    config: str | Path, *overrides: str
+) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
+    """``(model, datamodule, trainer)`` exactly as ``cbir-lightning fit --config CONFIG OVERRIDES...``
+    builds them (base configs, overrides, interpolations resolved, seed set), without running anything:
+    for notebooks and scripts, e.g. ``trainer.fit(model, datamodule=datamodule)``.
+
+    ``overrides`` are command-line tokens (``"--trainer.max_steps=5"``,
+    ``"--data.init_args.image_size=64"``). Unlike ``fit``, the trainer has no ``StopOnNonFinite``
+    callback unless the config names it. A bad key raises ``jsonargparse.ArgumentError``.
+    """
+    with warnings.catch_warnings():  # from Python (a notebook's kernel) sys.argv is not ours: no clash
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        cli = run_lightning_cli(["--config", str(config), *overrides], run=False)
+    return cli.model, cli.datamodule, cli.trainer
+
+
 CONFIG_CHECKPOINT = "config.ckpt"
 
 
@@ -257,20 +274,17 @@ def config_checkpoint(
 
     if not Path(config).is_file():
         raise CbirError(f"config file {config} not found; pass a YAML config such as configs/<name>.yaml")
-    with warnings.catch_warnings():  # called from Python (a notebook's kernel has its own sys.argv)
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        cli = run_lightning_cli(["--config", str(config), "--trainer.logger", "false", *overrides], run=False)
+    model, datamodule, trainer = build_from_config(config, "--trainer.logger", "false", *overrides)
     if out is None:
-        root = cli.config.get("trainer", {}).get("default_root_dir") or "."
-        out = Path(root) / "checkpoints" / CONFIG_CHECKPOINT
+        out = Path(trainer.default_root_dir) / "checkpoints" / CONFIG_CHECKPOINT
     out = Path(out)
     contents = {
         "epoch": 0,
         "global_step": 0,
         "pytorch-lightning_version": pl.__version__,
-        "state_dict": cli.model.state_dict(),
-        "hyper_parameters": dict(cli.model.hparams),
-        "datamodule_hyper_parameters": dict(cli.datamodule.hparams),
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "datamodule_hyper_parameters": dict(datamodule.hparams),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")

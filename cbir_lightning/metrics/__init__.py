@@ -1,6 +1,7 @@
 """Pure-tensor retrieval and one-shot metrics (no Lightning dependencies)."""
 
 from cbir_lightning.metrics.oneshot import episode_scores, oneshot_accuracy
+from cbir_lightning.metrics.pr_curve import precision_recall_curve
 from cbir_lightning.metrics.ranking import positive_ranks
 from cbir_lightning.metrics.retrieval import (
     average_precision,
@@ -21,6 +22,7 @@ __all__ = [
     "pairwise_similarity",
     "per_query_metrics",
     "positive_ranks",
+    "precision_recall_curve",
     "protocol_lists",
     "ranked_relevance",
     "retrieval_metrics",
