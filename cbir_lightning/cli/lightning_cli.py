@@ -28,6 +28,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
+from cbir_lightning.atomic import atomic_file
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
 from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
 from cbir_lightning.cli.config_files import read_config, uses_bases
@@ -267,9 +268,6 @@ def config_checkpoint(
     ``out``: default ``<trainer.default_root_dir>/checkpoints/config.ckpt``, beside ``fit``'s checkpoints
     of that config. Written atomically; returns the path.
     """
-    import os
-    import tempfile
-
     import torch
 
     if not Path(config).is_file():
@@ -286,14 +284,6 @@ def config_checkpoint(
         "hyper_parameters": dict(model.hparams),
         "datamodule_hyper_parameters": dict(datamodule.hparams),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # as a checkpoint `fit` writes, not mkstemp's 0600
+    with atomic_file(out) as tmp:  # 0644, as a checkpoint `fit` writes
         torch.save(contents, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out

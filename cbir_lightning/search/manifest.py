@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from cbir_lightning.atomic import atomic_file
 from cbir_lightning.errors import CbirError
 
 FORMAT_VERSION = 1
@@ -34,16 +34,8 @@ VERSION_NAME = re.compile(r"v-\d{14}-[0-9a-f]{8}")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def current_version(index: Path) -> Path | None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from cbir_lightning.atomic import atomic_file
 from cbir_lightning.errors import CbirError
 from cbir_lightning.search.files import open_image
 
@@ -39,17 +38,9 @@ def contact_sheet(query: Image.Image, results: list[dict], out: str | Path, colu
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % columns) * TILE, (i // columns) * (TILE + 18)))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # not mkstemp's 0600: a viewer or web server may read the sheet
+    with atomic_file(out) as tmp:  # 0644: a viewer or web server may read the sheet
         if out.suffix.lower() in (".jpg", ".jpeg"):
             sheet.save(tmp, "JPEG", quality=85)
         else:
             sheet.save(tmp, "PNG")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from cbir_lightning.atomic import atomic_file
 from cbir_lightning.errors import CbirError
 from cbir_lightning.whitening.functional import KINDS
 
@@ -18,22 +17,15 @@ def whitening_path(checkpoint: str | Path) -> Path:
 
 
 def save_whitening(path: str | Path, whitening: dict) -> Path:
-    """Write ``whitening`` to ``path`` (temporary file in the same folder, then ``os.replace``)."""
+    """Write ``whitening`` to ``path`` atomically (:func:`~cbir_lightning.atomic.atomic_file`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "kind": str(whitening["kind"]),
         "mean": whitening["mean"].detach().cpu().contiguous(),
         "projection": whitening["projection"].detach().cpu().contiguous(),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(data, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        torch.save(data, tmp)
     return path
 
 
