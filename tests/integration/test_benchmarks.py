@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import statistics
 
 import pytest
@@ -69,3 +70,22 @@ def test_index_scale_prints_a_json_line_per_size():
         assert r["speedup_p95"] == pytest.approx(r["exact_p95_ms"] / r["approximate_p95_ms"], rel=1e-2)
         assert r["speedup_mean"] == pytest.approx(r["exact_mean_ms"] / r["approximate_mean_ms"], rel=1e-2)
         assert r["exact_index_bytes"] >= r["size"] * 16 * 4 and r["approximate_build_s"] > 0
+
+
+def test_rerank_map_prints_emh_map_per_reranker(tmp_path):
+    gnd = [
+        {
+            "easy": list(range(8 * q, 8 * q + 4)),
+            "hard": list(range(8 * q + 4, 8 * q + 7)),
+            "junk": [8 * q + 7],
+        }
+        for q in range(6)
+    ]
+    data = {"imlist": [f"im{i}" for i in range(300)], "qimlist": [f"q{q}" for q in range(6)], "gnd": gnd}
+    (tmp_path / "gnd_tiny.pkl").write_bytes(pickle.dumps(data, protocol=4))
+    result = run_benchmark("rerank_map.py", "--gnd", tmp_path / "gnd_tiny.pkl", "--dim", "32")
+    assert result["benchmark"] == "rerank_map" and result["descriptors"] == "synthetic"
+    assert set(result) >= {"none", "aqe", "dba", "diffusion"}
+    for name in ("none", "aqe", "dba", "diffusion"):
+        assert set(result[name]) == {"easy", "medium", "hard"}
+        assert all(0 < v <= 1 for v in result[name].values())
