@@ -35,7 +35,7 @@ class DSHModule(EmbeddingModule):
     net: the hashing net (``class_path`` in configs): images ``[n, c, h, w]`` -> relaxed codes
         ``[n, bits]``, with a ``bits`` attribute; its ``param_groups()``, if it has one, gives the
         optimizer's groups. null: :class:`DSHNet` built from the arguments below.
-    bits: code length k (default 12; with ``net`` it must equal ``net.bits``, the default).
+    bits: code length k of the default net (12); with ``net``: unset (the net's ``bits``) or equal to it.
     in_channels / input_size / channels / hidden / batch_norm: the default net (see :class:`DSHNet`);
         ignored with ``net``.
     loss: the loss on relaxed codes (default :class:`~cbir_lightning.losses.DSHLoss` with ``margin``
@@ -69,8 +69,8 @@ class DSHModule(EmbeddingModule):
             raise CbirError(f"net {type(net).__name__} has no integer bits attribute (its code length)")
         elif bits is not None and bits != net.bits:
             raise CbirError(
-                f"bits is {bits} but net {type(net).__name__} gives {net.bits}-bit codes; set the net's bits "
-                "(configs: bits: ${model.init_args.bits} in the net's init_args) or leave bits unset"
+                f"bits is {bits} but net {type(net).__name__} gives {net.bits}-bit codes; leave bits unset "
+                "and set the net's (configs: model.init_args.net.init_args.bits)"
             )
         self.net = net
         self.bits = net.bits

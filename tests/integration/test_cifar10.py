@@ -20,7 +20,13 @@ CIFAR_SHARED = SHARED_DATA / "cifar10"
 @pytest.mark.skipif(not CIFAR_SHARED.is_dir(), reason="real CIFAR-10 subset not in ../shared/data")
 @pytest.mark.parametrize(
     ("config", "extra"),
-    [("cifar10_dsh", []), ("cifar10_dsh_pretrained", ["--data.init_args.image_size", "32"])],
+    [
+        ("cifar10_dsh", ["--model.init_args.bits", "16"]),
+        (
+            "cifar10_dsh_pretrained",
+            ["--model.init_args.net.init_args.bits", "16", "--data.init_args.image_size", "32"],
+        ),
+    ],
 )
 def test_tiny_dsh_fit_on_real_subset(tmp_path, config, extra):
     if config == "cifar10_dsh_pretrained":
@@ -40,8 +46,6 @@ def test_tiny_dsh_fit_on_real_subset(tmp_path, config, extra):
             "5",
             "--data.init_args.epoch_length",
             "2",
-            "--model.init_args.bits",
-            "16",
             "--trainer.max_epochs",
             "1",
             *extra,
@@ -54,13 +58,13 @@ def test_tiny_dsh_fit_on_real_subset(tmp_path, config, extra):
     assert Path(result["checkpoint"]).is_file()
     state = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     last = "net.hash.weight" if config == "cifar10_dsh_pretrained" else "net.head.3.weight"
-    assert state[last].shape[0] == 16  # --model.init_args.bits reaches the net
+    assert state[last].shape[0] == 16  # the bits override reaches the net
     # `evaluate` on the same checkpoint and split (queries = test, database = train) gives the same numbers
     tiny = read_config(REPO / "configs" / f"{config}.yaml")
     tiny["data"]["init_args"].update(
         root=str(CIFAR_SHARED), train_per_class=20, database_per_class=20, query_per_class=5
     )
-    if extra:
+    if config == "cifar10_dsh_pretrained":
         tiny["data"]["init_args"]["image_size"] = 32
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     proc = run_cli(
