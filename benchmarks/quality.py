@@ -24,7 +24,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = {
-    "cifar10": [("evaluate", "cifar10_pretrained"), ("fit", "cifar10_finetune")],
+    "cifar10": [
+        ("evaluate", "cifar10_pretrained"),
+        ("fit", "cifar10_finetune"),
+        ("fit", "cifar10_dsh_pretrained"),
+    ],
     "stanford_dogs": [("evaluate", "stanford_dogs_pretrained"), ("fit", "stanford_dogs_finetune")],
     "wikiart": [("evaluate", "wikiart_pretrained"), ("fit", "wikiart_finetune")],
 }

@@ -90,9 +90,13 @@ def datamodule_class(path: str | Path, datamodule_args: dict) -> type[pl.Lightni
 
 def restore_overrides(hyper_parameters: dict, state_dict: dict) -> dict:
     """Arguments that must not be re-read when a module is rebuilt from its checkpoint: pretrained
-    backbone weights (``weights``) and a whitening initialisation file (``whitening_init``) are already in
-    the state dict, and may not exist (offline, another machine)."""
+    backbone weights (``weights``, also in a net given by ``class_path``, e.g. DSHModule's ``net``) and a
+    whitening initialisation file (``whitening_init``) are already in the state dict, and may not exist
+    (offline, another machine)."""
     overrides = {}
+    net = hyper_parameters.get("net")
+    if isinstance(net, dict) and (net.get("init_args") or {}).get("weights") is not None:
+        overrides["net"] = {**net, "init_args": {**net["init_args"], "weights": None}}
     if hyper_parameters.get("weights") is not None:
         overrides["weights"] = None
     if hyper_parameters.get("whitening_init") is not None:

@@ -1,10 +1,13 @@
 """``DSHModule``: Deep Supervised Hashing (Liu et al., CVPR 2016) as a LightningModule.
 
-Training: relaxed k-bit codes from :class:`~cbir_lightning.models.dsh_net.DSHNet` and the DSH loss
-(:class:`~cbir_lightning.losses.DSHLoss`) on every pair of a :class:`~cbir_lightning.contracts.ClassBatch`,
-or on the aligned pairs of a :class:`~cbir_lightning.contracts.PairBatch` (``first`` and ``second`` coded
-in separate forward passes). Evaluation: ``embed`` gives the binary codes as +-1 floats (sign of the
-relaxed code), and ``similarity`` is minus their Hamming distance, computed by popcount on bit-packed codes
+Training: relaxed k-bit codes from the net (the paper's :class:`~cbir_lightning.models.dsh_net.DSHNet` by
+default, or any ``nn.Module`` mapping images to ``[n, bits]``, e.g.
+:class:`~cbir_lightning.models.pretrained_hash_net.PretrainedHashNet` on an ImageNet backbone) and the DSH
+loss (:class:`~cbir_lightning.losses.DSHLoss`) on every pair of a
+:class:`~cbir_lightning.contracts.ClassBatch`, or on the aligned pairs of a
+:class:`~cbir_lightning.contracts.PairBatch` (``first`` and ``second`` coded in separate forward passes).
+Evaluation: ``embed`` gives the binary codes as +-1 floats (sign of the relaxed code), and ``similarity``
+is minus their Hamming distance, computed by popcount on bit-packed codes
 (:mod:`cbir_lightning.retrieval.hamming`); the shared retrieval metrics then give Hamming-ranking mAP.
 Because ``q . d = k - 2 * hamming`` for +-1 codes, any dot-product search over the embeddings (``evaluate``,
 a faiss index) ranks exactly as Hamming distance does.
@@ -19,6 +22,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from cbir_lightning.contracts import ClassBatch, PairBatch
+from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.by_name import dsh_loss
 from cbir_lightning.losses.pairs import aligned_pairs
 from cbir_lightning.models.dsh_net import DSHNet
@@ -28,8 +32,12 @@ from cbir_lightning.retrieval.hamming import hamming_distances, pack_codes, sign
 
 class DSHModule(EmbeddingModule):
     """Args:
-    bits: code length k.
-    in_channels / input_size / channels / hidden / batch_norm: the net (see :class:`DSHNet`).
+    net: the hashing net (``class_path`` in configs): images ``[n, c, h, w]`` -> relaxed codes
+        ``[n, bits]``, with a ``bits`` attribute; its ``param_groups()``, if it has one, gives the
+        optimizer's groups. null: :class:`DSHNet` built from the arguments below.
+    bits: code length k of the default net (12); with ``net``: unset (the net's ``bits``) or equal to it.
+    in_channels / input_size / channels / hidden / batch_norm: the default net (see :class:`DSHNet`);
+        ignored with ``net``.
     loss: the loss on relaxed codes (default :class:`~cbir_lightning.losses.DSHLoss` with ``margin``
         and ``alpha``).
     margin: the loss margin m (default ``2 * bits``, the paper's); alpha: weight of the +-1 regulariser
@@ -39,7 +47,7 @@ class DSHModule(EmbeddingModule):
 
     def __init__(
         self,
-        bits: int = 12,
+        bits: int | None = None,
         in_channels: int = 3,
         input_size: int = 32,
         channels: Sequence[int] = (32, 32, 64),
@@ -51,10 +59,21 @@ class DSHModule(EmbeddingModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: str = "epoch",
         loss: nn.Module | None = None,
+        net: nn.Module | None = None,
     ) -> None:
-        objects = ["loss"] if loss is not None else []
+        objects = [k for k, v in (("loss", loss), ("net", net)) if v is not None]
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
-        self.net = DSHNet(bits, in_channels, input_size, channels, hidden, batch_norm)
+        if net is None:
+            net = DSHNet(12 if bits is None else bits, in_channels, input_size, channels, hidden, batch_norm)
+        elif not isinstance(getattr(net, "bits", None), int):
+            raise CbirError(f"net {type(net).__name__} has no integer bits attribute (its code length)")
+        elif bits is not None and bits != net.bits:
+            raise CbirError(
+                f"bits is {bits} but net {type(net).__name__} gives {net.bits}-bit codes; leave bits unset "
+                "and set the net's (configs: model.init_args.net.init_args.bits)"
+            )
+        self.net = net
+        self.bits = net.bits
         self.loss = dsh_loss(loss, margin, alpha)
 
     @property
@@ -75,6 +94,15 @@ class DSHModule(EmbeddingModule):
         """Minus the Hamming distance ``[nq, nd]`` between the sign codes (popcount on packed bits)."""
         distances = hamming_distances(pack_codes(queries), pack_codes(database))
         return distances.neg().float().to(queries.device)
+
+    def param_groups(self) -> list[dict]:
+        """The net's ``param_groups()`` (e.g. a gentler learning rate for a pretrained backbone) plus the
+        loss's trainable parameters, if any; else one group with every trainable parameter."""
+        if not hasattr(self.net, "param_groups"):
+            return super().param_groups()
+        groups = [g for g in self.net.param_groups() if g["params"]]
+        rest = [x for x in self.loss.parameters() if x.requires_grad]
+        return groups + ([{"params": rest}] if rest else [])
 
     def training_step(self, batch: PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
         if isinstance(batch, PairBatch):

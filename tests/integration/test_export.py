@@ -103,11 +103,42 @@ def dsh_ckpt(tiny_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run, gem_ckpt, dsh_ckpt, tmp_path_factory) -> dict:
-    """``{"koch"|"gem"|"dsh": (checkpoint, onnx file, export JSON)}``, each exported once by the CLI."""
+def dsh_pretrained_ckpt(tiny_run, tmp_path_factory) -> Path:
+    """A 12-bit DSH model on EfficientNet-Lite0 + GeM (``PretrainedHashNet``, random weights), its net
+    named by ``class_path`` as ``fit`` saves it, on CIFAR-10's preprocessing (32 px, ImageNet
+    normalisation)."""
+    import warnings
+
+    from cbir_lightning.models import DSHModule, PretrainedHashNet
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = PretrainedHashNet(bits=12, weights=None, freeze_batchnorm=True)
+    module = DSHModule(net=net)
+    dm = {"_class_path": "data_modules.CIFAR10DataModule", "root": "unused"}
+    path = tmp_path_factory.mktemp("dsh_pretrained") / "dsh.ckpt"
+    save_checkpoint(module, dm, "cbir_lightning.models.DSHModule", path, tiny_run["ckpt"])
+    contents = torch.load(path, map_location="cpu", weights_only=True)
+    contents["hyper_parameters"].update(
+        net={
+            "class_path": "cbir_lightning.models.PretrainedHashNet",
+            "init_args": {"bits": 12, "weights": None, "freeze_batchnorm": True},
+        },
+        _instantiator="pytorch_lightning.cli.instantiate_module",
+    )
+    torch.save(contents, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, gem_ckpt, dsh_ckpt, dsh_pretrained_ckpt, tmp_path_factory) -> dict:
+    """``{"koch"|"gem"|"dsh"|"dsh_pretrained": (checkpoint, onnx file, export JSON)}``, each exported once
+    by the CLI."""
     work = tmp_path_factory.mktemp("onnx")
     found = {}
-    for name, ckpt in (("koch", tiny_run["ckpt"]), ("gem", gem_ckpt), ("dsh", dsh_ckpt)):
+    named = [("koch", tiny_run["ckpt"]), ("gem", gem_ckpt), ("dsh", dsh_ckpt)]
+    for name, ckpt in [*named, ("dsh_pretrained", dsh_pretrained_ckpt)]:
         out = work / f"{name}.onnx"
         found[name] = (ckpt, out, run(["export", "--ckpt", str(ckpt), "--out", str(out)]))
     return found
@@ -181,11 +212,14 @@ def test_gem_export_folds_in_multiscale_and_whitening(gem_ckpt, exported, photos
     assert model.describe_whitening() == reference.describe_whitening()
 
 
-def test_dsh_export_gives_codes_before_the_sign(exported, photos):
-    ckpt, out, result = exported["dsh"]
+@pytest.mark.parametrize("which", ["dsh", "dsh_pretrained"])
+def test_dsh_export_gives_codes_before_the_sign(exported, photos, which):
+    ckpt, out, result = exported[which]
     assert result["post"] == "sign" and result["scoring"] == "hamming" and result["dimension"] == 12
     assert result["max_abs_diff"] <= 1e-4 and result["input_size"] == [32, 32] and result["channels"] == 3
     model, reference = OnnxSearchModel.load(out), SearchModel.load(ckpt)
+    net = "PretrainedHashNet" if which == "dsh_pretrained" else "DSHNet"
+    assert type(reference.module.net).__name__ == net
     batch = torch.stack([reference.transform(Image.open(f)) for f in image_files(photos)])
     raw = torch.from_numpy(model.session.run(None, {"images": batch.numpy()})[0])
     with torch.no_grad():
