@@ -131,12 +131,26 @@ def test_quality_prints_a_json_line_per_command(tmp_path):
         pytest.skip("no shared paintings")
     proc = subprocess.run(
         [
-            sys.executable, str(REPO / "benchmarks" / "quality.py"), "--sets", "wikiart",
-            "--data", str(SHARED_DATA), "--work", str(tmp_path), "--pretrained-only",
-            "--extra", "--data.init_args.image_size", "64", "--data.init_args.num_workers", "0",
-            "--trainer.logger", "false",
+            sys.executable,
+            str(REPO / "benchmarks" / "quality.py"),
+            "--sets",
+            "wikiart",
+            "--data",
+            str(SHARED_DATA),
+            "--work",
+            str(tmp_path),
+            "--pretrained-only",
+            "--extra",
+            "--data.init_args.image_size",
+            "64",
+            "--data.init_args.num_workers",
+            "0",
+            "--trainer.logger",
+            "false",
         ],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -173,3 +187,39 @@ def test_index_scale_prints_a_json_line_per_size():
         assert r["speedup_p95"] == pytest.approx(r["exact_p95_ms"] / r["approximate_p95_ms"], rel=1e-2)
         assert r["speedup_mean"] == pytest.approx(r["exact_mean_ms"] / r["approximate_mean_ms"], rel=1e-2)
         assert r["exact_index_bytes"] >= r["size"] * 16 * 4 and r["approximate_build_s"] > 0
+
+
+def test_oneshot_loao_prints_a_line_per_fold_and_the_summary(omniglot_root, tmp_path):
+    from helpers.cli import TINY_ARGS
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "oneshot_loao.py"),
+            "--config",
+            str(REPO / "configs" / "omniglot_koch.yaml"),
+            "--alphabets",
+            "Greek",
+            "Korean",
+            "--out",
+            str(tmp_path / "loao"),
+            "--",
+            "--data.init_args.root",
+            str(omniglot_root),
+            *TINY_ARGS,
+            "--data.init_args.epoch_length",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    folds, total = lines[:-1], lines[-1]
+    assert [f["alphabet"] for f in folds] == ["Greek", "Korean"] and total["folds"] == 2
+    values = [f["oneshot_20way"] for f in folds]
+    assert abs(total["oneshot_20way"] - statistics.mean(values)) < 1e-3
+    assert abs(total["oneshot_20way_std"] - statistics.stdev(values)) < 1e-3
+    assert "Greek_seed0" in folds[0]["checkpoint"]
