@@ -19,6 +19,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from cbir_lightning.contracts import ClassBatch, PairBatch
+from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.by_name import batch_loss as build_batch_loss
 from cbir_lightning.losses.model_similarity import ModelSimilarity
 from cbir_lightning.losses.pair_bce_loss import PairBCELoss
@@ -40,6 +41,11 @@ class SiameseModule(EmbeddingModule):
         (:class:`~cbir_lightning.losses.InBatchSoftmaxLoss`, every positive pair against all the
         anchor's negatives).
     pair_loss: loss on pair batches (default :class:`~cbir_lightning.losses.PairBCELoss`, Koch's).
+    class_loss: optional loss over ALL training classes, added to ``batch_loss`` on class batches with
+        weight ``class_loss_weight`` (e.g. :class:`~cbir_lightning.losses.ProxySoftmaxLoss`, whose
+        proxies are optimised with the net); a loss with ``build(num_classes, embedding_dim)`` and no
+        classes yet is built before training from the DataModule's ``num_classes`` and the net's
+        ``embedding_dim``. ``batch_loss: null`` trains with ``class_loss`` alone.
     """
 
     dot_product_similarity = False  # the learned L1 head, not a dot product
@@ -52,19 +58,43 @@ class SiameseModule(EmbeddingModule):
         lr_scheduler_interval: str = "epoch",
         layer_lr_multipliers: Sequence[float] | None = None,
         layer_weight_decay: Sequence[float] | None = None,
-        batch_loss: str | nn.Module = "bce",
+        batch_loss: str | nn.Module | None = "bce",
         pair_loss: nn.Module | None = None,
+        class_loss: nn.Module | None = None,
+        class_loss_weight: float = 1.0,
     ) -> None:
-        losses = {"batch_loss": batch_loss, "pair_loss": pair_loss}
+        losses = {"batch_loss": batch_loss, "pair_loss": pair_loss, "class_loss": class_loss}
         objects = ["net", *(k for k, v in losses.items() if isinstance(v, nn.Module))]
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
         self.net = net
-        self.batch_loss = build_batch_loss(batch_loss)
+        if batch_loss is None and class_loss is None:
+            raise CbirError(
+                "batch_loss: null needs a class_loss; set model.init_args.class_loss or batch_loss"
+            )
+        self.batch_loss = None if batch_loss is None else build_batch_loss(batch_loss)
         self.pair_loss = PairBCELoss() if pair_loss is None else pair_loss
+        self.class_loss = class_loss
         head = ModelSimilarity(self.net.pair_logits, self.net.similarity)
-        for loss in (self.batch_loss, self.pair_loss):
+        for loss in (self.batch_loss, self.pair_loss, self.class_loss):
             if isinstance(loss, ScoreLoss):
                 loss.use_similarity(head)
+
+    def setup(self, stage: str) -> None:
+        """Give a class loss without classes yet the DataModule's ``num_classes`` (before the optimizer
+        is built, so its parameters are optimised)."""
+        loss = self.class_loss
+        if stage != "fit" or loss is None or not hasattr(loss, "build"):
+            return
+        data = self.trainer.datamodule if self._trainer is not None else None
+        num_classes = getattr(data, "num_classes", None)
+        if num_classes is None:
+            if getattr(loss, "num_classes", None) is None:
+                raise CbirError(
+                    f"{type(loss).__name__} needs the number of training classes: use a DataModule with "
+                    "num_classes (e.g. OmniglotDataModule) or set class_loss init_args num_classes"
+                )
+            return
+        loss.build(int(num_classes), int(self.net.embedding_dim))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.embed(images)
@@ -79,18 +109,40 @@ class SiameseModule(EmbeddingModule):
 
     def training_step(self, batch: PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
         if isinstance(batch, PairBatch):
+            if self.class_loss is not None:
+                raise CbirError("class_loss needs class batches: set data.init_args.sampling: class_batches")
             embeddings = torch.cat([self.embed(batch.first), self.embed(batch.second)])
             loss = self.pair_loss(embeddings, *aligned_pairs(batch.same))
             size = len(batch.same)
         elif isinstance(batch, ClassBatch):
-            loss = self.batch_loss(self.embed(batch.images), batch.labels)
-            size = len(batch.labels)
+            embeddings, size = self.embed(batch.images), len(batch.labels)
+            loss = self._class_batch_loss(embeddings, batch.labels, size)
         else:
             raise TypeError(f"SiameseModule trains on PairBatch or ClassBatch, got {type(batch).__name__}")
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
+    def _class_batch_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, size: int) -> torch.Tensor:
+        """``batch_loss + class_loss_weight * class_loss`` (either may be absent); each part logged."""
+        parts = []
+        if self.batch_loss is not None:
+            parts.append(self.batch_loss(embeddings, labels))
+        if self.class_loss is not None:
+            class_part = self.class_loss(embeddings, labels)
+            self.log("train/class_loss", class_part, batch_size=size)
+            parts.append(self.hparams.class_loss_weight * class_part)
+            if self.batch_loss is not None:
+                self.log("train/batch_loss", parts[0], batch_size=size)
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
     def param_groups(self) -> list[dict]:
-        return layer_param_groups(
+        """The net's groups (per layer, see ``layer_param_groups``) plus one for the losses' own
+        parameters (e.g. class proxies), at the optimizer's settings."""
+        groups = layer_param_groups(
             self.net, self.hparams.layer_lr_multipliers, self.hparams.layer_weight_decay
         )
+        seen = {id(p) for g in groups for p in g["params"]}
+        losses = (self.batch_loss, self.pair_loss, self.class_loss)
+        extra = [p for m in losses if m is not None for p in m.parameters() if p.requires_grad]
+        extra = [p for p in {id(p): p for p in extra}.values() if id(p) not in seen]
+        return groups + [{"params": extra}] if extra else groups

@@ -37,7 +37,10 @@ class OmniglotDataModule(RetrievalDataModule):
         sets: which sets to read (default: the two small background sets).
         val_alphabets: alphabets held out for evaluation (never trained on). ``None``: none held out.
         train_alphabets: alphabets to train on; ``None``: every other alphabet of ``sets``.
-        train_drawers / val_drawers: drawers (1..20) to use on each side; ``None``: all.
+        train_drawers / val_drawers: drawers (1..20) to use on each side; ``None``: all. When both are
+            given and disjoint, an alphabet may be on both sides: validation then sees the training
+            characters drawn by other people (``val_alphabets`` equal to ``train_alphabets`` validates
+            a model that trains on every character).
         image_size: side in pixels the 105 px images are resized to.
         sampling: ``"pairs"`` (Koch: one balanced pair per sample, ``batch_size`` pairs per batch) or
             ``"class_batches"`` (``classes_per_batch`` x ``samples_per_class`` images, every pair used).
@@ -101,8 +104,12 @@ class OmniglotDataModule(RetrievalDataModule):
                     f"{name}: {sorted(wanted - present)} not in {list(hp.sets)} under {hp.root}; "
                     f"available: {sorted(present)}"
                 )
-        if train & val:
-            raise CbirError(f"alphabets {sorted(train & val)} are in both train_alphabets and val_alphabets")
+        if train & val and not _disjoint(hp.train_drawers, hp.val_drawers):
+            raise CbirError(
+                f"alphabets {sorted(train & val)} are in both train_alphabets and val_alphabets: hold them "
+                "out, or validate on other drawers of the training characters (disjoint train_drawers and "
+                "val_drawers)"
+            )
         self.train_images = _select(images, train, hp.train_drawers)
         self.val_images = _select(images, val, hp.val_drawers) if val else None
         if self.val_images is not None and len(self.val_images.images):
@@ -111,7 +118,17 @@ class OmniglotDataModule(RetrievalDataModule):
                 v.alphabet, v.labels, v.drawer, hp.ways, hp.shots, hp.trials, hp.episode_seed
             )
 
-    def train_dataloader(self) -> DataLoader:
+    @property
+    def num_classes(self) -> int | None:
+        """Training classes (characters, times 4 with ``rotation_classes``, times 2 with
+        ``reflection_classes``); the class batches' labels are ``0..num_classes-1``. None before setup."""
+        if self.train_images is None:
+            return None
+        factor = (4 if self.hparams.rotation_classes else 1) * (2 if self.hparams.reflection_classes else 1)
+        return len(set(self.train_images.character)) * factor
+
+    def training_classes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images and class ids, rotations and mirror images added as new classes."""
         hp = self.hparams
         if self.train_images is None or not len(self.train_images.images):
             raise CbirError("no training images: check train_alphabets and train_drawers")
@@ -123,6 +140,11 @@ class OmniglotDataModule(RetrievalDataModule):
         if hp.reflection_classes:
             num = int(labels.max()) + 1
             images, labels = torch.cat([images, images.flip(3)]), torch.cat([labels, labels + num])
+        return images, labels
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        images, labels = self.training_classes()
         augment = AffineRanges() if hp.augment else None
         data, batch_size = training_samples(
             images,
@@ -178,6 +200,11 @@ class OmniglotDataModule(RetrievalDataModule):
             persistent_workers=False,
             shuffle=False,
         )
+
+
+def _disjoint(train_drawers: Sequence[int] | None, val_drawers: Sequence[int] | None) -> bool:
+    """Whether both drawer lists are given and share no drawer."""
+    return train_drawers is not None and val_drawers is not None and not set(train_drawers) & set(val_drawers)
 
 
 def _select(images: OmniglotImages, alphabets: set[str], drawers: Sequence[int] | None) -> OmniglotImages:

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 from helpers.benchmarks import run_benchmark, run_benchmark_lines
-from helpers.paths import SHARED_DATA
+from helpers.paths import REPO, SHARED_DATA
 
 
 def test_lightning_overhead_prints_a_json_line(omniglot_root):
@@ -89,3 +89,20 @@ def test_rerank_map_prints_emh_map_per_reranker(tmp_path):
     for name in ("none", "aqe", "dba", "diffusion"):
         assert set(result[name]) == {"easy", "medium", "hard"}
         assert all(0 < v <= 1 for v in result[name].values())
+
+
+def test_oneshot_loao_prints_a_line_per_fold_and_the_summary(omniglot_root, tmp_path):
+    from helpers.cli import TINY_ARGS
+
+    lines = run_benchmark_lines(
+        "oneshot_loao.py", "--config", REPO / "configs" / "omniglot_koch.yaml",
+        "--alphabets", "Greek", "Korean", "--out", tmp_path / "loao",
+        "--", "--data.init_args.root", omniglot_root, *TINY_ARGS,
+        "--data.init_args.epoch_length", "1", cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    folds, total = lines[:-1], lines[-1]
+    assert [f["alphabet"] for f in folds] == ["Greek", "Korean"] and total["folds"] == 2
+    values = [f["oneshot_20way"] for f in folds]
+    assert abs(total["oneshot_20way"] - statistics.mean(values)) < 1e-3
+    assert abs(total["oneshot_20way_std"] - statistics.stdev(values)) < 1e-3
+    assert "Greek_seed0" in folds[0]["checkpoint"]

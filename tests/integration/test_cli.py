@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.cli import TINY_ARGS, last_json, run_cli
 from helpers.paths import REPO
 
@@ -165,3 +166,39 @@ def test_unknown_tool_command_flag_is_one_line(tmp_path):
     proc = run_cli(["oneshot", "--ckpt", "x.ckpt", "--runs", "r", "--bogus", "1"], cwd=tmp_path)
     _one_line_error(proc, "--bogus")
     assert proc.returncode == 2
+
+
+def test_fit_with_a_loss_over_all_training_classes(tmp_path, omniglot_root):
+    """The demo config plus cosine class proxies, from the command line: the proxies cover every
+    training class (200 characters x 4 rotations x 2 reflections), are saved, and the checkpoint loads
+    for `oneshot` without the training data."""
+    loss = (
+        '{"class_path": "cbir_lightning.losses.ProxySoftmaxLoss", "init_args": {"scale": 16, '
+        '"distance": {"class_path": "pytorch_metric_learning.distances.CosineSimilarity"}}}'
+    )
+    args = ["--data.init_args.root", str(omniglot_root), *TINY_ARGS, "--model.init_args.class_loss", loss]
+    proc = run_cli(["fit", "--config", CONFIG, *args], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = Path(last_json(proc.stdout)["checkpoint"])
+    ckpt = ckpt if ckpt.is_absolute() else tmp_path / ckpt
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert state["class_loss.proxies"].shape == (200 * 8, 32)
+    runs = tmp_path / "all_runs"
+    made = run_cli(
+        [
+            "make-runs",
+            "--sources",
+            f"[{omniglot_root}]",
+            "--out",
+            str(runs),
+            "--alphabets",
+            "[Sanskrit]",
+            "--num_runs",
+            "2",
+        ],
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    scored = run_cli(["oneshot", "--ckpt", str(ckpt), "--runs", str(runs)], cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert 0.0 <= last_json(scored.stdout)["accuracy"] <= 1.0

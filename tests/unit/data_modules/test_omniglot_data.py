@@ -76,6 +76,9 @@ def test_rotated_and_mirrored_characters_become_new_classes(omniglot_root, rotat
     base, base_labels = dm.train_images.images, dm.train_images.labels
     data = dm.train_dataloader().dataset
     assert data.num_classes == variants * len(torch.unique(base_labels)) == variants * 17
+    # the batches' labels are global class ids 0..num_classes-1 over every variant (a class loss's targets)
+    assert dm.num_classes == data.num_classes
+    assert torch.equal(torch.unique(data.inverse), torch.arange(dm.num_classes))
     # the variants of one drawing, in the order rotations 0-3, then their mirror images
     turns = [torch.rot90(base, r, (2, 3)) for r in (range(4) if rotations else [0])]
     expected = turns + ([t.flip(3) for t in turns] if reflections else [])
@@ -103,6 +106,34 @@ def test_drawer_split(omniglot_root):
     dm.setup("fit")
     assert set(dm.train_images.drawer.tolist()) == set(range(1, 13))
     assert set(dm.val_images.drawer.tolist()) == {13, 14, 15, 16}
+
+
+def test_validation_on_other_drawers_of_the_training_characters(omniglot_root):
+    every = ["Greek", "Tagalog"]
+    dm = OmniglotDataModule(
+        root=omniglot_root,
+        image_size=20,
+        trials=10,
+        train_alphabets=every,
+        val_alphabets=every,
+        train_drawers=list(range(1, 17)),
+        val_drawers=[17, 18, 19, 20],
+    )
+    dm.setup("fit")
+    assert set(dm.train_images.character) == set(dm.val_images.character)  # the same 24 + 17 characters
+    assert len(set(dm.train_images.character)) == 41 and dm.num_classes == 41
+    assert not set(dm.train_images.drawer.tolist()) & set(dm.val_images.drawer.tolist())
+    # 20-way trials come only from the alphabet with at least 20 characters (Greek)
+    assert {dm.val_images.alphabet[int(q)] for q in dm.episodes.queries} == {"Greek"}
+    for drawers in (None, [16, 17, 18]):  # all drawers on one side, or a shared drawer: a leak
+        with pytest.raises(CbirError, match="in both train_alphabets and val_alphabets"):
+            OmniglotDataModule(
+                root=omniglot_root,
+                train_alphabets=every,
+                val_alphabets=every,
+                val_drawers=drawers,
+                train_drawers=None if drawers is None else list(range(1, 17)),
+            ).setup("fit")
 
 
 def test_missing_root_names_expected_layout(tmp_path):
