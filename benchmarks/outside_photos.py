@@ -219,7 +219,8 @@ def evaluate(args: argparse.Namespace) -> None:
     ckpts = {"dogs": args.dogs_ckpt, "art": args.art_ckpt}
     for name in args.sets:
         for relevance, column in RELEVANCE[name].items():
-            for ckpt in (None, ckpts[name]) if ckpts[name] else (None,):
+            models = (None, ckpts[name]) if ckpts[name] else (None,)
+            for ckpt in models[1:] if args.finetuned_only else models:
                 row = evaluate_one(name, out / name, column, ckpt, out / "eval_runs")
                 print(json.dumps({"benchmark": "outside_photos", "relevance": relevance, **row}), flush=True)
 
@@ -241,6 +242,7 @@ def main() -> None:
     ev.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ev.add_argument("--dogs-ckpt", help="fine-tuned checkpoint of configs/stanford_dogs_finetune.yaml")
     ev.add_argument("--art-ckpt", help="fine-tuned checkpoint of configs/wikiart_finetune.yaml")
+    ev.add_argument("--finetuned-only", action="store_true", help="skip the pretrained rows")
     args = parser.parse_args()
     extract(args) if args.command == "extract" else evaluate(args)
 
