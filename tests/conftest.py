@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.paths import OMNIGLOT
 from helpers.sfm import SACRE_COEUR, make_sfm_release
 
@@ -30,3 +31,13 @@ def release(tmp_path_factory):
     if not SACRE_COEUR:
         pytest.skip("real landmark photos not found in ../shared/data/landmarks")
     return make_sfm_release(tmp_path_factory.mktemp("sfm"))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test (``pytestmark = pytest.mark.usefixtures("one_thread")``): on the
+    shared 2-core machine two threads contend badly (about 8x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -68,3 +68,12 @@ def last_json(stdout: str) -> dict:
     lines = [line for line in stdout.strip().splitlines() if line.strip()]
     assert lines, "no output"
     return json.loads(lines[-1])
+
+
+def make_runs(sources: Path, out: Path, alphabets: str, num_runs: int, cwd: Path) -> Path:
+    """``cbir-lightning make-runs``: ``num_runs`` Lake-format runs from the Omniglot zips in ``sources``
+    (``alphabets``: a list in the CLI's syntax, e.g. ``"[Sanskrit]"``) written to ``out``."""
+    args = ["make-runs", "--sources", f"[{sources}]", "--out", str(out), "--alphabets", alphabets]
+    made = run_cli([*args, "--num_runs", str(num_runs)], cwd=cwd)
+    assert made.returncode == 0, made.stderr[-2000:]
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.cli import TINY_ARGS, last_json, run_cli
+from helpers.cli import TINY_ARGS, last_json, make_runs, run_cli
 from helpers.paths import REPO
 
 from cbir_lightning.wandb_offline import read_offline_run
@@ -62,22 +62,7 @@ def test_validate_checkpoint_reproduces_fit_numbers(tiny_run, omniglot_root):
 
 
 def test_oneshot_on_lake_format(tiny_run, omniglot_root, tmp_path):
-    runs = tmp_path / "all_runs"
-    made = run_cli(
-        [
-            "make-runs",
-            "--sources",
-            f"[{omniglot_root}]",
-            "--out",
-            str(runs),
-            "--alphabets",
-            "[Japanese_(katakana), Sanskrit]",
-            "--num_runs",
-            "6",
-        ],
-        cwd=tmp_path,
-    )
-    assert made.returncode == 0, made.stderr[-2000:]
+    runs = make_runs(omniglot_root, tmp_path / "all_runs", "[Japanese_(katakana), Sanskrit]", 6, tmp_path)
     assert sorted(p.name for p in runs.iterdir()) == [f"run{i:02d}" for i in range(1, 7)]
     proc = run_cli(["oneshot", "--ckpt", str(tiny_run["ckpt"]), "--runs", str(runs)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -183,22 +168,7 @@ def test_fit_with_a_loss_over_all_training_classes(tmp_path, omniglot_root):
     ckpt = ckpt if ckpt.is_absolute() else tmp_path / ckpt
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert state["class_loss.proxies"].shape == (200 * 8, 32)
-    runs = tmp_path / "all_runs"
-    made = run_cli(
-        [
-            "make-runs",
-            "--sources",
-            f"[{omniglot_root}]",
-            "--out",
-            str(runs),
-            "--alphabets",
-            "[Sanskrit]",
-            "--num_runs",
-            "2",
-        ],
-        cwd=tmp_path,
-    )
-    assert made.returncode == 0, made.stderr[-2000:]
+    runs = make_runs(omniglot_root, tmp_path / "all_runs", "[Sanskrit]", 2, tmp_path)
     scored = run_cli(["oneshot", "--ckpt", str(ckpt), "--runs", str(runs)], cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert 0.0 <= last_json(scored.stdout)["accuracy"] <= 1.0

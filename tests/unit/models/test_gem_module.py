@@ -24,14 +24,7 @@ from cbir_lightning.models.gem_module import GeMSiameseModule
 from cbir_lightning.models.multiscale import combine_scales, multiscale_embed
 from cbir_lightning.whitening import apply_whitening, learn_pca, save_whitening
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads contend badly (about 8x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- losses ---------------------------------------------------------------------------------------

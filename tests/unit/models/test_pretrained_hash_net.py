@@ -15,14 +15,7 @@ from cbir_lightning.contracts import ClassBatch
 from cbir_lightning.errors import CbirError
 from cbir_lightning.models import DSHModule, DSHNet, GeMNet, PretrainedHashNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads contend badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_net(**kwargs) -> PretrainedHashNet:

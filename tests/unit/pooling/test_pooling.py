@@ -10,14 +10,7 @@ import torch
 from cbir_lightning.pooling import GeM, build_pooling, gem, mac, rmac, rmac_regions, spoc
 from cbir_lightning.pooling.functional import l2n
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads contend badly (about 8x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _map() -> torch.Tensor:
