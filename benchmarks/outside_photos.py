@@ -34,11 +34,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # run as a script from anywhere: quality.py beside it
+from quality import KEYS, timed_json  # noqa: E402
+
 DOGS_FOLDER = "images/Images"
 STYLES = ("Rococo", "Ukiyo_e", "Impressionism", "Pointillism")
 
@@ -175,7 +177,6 @@ SETS = {
     ),
 }
 RELEVANCE = {"dogs": {"breed": "label"}, "art": {"artist": "artist", "style": "style"}}
-KEYS = ("mAP", "recall@1", "recall@10", "precision@10", "num_queries")
 
 
 def evaluate_one(name: str, root: Path, label: str, ckpt: str | None, work: Path) -> dict:
@@ -196,15 +197,7 @@ def evaluate_one(name: str, root: Path, label: str, ckpt: str | None, work: Path
         "--trainer.default_root_dir",
         str(work / f"{name}_{kind}"),
     ]
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "cbir_lightning", *args], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed: {proc.stderr.strip().splitlines()[-3:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result, seconds = timed_json(args, REPO, error_lines=3)
     return {
         "set": name,
         "model": kind,

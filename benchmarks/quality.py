@@ -36,18 +36,24 @@ ROOTS = {"cifar10": "cifar10", "stanford_dogs": "stanford_dogs", "wikiart": "wik
 KEYS = ("mAP", "recall@1", "recall@10", "precision@10", "num_queries")
 
 
-def run(command: str, config: str, root: Path, extra: list[str], work: Path) -> dict:
-    """One README command in a fresh process: ``{"command", "seconds", metrics...}``."""
-    args = [command, "--config", str(REPO / "configs" / f"{config}.yaml"), "--data.root", str(root), *extra]
+def timed_json(args: list[str], cwd: Path, error_lines: int = 1) -> tuple[dict, float]:
+    """``cbir-lightning ARGS`` in a fresh process (W&B offline): its last JSON line and its wall time in
+    seconds; exits with the last ``error_lines`` lines of its stderr if it fails."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "cbir_lightning", *args], cwd=work, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "cbir_lightning", *args], cwd=cwd, env=env, capture_output=True, text=True
     )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{' '.join(args)} failed: {proc.stderr.strip().splitlines()[-error_lines:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), seconds
+
+
+def run(command: str, config: str, root: Path, extra: list[str], work: Path) -> dict:
+    """One README command in a fresh process: ``{"command", "seconds", metrics...}``."""
+    args = [command, "--config", str(REPO / "configs" / f"{config}.yaml"), "--data.root", str(root), *extra]
+    result, seconds = timed_json(args, work)
     return {
         "command": "cbir-lightning " + " ".join(args[:3]),
         "seconds": round(seconds, 1),
