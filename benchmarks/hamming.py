@@ -81,7 +81,7 @@ def main() -> None:
         "k": args.k,
         "float_s": significant(float_s),
         "hamming_s": significant(hamming_s),
-        "speedup": round(float_s / hamming_s, 3),
+        "speedup": significant(float_s / hamming_s),
         "float_bytes": float_bytes,
         "packed_bytes": packed_bytes,
         "memory_ratio": round(float_bytes / packed_bytes, 3),
