@@ -92,12 +92,16 @@ class RetrievalData(Protocol):
     dataset of ``(image, label, index)`` items and a pair tensor for learning whitening, or None.
     ``display_image(tensor)``: one evaluation tensor -> its original pixels, uint8 RGB ``[3, H, W]``
     (the loaders' normalisation, ``mean``/``std`` or None, undone; for W&B grids). ``class_names``: the
-    name of each label (``class_names[label]``), or None.
+    name of each label (``class_names[label]``), or None. ``num_classes``: how many classes the
+    training batches' labels run over (``0..num_classes-1``), or None (unknown, or not set up yet).
     """
 
     mean: Sequence[float] | None
     std: Sequence[float] | None
     class_names: Sequence[str] | None
+
+    @property
+    def num_classes(self) -> int | None: ...
 
     @property
     def episodes(self): ...
@@ -127,6 +131,30 @@ class EmbeddingLoss(Protocol):
     def __call__(
         self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None
     ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ClassSizedLoss(Protocol):
+    """A loss over ALL training classes whose parameters (e.g. one proxy per class) are sized from the
+    training data: ``num_classes`` is None until ``build(num_classes, embedding_dim)`` creates them
+    (a module calls it before training, from its DataModule's ``num_classes``)."""
+
+    @property
+    def num_classes(self) -> int | None: ...
+
+    def build(self, num_classes: int, embedding_dim: int) -> None: ...
+
+
+@runtime_checkable
+class HashNet(Protocol):
+    """A hashing net: images ``[n, c, h, w]`` -> relaxed codes ``[n, bits]``; ``param_groups()`` gives
+    the optimizer's groups (e.g. a gentler learning rate for a pretrained backbone)."""
+
+    bits: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def param_groups(self) -> list[dict]: ...
 
 
 class Miner(Protocol):

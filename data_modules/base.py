@@ -39,6 +39,11 @@ class RetrievalDataModule(pl.LightningDataModule, ABC):
     std: Sequence[float] | None = None
     class_names: Sequence[str] | None = None  # label i is class_names[i]
 
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of the training batches' labels; None: unknown (the default) or not set up yet."""
+        return None
+
     def display_image(self, image: torch.Tensor) -> torch.Tensor:
         """One evaluation tensor ``[C, H, W]`` -> its original pixels, uint8 RGB ``[3, H, W]``
         (normalisation with ``mean``/``std`` undone)."""

@@ -13,7 +13,9 @@ from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli.evaluate import evaluate
 from cbir_lightning.cli.search_commands import index, recommend, search, serve
 from cbir_lightning.cli.whiten import whiten
+from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import embed_dataset
+from cbir_lightning.models.siamese_module import SiameseModule
 from data_modules.landmarks.download import REVISITED, download_revisited
 from data_modules.omniglot.download import download_omniglot
 from data_modules.omniglot.files import SMALL_SETS
@@ -25,29 +27,54 @@ from data_modules.omniglot.oneshot_runs import (
 from data_modules.transforms.images import resize_uint8
 
 
-def oneshot(ckpt: str, runs: str, image_size: int | None = None, batch_size: int = 256) -> dict:
-    """N-way one-shot accuracy of a checkpoint on Lake's run format; prints JSON (accuracy, per_run).
+def oneshot(
+    ckpt: str | list[str],
+    runs: str,
+    image_size: int | None = None,
+    batch_size: int = 256,
+    test_time_scales: list[float] | None = None,
+) -> dict:
+    """N-way one-shot accuracy of a checkpoint, or of an ensemble, on Lake's run format; prints JSON
+    (accuracy, per_run).
 
     Args:
-        ckpt: checkpoint written by ``cbir-lightning fit``.
+        ckpt: checkpoint written by ``cbir-lightning fit``; a list (``--ckpt '[a.ckpt, b.ckpt]'``) scores
+            the ensemble: each test image goes to the training image with the highest mean score,
+            ``mean_m similarity_m(test, training)`` (e.g. the same recipe trained with several seeds).
         runs: folder or .zip of ``runNN/`` folders (Lake's ``all_runs`` layout).
-        image_size: side the images are resized to; default: the net's input size.
+        image_size: side the images are resized to; default: each net's input size.
         batch_size: images embedded at a time.
+        test_time_scales: score with these test-time zooms instead of the checkpoint's own
+            (``SiameseModule``'s ``test_time_scales``, e.g. ``[1.0, 0.9, 1.1]``; ``[1.0]``: none).
     """
-    module = load_module(ckpt)
-    size = image_size or module.input_size
+    paths = [ckpt] if isinstance(ckpt, str) else list(ckpt)
+    if not paths:
+        raise CbirError("oneshot needs at least one checkpoint: --ckpt FILE or --ckpt '[A, B]'")
+    modules = [load_module(path) for path in paths]
+    if test_time_scales is not None:
+        for path, module in zip(paths, modules, strict=True):
+            if not isinstance(module, SiameseModule):
+                name = type(module).__name__
+                raise CbirError(f"{path}: test_time_scales needs a SiameseModule checkpoint, not {name}")
+            module.hparams.test_time_scales = list(test_time_scales)
 
-    def embed(images: torch.Tensor) -> torch.Tensor:  # uint8 [n, C, H, W] -> [n, D]
+    def embed(module, images: torch.Tensor) -> torch.Tensor:  # uint8 [n, C, H, W] -> [n, D]
+        size = image_size or module.input_size
         images = resize_uint8(images, size) if size else images
         scaled = lambda x: module.embed(x.float() / 255)  # noqa: E731
         return embed_dataset(module, images, embed=scaled, batch_size=batch_size, distributed=False)
 
     def score(test: torch.Tensor, training: torch.Tensor) -> torch.Tensor:
-        return module.similarity(embed(test), embed(training))
+        scores = [m.similarity(embed(m, test), embed(m, training)) for m in modules]
+        return torch.stack(scores).mean(0)
 
     with torch.no_grad():
         result = evaluate_oneshot_runs(load_oneshot_runs(runs), score)
-    return {"accuracy": round(result["accuracy"], 6), "per_run": result["per_run"], "checkpoint": ckpt}
+    return {
+        "accuracy": round(result["accuracy"], 6),
+        "per_run": result["per_run"],
+        "checkpoint": ckpt if isinstance(ckpt, str) else paths,
+    }
 
 
 def make_runs(

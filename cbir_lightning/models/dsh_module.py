@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from cbir_lightning.contracts import ClassBatch, PairBatch
+from cbir_lightning.contracts import ClassBatch, HashNet, PairBatch
 from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.by_name import dsh_loss
 from cbir_lightning.losses.pairs import aligned_pairs
@@ -33,8 +33,8 @@ from cbir_lightning.retrieval.hamming import hamming_distances, pack_codes, sign
 class DSHModule(EmbeddingModule):
     """Args:
     net: the hashing net (``class_path`` in configs): images ``[n, c, h, w]`` -> relaxed codes
-        ``[n, bits]``, with a ``bits`` attribute; its ``param_groups()``, if it has one, gives the
-        optimizer's groups. null: :class:`DSHNet` built from the arguments below.
+        ``[n, bits]``, with a ``bits`` attribute and ``param_groups()``, the optimizer's groups
+        (:class:`~cbir_lightning.contracts.HashNet`). null: :class:`DSHNet` built from the arguments below.
     bits: code length k of the default net (12); with ``net``: unset (the net's ``bits``) or equal to it.
     in_channels / input_size / channels / hidden / batch_norm: the default net (see :class:`DSHNet`);
         ignored with ``net``.
@@ -65,8 +65,11 @@ class DSHModule(EmbeddingModule):
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
         if net is None:
             net = DSHNet(12 if bits is None else bits, in_channels, input_size, channels, hidden, batch_norm)
-        elif not isinstance(getattr(net, "bits", None), int):
-            raise CbirError(f"net {type(net).__name__} has no integer bits attribute (its code length)")
+        elif not isinstance(net, HashNet) or not isinstance(net.bits, int):
+            raise CbirError(
+                f"net {type(net).__name__} is not a hashing net: it needs an integer bits attribute (its "
+                "code length) and param_groups() (cbir_lightning.contracts.HashNet)"
+            )
         elif bits is not None and bits != net.bits:
             raise CbirError(
                 f"bits is {bits} but net {type(net).__name__} gives {net.bits}-bit codes; leave bits unset "
@@ -97,9 +100,7 @@ class DSHModule(EmbeddingModule):
 
     def param_groups(self) -> list[dict]:
         """The net's ``param_groups()`` (e.g. a gentler learning rate for a pretrained backbone) plus the
-        loss's trainable parameters, if any; else one group with every trainable parameter."""
-        if not hasattr(self.net, "param_groups"):
-            return super().param_groups()
+        loss's trainable parameters, if any."""
         groups = [g for g in self.net.param_groups() if g["params"]]
         rest = [x for x in self.loss.parameters() if x.requires_grad]
         return groups + ([{"params": rest}] if rest else [])

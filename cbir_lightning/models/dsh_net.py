@@ -44,3 +44,7 @@ class DSHNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[n, c, h, w]`` -> relaxed codes ``[n, bits]``."""
         return self.head(self.features(images))
+
+    def param_groups(self) -> list[dict]:
+        """One group: every trainable parameter, at the optimizer's settings."""
+        return [{"params": [x for x in self.parameters() if x.requires_grad]}]

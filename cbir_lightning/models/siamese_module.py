@@ -18,7 +18,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from cbir_lightning.contracts import ClassBatch, PairBatch
+from cbir_lightning.contracts import ClassBatch, ClassSizedLoss, PairBatch, RetrievalData
 from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.by_name import batch_loss as build_batch_loss
 from cbir_lightning.losses.model_similarity import ModelSimilarity
@@ -27,6 +27,7 @@ from cbir_lightning.losses.pairs import aligned_pairs
 from cbir_lightning.losses.score_loss import ScoreLoss
 from cbir_lightning.models.embedding_module import EmbeddingModule
 from cbir_lightning.models.param_groups import layer_param_groups
+from cbir_lightning.models.test_time_scales import mean_over_scales
 
 
 class SiameseModule(EmbeddingModule):
@@ -46,6 +47,10 @@ class SiameseModule(EmbeddingModule):
         proxies are optimised with the net); a loss with ``build(num_classes, embedding_dim)`` and no
         classes yet is built before training from the DataModule's ``num_classes`` and the net's
         ``embedding_dim``. ``batch_loss: null`` trains with ``class_loss`` alone.
+    test_time_scales: outside training, embed each image at these zooms and average
+        (:func:`~cbir_lightning.models.test_time_scales.mean_over_scales`, e.g. ``[1.0, 0.9, 1.1]``); it
+        applies wherever the module embeds (validation, ``oneshot``, ``index``, ``search``, export).
+        None: one pass.
     """
 
     dot_product_similarity = False  # the learned L1 head, not a dot product
@@ -62,6 +67,7 @@ class SiameseModule(EmbeddingModule):
         pair_loss: nn.Module | None = None,
         class_loss: nn.Module | None = None,
         class_loss_weight: float = 1.0,
+        test_time_scales: Sequence[float] | None = None,
     ) -> None:
         losses = {"batch_loss": batch_loss, "pair_loss": pair_loss, "class_loss": class_loss}
         objects = ["net", *(k for k, v in losses.items() if isinstance(v, nn.Module))]
@@ -83,12 +89,12 @@ class SiameseModule(EmbeddingModule):
         """Give a class loss without classes yet the DataModule's ``num_classes`` (before the optimizer
         is built, so its parameters are optimised)."""
         loss = self.class_loss
-        if stage != "fit" or loss is None or not hasattr(loss, "build"):
+        if stage != "fit" or not isinstance(loss, ClassSizedLoss):
             return
         data = self.trainer.datamodule if self._trainer is not None else None
-        num_classes = getattr(data, "num_classes", None)
+        num_classes = data.num_classes if isinstance(data, RetrievalData) else None
         if num_classes is None:
-            if getattr(loss, "num_classes", None) is None:
+            if loss.num_classes is None:
                 raise CbirError(
                     f"{type(loss).__name__} needs the number of training classes: use a DataModule with "
                     "num_classes (e.g. OmniglotDataModule) or set class_loss init_args num_classes"
@@ -97,7 +103,10 @@ class SiameseModule(EmbeddingModule):
         loss.build(int(num_classes), int(self.net.embedding_dim))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.embed(images)
+        scales = self.hparams.test_time_scales
+        if self.training or not scales:
+            return self.net.embed(images)
+        return mean_over_scales(self.net.embed, images, scales)
 
     @property
     def input_size(self) -> int | None:

@@ -72,6 +72,47 @@ def test_oneshot_on_lake_format(tiny_run, omniglot_root, tmp_path):
     assert all(v * 20 == round(v * 20) for v in result["per_run"].values())
 
 
+def test_oneshot_scores_an_ensemble_and_test_time_zooms(tiny_run, omniglot_root, tmp_path):
+    """The ensemble's decision is argmax of the mean of the members' scores and test-time zooms average
+    the embeddings: both recomputed here by hand from the checkpoints (``checkpoints/last.ckpt`` is a
+    second member, trained one epoch more or less than the best one)."""
+    from cbir_lightning.checkpoints import load_module
+    from cbir_lightning.models.test_time_scales import zoom
+    from data_modules.omniglot.oneshot_runs import load_oneshot_runs
+    from data_modules.transforms.images import resize_uint8
+
+    runs = make_runs(omniglot_root, tmp_path / "all_runs", "[Sanskrit]", 4, tmp_path)
+    first, second = tiny_run["ckpt"], tiny_run["ckpt"].parent / "last.ckpt"
+    scales = [1.0, 0.8, 1.25]
+    modules = [load_module(first), load_module(second)]
+
+    def embed(module, images, zooms):
+        x = resize_uint8(images, module.input_size).float() / 255
+        return torch.stack([module.net.embed(zoom(x, s)) for s in zooms]).mean(0)
+
+    def expected(zooms) -> float:
+        correct = total = 0
+        with torch.no_grad():
+            for run in load_oneshot_runs(runs):
+                pairs = [
+                    (embed(m, run.test_images, zooms), embed(m, run.training_images, zooms)) for m in modules
+                ]
+                scores = [m.net.similarity(*pair) for m, pair in zip(modules, pairs, strict=True)]
+                chosen = torch.stack(scores).mean(0).argmax(1)
+                correct += int((chosen == torch.tensor(run.targets)).sum())
+                total += len(run.targets)
+        return correct / total
+
+    both = f"[{first}, {second}]"
+    plain = last_json(run_cli(["oneshot", "--ckpt", both, "--runs", str(runs)], cwd=tmp_path).stdout)
+    assert plain["checkpoint"] == [str(first), str(second)]
+    assert math.isclose(plain["accuracy"], expected([1.0]), abs_tol=1e-6)
+    zoomed = run_cli(
+        ["oneshot", "--ckpt", both, "--runs", str(runs), "--test_time_scales", str(scales)], cwd=tmp_path
+    )
+    assert math.isclose(last_json(zoomed.stdout)["accuracy"], expected(scales), abs_tol=1e-6)
+
+
 def _one_line_error(proc, *needles):
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]

@@ -14,6 +14,7 @@ from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.proxies import proxy_softmax
 from cbir_lightning.losses.proxy_softmax_loss import ProxySoftmaxLoss
 from cbir_lightning.models import KochSiameseNet, SiameseModule
+from data_modules.base import RetrievalDataModule
 
 
 def test_proxy_softmax_is_cross_entropy_with_a_margin_on_the_true_class():
@@ -77,8 +78,11 @@ def test_the_class_loss_proxies_are_optimised(distance):
     assert torch.isclose(module._class_batch_loss(e, batch.labels, 8), expected)
 
 
-class _Data:
+class _Data(RetrievalDataModule):
     num_classes = 6
+
+    def eval_transform(self, image):
+        raise NotImplementedError
 
 
 class _Trainer:
@@ -90,5 +94,9 @@ def test_setup_sizes_the_proxies_from_the_datamodule():
     module._trainer = _Trainer()
     module.setup("fit")
     assert tuple(module.class_loss.proxies.shape) == (6, 8)
+    unsized = _module(batch_loss=None, class_loss=ProxySoftmaxLoss(distance=CosineSimilarity()))
+    unsized._trainer = type("_NoClasses", (), {"datamodule": object()})()
+    with pytest.raises(CbirError, match="needs the number of training classes"):
+        unsized.setup("fit")
     with pytest.raises(CbirError, match="needs a class_loss"):
         _module(batch_loss=None)
