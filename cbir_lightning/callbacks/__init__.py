@@ -1,6 +1,7 @@
 from cbir_lightning.callbacks.fit_whitening import FitWhitening
 from cbir_lightning.callbacks.landmark_metrics import LandmarkMetrics
+from cbir_lightning.callbacks.metrics_history import MetricsHistory
 from cbir_lightning.callbacks.retrieval_metrics import RetrievalMetrics
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
 
-__all__ = ["FitWhitening", "LandmarkMetrics", "RetrievalMetrics", "StopOnNonFinite"]
+__all__ = ["FitWhitening", "LandmarkMetrics", "MetricsHistory", "RetrievalMetrics", "StopOnNonFinite"]
