@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED := ../shared/data
 
-.PHONY: demo test test-unit venv data lint bench clean chromium
+.PHONY: demo best best-score test test-unit venv data lint bench clean chromium
 
 venv: $(VENV)/.installed
 
@@ -67,6 +67,25 @@ data/landmarks/.ready:
 
 demo: venv data/omniglot/.ready
 	$(BIN)/cbir-lightning fit --config configs/omniglot_koch.yaml
+
+# The best Omniglot recipe (README, Omniglot one-shot): configs/omniglot_best.yaml trained with seeds 0 and 1
+# at once (one thread each; logs in runs/omniglot_best-seed*.log), then `make best-score RUNS=all_runs.zip`
+# scores both last checkpoints together on Lake's official runs (github.com/brendenlake/omniglot,
+# python/one-shot-classification/all_runs.zip).
+BEST := runs/omniglot_best
+BEST_CKPTS := [$(BEST)/seed0/checkpoints/last.ckpt, $(BEST)/seed1/checkpoints/last.ckpt]
+best: venv data/omniglot/.ready
+	@mkdir -p $(BEST); for s in 0 1; do \
+		OMP_NUM_THREADS=1 $(BIN)/cbir-lightning fit --config configs/omniglot_best.yaml --seed_everything $$s \
+			--trainer.default_root_dir $(BEST)/seed$$s > $(BEST)-seed$$s.log 2>&1 & pids="$$pids $$!"; \
+	done; ok=0; for pid in $$pids; do wait $$pid || ok=1; done; \
+	tail -n 1 $(BEST)-seed0.log $(BEST)-seed1.log; \
+	if [ $$ok -ne 0 ]; then echo "a fit failed: see $(BEST)-seed*.log"; exit 1; fi; \
+	echo "score them on Lake's runs: make best-score RUNS=all_runs.zip"
+
+best-score: venv
+	@test -n "$(RUNS)" || { echo "set RUNS to Lake's all_runs folder or zip: make best-score RUNS=all_runs.zip"; exit 2; }
+	$(BIN)/cbir-lightning oneshot --runs $(RUNS) --ckpt "$(BEST_CKPTS)"
 
 test: venv chromium
 	@$(BIN)/python -m pytest -q --durations=15; rc=$$?; \

@@ -96,13 +96,32 @@ def test_oneshot_loao_prints_a_line_per_fold_and_the_summary(omniglot_root, tmp_
 
     lines = run_benchmark_lines(
         "oneshot_loao.py", "--config", REPO / "configs" / "omniglot_koch.yaml",
-        "--alphabets", "Greek", "Korean", "--out", tmp_path / "loao",
+        "--alphabets", "Greek", "--seeds", "0", "1", "--jobs", "2", "--out", tmp_path / "loao",
+        "--ensemble", "--test_time_scales", "1.0", "0.8",
         "--", "--data.init_args.root", omniglot_root, *TINY_ARGS,
-        "--data.init_args.epoch_length", "1", cwd=tmp_path, timeout=600,
+        "--data.init_args.epoch_length", "1", "--trainer.max_epochs", "2", cwd=tmp_path, timeout=900,
     )  # fmt: skip
-    folds, total = lines[:-1], lines[-1]
-    assert [f["alphabet"] for f in folds] == ["Greek", "Korean"] and total["folds"] == 2
+    folds, ensembles, total = lines[:4], lines[4:6], lines[-1]
+    assert [(f["alphabet"], f["seed"]) for f in folds] == [
+        ("Greek", 0),
+        ("Korean", 0),
+        ("Greek", 1),
+        ("Korean", 1),
+    ]
+    assert total["folds"] == 4
+    for fold in folds:  # the last epoch's held-out accuracy (the fixed schedule), and the per-epoch curve
+        assert len(fold["curve"]) == 2 and fold["oneshot_20way"] == fold["curve"][-1]
+        assert fold["checkpoint"].endswith(f"{fold['alphabet']}_seed{fold['seed']}/checkpoints/last.ckpt")
     values = [f["oneshot_20way"] for f in folds]
     assert abs(total["oneshot_20way"] - statistics.mean(values)) < 1e-3
     assert abs(total["oneshot_20way_std"] - statistics.stdev(values)) < 1e-3
-    assert "Greek_seed0" in folds[0]["checkpoint"]
+    for epoch in range(2):
+        assert abs(total["curve"][epoch] - statistics.mean(f["curve"][epoch] for f in folds)) < 1e-3
+    assert [e["ensemble"] for e in ensembles] == ["Greek"] and len(lines) == 4
+    for line in ensembles:
+        assert line["seeds"] == [0, 1] and len(line["single"]) == len(line["single_tta"]) == 2
+        assert all(
+            0 <= v <= 1
+            for v in [*line["single"], *line["single_tta"], line["together"], line["together_tta"]]
+        )
+    assert abs(total["ensemble_together"] - statistics.mean(e["together"] for e in ensembles)) < 1e-3
