@@ -20,9 +20,13 @@ def zoom(images: torch.Tensor, scale: float) -> torch.Tensor:
         raise ValueError(f"scale must be positive, got {scale}")
     if scale == 1:
         return images
-    inverse = torch.tensor([[1 / scale, 0.0, 0.0], [0.0, 1 / scale, 0.0]], dtype=images.dtype)
-    theta = inverse.to(images.device).expand(images.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    n, _, h, w = images.shape
+    # affine_grid's grid for theta = diag(1/scale), written out: ONNX (opset 17) exports grid_sample
+    # (GridSample) but not affine_grid, and the exported embedder must zoom as the checkpoint does
+    ys = (torch.arange(h, dtype=images.dtype, device=images.device) * 2 + 1) / h - 1
+    xs = (torch.arange(w, dtype=images.dtype, device=images.device) * 2 + 1) / w - 1
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    grid = (torch.stack([grid_x, grid_y], dim=-1) / scale).expand(n, h, w, 2)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -101,14 +101,8 @@ def test_oneshot_loao_prints_a_line_per_fold_and_the_summary(omniglot_root, tmp_
         "--", "--data.init_args.root", omniglot_root, *TINY_ARGS,
         "--data.init_args.epoch_length", "1", "--trainer.max_epochs", "2", cwd=tmp_path, timeout=900,
     )  # fmt: skip
-    folds, ensembles, total = lines[:4], lines[4:6], lines[-1]
-    assert [(f["alphabet"], f["seed"]) for f in folds] == [
-        ("Greek", 0),
-        ("Korean", 0),
-        ("Greek", 1),
-        ("Korean", 1),
-    ]
-    assert total["folds"] == 4
+    folds, ensembles, total = lines[:2], lines[2:3], lines[-1]
+    assert [(f["alphabet"], f["seed"]) for f in folds] == [("Greek", 0), ("Greek", 1)] and total["folds"] == 2
     for fold in folds:  # the last epoch's held-out accuracy (the fixed schedule), and the per-epoch curve
         assert len(fold["curve"]) == 2 and fold["oneshot_20way"] == fold["curve"][-1]
         assert fold["checkpoint"].endswith(f"{fold['alphabet']}_seed{fold['seed']}/checkpoints/last.ckpt")

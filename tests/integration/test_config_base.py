@@ -101,7 +101,7 @@ def test_command_line_override_reaches_interpolations_in_the_base():
     config = effective_config(CONFIGS / "omniglot_koch.yaml", "--trainer.default_root_dir", "elsewhere")
     trainer = config["trainer"]
     assert trainer["logger"]["init_args"]["save_dir"] == "elsewhere"
-    assert [c["init_args"]["dirpath"] for c in trainer["callbacks"][1:]] == ["elsewhere/checkpoints"] * 2
+    assert [c["init_args"]["dirpath"] for c in trainer["callbacks"][1:3]] == ["elsewhere/checkpoints"] * 2
     assert trainer["callbacks"][1]["init_args"]["monitor"] == "val/oneshot_20way"
 
 
@@ -118,7 +118,7 @@ def test_run_folder_config_is_the_whole_config(tiny_run):
     assert trainer["logger"]["init_args"]["project"] == "cbir_lightning"
     assert trainer["logger"]["init_args"]["save_dir"] == "runs/omniglot_koch"
     filenames = [c["init_args"].get("filename") for c in trainer["callbacks"]]
-    assert filenames == [None, "best-{epoch:02d}", "last"]
+    assert filenames == [None, "best-{epoch:02d}", "last", "metrics.jsonl"]
 
 
 @pytest.mark.parametrize(

@@ -51,3 +51,15 @@ def test_siamese_module_zooms_only_outside_training():
         module.train()
         assert torch.allclose(module.embed(images), net.embed(images))
     assert module.hparams.test_time_scales == [1.0, 0.8]
+
+
+def test_zoom_equals_affine_grid_sampling():
+    """The grid written out (ONNX-exportable) is affine_grid's for theta = diag(1 / scale)."""
+    import torch.nn.functional as F
+
+    images = torch.rand(2, 1, 21, 17)
+    for scale in (0.8, 0.9, 1.1, 1.25):
+        theta = torch.tensor([[1 / scale, 0.0, 0.0], [0.0, 1 / scale, 0.0]]).expand(2, 2, 3)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        expected = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        assert torch.allclose(zoom(images, scale), expected, atol=1e-5)
