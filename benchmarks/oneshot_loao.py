@@ -41,6 +41,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cbir_lightning.callbacks.metrics_history import read_history
+
 ALPHABETS = ["Balinese", "Early_Aramaic", "Greek", "Japanese_(katakana)", "Korean", "Latin", "Sanskrit"]
 METRICS = ("oneshot_20way", "mAP", "best_oneshot_20way", "lake_runs")
 
@@ -64,11 +66,6 @@ def run(args: list[str], threads: int | None = None) -> dict:
     return last_json(proc.stdout)
 
 
-def history(folder: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return sorted(rows, key=lambda row: row["epoch"])
-
-
 def fold(args: argparse.Namespace, alphabet: str, seed: int, extra: list[str], threads: int) -> dict:
     folder = Path(args.out) / f"{alphabet}_seed{seed}"
     fit = [
@@ -81,7 +78,7 @@ def fold(args: argparse.Namespace, alphabet: str, seed: int, extra: list[str], t
     else:
         best = run(fit, threads)
         done.write_text(json.dumps(best))
-    epochs = history(folder)
+    epochs = read_history(folder / "metrics.jsonl")
     last = folder / "checkpoints" / "last.ckpt"
     line = {"config": args.config, "alphabet": alphabet, "seed": seed, "checkpoint": str(last.resolve())}
     line.update({k: epochs[-1][k] for k in ("oneshot_20way", "mAP")})
