@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED := ../shared/data
 
-.PHONY: demo best best-score test test-unit venv data lint bench clean chromium
+.PHONY: demo oneshot test test-unit venv data lint bench clean chromium
 
 venv: $(VENV)/.installed
 
@@ -65,27 +65,31 @@ data/landmarks/.ready:
 		echo "no $(SHARED)/landmarks: get the full sets with cbir-lightning download --dataset roxford5k --root data/landmarks"; \
 	fi
 
+# The demo (README, Omniglot one-shot): configs/omniglot_best.yaml, the Koch net on every character of the
+# small background sets, trained with seeds 0 and 1 at once (one thread each; logs in runs/omniglot_best-seed*.log),
+# packed into one ensemble checkpoint (runs/omniglot_best/ensemble.ckpt: the two nets' mean score) and evaluated
+# on the held-out drawers. `make oneshot RUNS=all_runs.zip` scores that checkpoint on Lake's official runs
+# (github.com/brendenlake/omniglot, python/one-shot-classification/all_runs.zip).
+DEMO := runs/omniglot_best
+SEEDS := 0 1
+ENSEMBLE := $(DEMO)/ensemble.ckpt
+comma := ,
 demo: venv data/omniglot/.ready
-	$(BIN)/cbir-lightning fit --config configs/omniglot_koch.yaml
-
-# The best Omniglot recipe (README, Omniglot one-shot): configs/omniglot_best.yaml trained with seeds 0 and 1
-# at once (one thread each; logs in runs/omniglot_best-seed*.log), then `make best-score RUNS=all_runs.zip`
-# scores both last checkpoints together on Lake's official runs (github.com/brendenlake/omniglot,
-# python/one-shot-classification/all_runs.zip).
-BEST := runs/omniglot_best
-BEST_CKPTS := [$(BEST)/seed0/checkpoints/last.ckpt, $(BEST)/seed1/checkpoints/last.ckpt]
-best: venv data/omniglot/.ready
-	@mkdir -p $(BEST); for s in 0 1; do \
+	@mkdir -p $(DEMO); echo "training seeds $(SEEDS) of configs/omniglot_best.yaml at once (logs: $(DEMO)-seed*.log)"; \
+	for s in $(SEEDS); do \
 		OMP_NUM_THREADS=1 $(BIN)/cbir-lightning fit --config configs/omniglot_best.yaml --seed_everything $$s \
-			--trainer.default_root_dir $(BEST)/seed$$s > $(BEST)-seed$$s.log 2>&1 & pids="$$pids $$!"; \
+			--trainer.default_root_dir $(DEMO)/seed$$s > $(DEMO)-seed$$s.log 2>&1 & pids="$$pids $$!"; \
 	done; ok=0; for pid in $$pids; do wait $$pid || ok=1; done; \
-	tail -n 1 $(BEST)-seed0.log $(BEST)-seed1.log; \
-	if [ $$ok -ne 0 ]; then echo "a fit failed: see $(BEST)-seed*.log"; exit 1; fi; \
-	echo "score them on Lake's runs: make best-score RUNS=all_runs.zip"
+	for s in $(SEEDS); do echo "seed $$s: $$(tail -n 1 $(DEMO)-seed$$s.log)"; done; \
+	if [ $$ok -ne 0 ]; then echo "a fit failed: see $(DEMO)-seed*.log"; exit 1; fi
+	$(BIN)/cbir-lightning ensemble --overwrite true --out $(ENSEMBLE) \
+		--ckpt "[$(subst $() ,$(comma) ,$(foreach s,$(SEEDS),$(DEMO)/seed$(s)/checkpoints/last.ckpt))]"
+	$(BIN)/cbir-lightning evaluate --config configs/omniglot_best.yaml --ckpt $(ENSEMBLE) --trainer.logger false
+	@echo "score it on Lake's official runs: make oneshot RUNS=all_runs.zip"
 
-best-score: venv
-	@test -n "$(RUNS)" || { echo "set RUNS to Lake's all_runs folder or zip: make best-score RUNS=all_runs.zip"; exit 2; }
-	$(BIN)/cbir-lightning oneshot --runs $(RUNS) --ckpt "$(BEST_CKPTS)"
+oneshot: venv
+	@test -n "$(RUNS)" || { echo "set RUNS to Lake's all_runs folder or zip: make oneshot RUNS=all_runs.zip"; exit 2; }
+	$(BIN)/cbir-lightning oneshot --runs $(RUNS) --ckpt $(ENSEMBLE)
 
 test: venv chromium
 	@$(BIN)/python -m pytest -q --durations=15; rc=$$?; \

@@ -80,6 +80,30 @@ class EmbeddingModel(Protocol):
     def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class SiameseNet(Protocol):
+    """A net ``SiameseModule`` trains: ``embed`` images ``[n, c, h, w]`` -> ``[n, embedding_dim]``,
+    ``similarity`` all pairs ``[nq, nd]`` and ``pair_logits`` aligned pairs ``[n]`` (higher = same class),
+    on ``input_size`` square images (e.g. ``KochSiameseNet``, ``EnsembleNet``)."""
+
+    input_size: int
+    embedding_dim: int
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor: ...
+
+    def pair_logits(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class WeightedL1Net(Protocol):
+    """A Siamese net whose score is a weighted L1 distance, ``s(q, x) = sum_k w_k |q_k - x_k| + b``:
+    ``l1_head()`` gives ``(w [d], b [])``, what an exported index scores with."""
+
+    def l1_head(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 # ---- data ---------------------------------------------------------------------------------------
 @runtime_checkable
 class RetrievalData(Protocol):

@@ -20,8 +20,9 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 def _truncated(name: str, offset: int) -> CbirError:
     return CbirError(
-        f"{name} is truncated (a record is cut at byte {offset}): the run was killed while writing it; "
-        "use another run folder"
+        f"{name} is truncated (a record is cut at byte {offset}): the run was killed while writing it, or "
+        "is still being written (read it after the run's process ends, or after wandb.teardown()); "
+        "otherwise use another run folder"
     )
 
 

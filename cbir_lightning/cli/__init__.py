@@ -2,6 +2,7 @@
 
 fit / validate / test / predict   train and evaluate from a YAML config (LightningCLI)
 oneshot                           N-way one-shot accuracy of a checkpoint on Lake's run format
+ensemble                          pack checkpoints of one recipe (several seeds) into one ensemble checkpoint
 make-runs                         write Lake-format one-shot runs from Omniglot images
 download                          fetch a data set into a root folder
 evaluate                          retrieval metrics of embeddings (labels or Oxford/Paris gnd) or a checkpoint
@@ -18,8 +19,8 @@ import sys
 from cbir_lightning.errors import CbirError
 
 TOOL_COMMANDS = (
-    "oneshot", "make-runs", "download", "evaluate", "index", "search", "recommend", "serve", "whiten",
-    "export",
+    "oneshot", "ensemble", "make-runs", "download", "evaluate", "index", "search", "recommend", "serve",
+    "whiten", "export",
 )
 
 

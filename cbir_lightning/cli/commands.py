@@ -77,6 +77,24 @@ def oneshot(
     }
 
 
+def ensemble(ckpt: list[str], out: str, overwrite: bool = False) -> dict:
+    """Pack checkpoints of one recipe (e.g. trained with different seeds) into one ensemble checkpoint:
+    its net embeds with every member and scores with their mean score (``EnsembleNet``); ``oneshot``,
+    ``validate``, ``index``, ``search`` and ``export`` take it like any checkpoint. Prints JSON (out,
+    members).
+
+    Args:
+        ckpt: the members, ``--ckpt '[a.ckpt, b.ckpt]'``: SiameseModule checkpoints with the same
+            DataModule, image size and test-time zooms.
+        out: the checkpoint to write (atomically).
+        overwrite: replace ``out`` if it exists.
+    """
+    from cbir_lightning.ensemble_checkpoint import pack_ensemble
+
+    path = pack_ensemble(list(ckpt), out, overwrite=overwrite)
+    return {"out": str(path), "members": [str(p) for p in ckpt]}
+
+
 def make_runs(
     sources: list[str],
     out: str,
@@ -168,6 +186,7 @@ def normalize_flags(args: list[str], function) -> list[str]:
 def run_tool_command(args: list[str]) -> None:
     commands = {
         "oneshot": oneshot,
+        "ensemble": ensemble,
         "make-runs": make_runs,
         "download": download,
         "evaluate": evaluate,

@@ -61,9 +61,9 @@ def scoring_of(module: nn.Module, vectors: torch.Tensor, whitened: bool) -> dict
     """How the index scores ``vectors`` (the module's index vectors, ``[n, D]``), as metadata: ``dot`` when
     the module's similarity is their dot product (its contract's ``dot_product_similarity`` says it ranks
     as one, and the scores agree) or they are whitened, ``hamming`` for DSH codes, ``weighted_l1`` (head
-    weight and bias) for the Koch net (a ``SiameseModule`` around a ``KochSiameseNet``); checked against
-    ``module.similarity``. CbirError for any other learned similarity."""
-    from cbir_lightning.models.koch import KochSiameseNet
+    weight and bias) for a ``SiameseModule`` around a weighted-L1 net (``WeightedL1Net``: the Koch net, an
+    ensemble of them); checked against ``module.similarity``. CbirError for any other learned similarity."""
+    from cbir_lightning.contracts import WeightedL1Net
     from cbir_lightning.models.siamese_module import SiameseModule
 
     with torch.no_grad():
@@ -77,9 +77,9 @@ def scoring_of(module: nn.Module, vectors: torch.Tensor, whitened: bool) -> dict
             bits = int(vectors.shape[1])
             if torch.allclose(own, (v @ v.T - bits) / 2, atol=1e-6):
                 return {"kind": "hamming", "bits": bits}
-        if isinstance(module, SiameseModule) and isinstance(module.net, KochSiameseNet):
-            net = module.net
-            weight, bias = net.head_weight().detach().double(), float(net.head.bias.detach())
+        if isinstance(module, SiameseModule) and isinstance(module.net, WeightedL1Net):
+            weight, bias = (t.detach().double() for t in module.net.l1_head())
+            bias = float(bias)
             ours = (v[:, None, :] - v[None, :, :]).abs() @ weight + bias
             if torch.allclose(own, ours, atol=1e-4, rtol=1e-4):
                 return {"kind": "weighted_l1", "weight": weight.tolist(), "bias": bias}

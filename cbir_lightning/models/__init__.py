@@ -1,5 +1,6 @@
 from cbir_lightning.models.dsh_module import DSHModule
 from cbir_lightning.models.dsh_net import DSHNet
+from cbir_lightning.models.ensemble_net import EnsembleNet
 from cbir_lightning.models.gem_module import GeMSiameseModule
 from cbir_lightning.models.gem_net import GeMNet
 from cbir_lightning.models.koch_net import KochSiameseNet
@@ -9,6 +10,7 @@ from cbir_lightning.models.siamese_module import SiameseModule
 __all__ = [
     "DSHModule",
     "DSHNet",
+    "EnsembleNet",
     "GeMNet",
     "GeMSiameseModule",
     "KochSiameseNet",

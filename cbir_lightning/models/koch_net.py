@@ -83,6 +83,10 @@ class KochSiameseNet(nn.Module):
         raw = self.head.weight.squeeze(0)
         return -F.softplus(raw) if self.head_weights == "nonpositive" else raw
 
+    def l1_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w [d], b [])`` of the score ``sum_k w_k |q_k - x_k| + b`` (see ``WeightedL1Net``)."""
+        return self.head_weight(), self.head.bias[0]
+
     def pair_logits(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
         """Logit of "same class" for aligned pairs of embeddings ``[n, d]`` -> ``[n]``."""
         return torch.abs(e1 - e2) @ self.head_weight() + self.head.bias

@@ -113,6 +113,32 @@ def test_oneshot_scores_an_ensemble_and_test_time_zooms(tiny_run, omniglot_root,
     assert math.isclose(last_json(zoomed.stdout)["accuracy"], expected(scales), abs_tol=1e-6)
 
 
+def test_ensemble_checkpoint_scores_as_its_members_together(tiny_run, omniglot_root, tmp_path):
+    """`cbir-lightning ensemble` packs two checkpoints into one: `oneshot` on it gives the members' mean
+    score (the list form, checked by hand above) run by run, `export` writes its concatenated embedder
+    with one weighted L1 head (parity checked), and it neither overwrites a file nor mixes recipes."""
+    runs = make_runs(omniglot_root, tmp_path / "all_runs", "[Sanskrit]", 4, tmp_path)
+    first, second = tiny_run["ckpt"], tiny_run["ckpt"].parent / "last.ckpt"
+    packed = tmp_path / "ensemble.ckpt"
+    both = f"[{first}, {second}]"
+    made = last_json(run_cli(["ensemble", "--ckpt", both, "--out", str(packed)], cwd=tmp_path).stdout)
+    assert made["out"] == str(packed) and packed.is_file()
+    listed = last_json(run_cli(["oneshot", "--ckpt", both, "--runs", str(runs)], cwd=tmp_path).stdout)
+    one = last_json(run_cli(["oneshot", "--ckpt", str(packed), "--runs", str(runs)], cwd=tmp_path).stdout)
+    assert one["per_run"] == listed["per_run"]
+    exported = run_cli(["export", "--ckpt", str(packed), "--out", str(tmp_path / "e.onnx")], cwd=tmp_path)
+    meta = last_json(exported.stdout)
+    assert meta["scoring"] == "weighted_l1" and meta["max_abs_diff"] < 1e-4
+    assert meta["dimension"] == 2 * 32  # the tiny run's 32-d embedding, twice
+
+    before = packed.read_bytes()
+    again = run_cli(["ensemble", "--ckpt", both, "--out", str(packed)], cwd=tmp_path)
+    _one_line_error(again, str(packed), "exists", "--overwrite")
+    assert packed.read_bytes() == before
+    alone = run_cli(["ensemble", "--ckpt", f"[{first}]", "--out", str(tmp_path / "x.ckpt")], cwd=tmp_path)
+    _one_line_error(alone, "at least two")
+
+
 def _one_line_error(proc, *needles):
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]

@@ -114,6 +114,7 @@ def test_oneshot_grid_marks_the_chosen_answer():
 
 
 def test_offline_run_holds_grids_and_embedding_table(cifar, tmp_path, monkeypatch):
+    import wandb
     from pytorch_lightning.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -133,6 +134,7 @@ def test_offline_run_holds_grids_and_embedding_table(cifar, tmp_path, monkeypatc
     log_example_grids(trainer, module, data, episodes, "val", count=3, tile_size=64, table_rows=10)
     run_dir = Path(logger.experiment.dir).parent
     logger.experiment.finish()
+    wandb.teardown()  # finish() can return before wandb-core has written the run file out; teardown waits
 
     history = read_offline_run(run_dir)["history"]
     row = next(r for r in history if "val/embeddings/path" in r)  # the reader joins nested keys with "/"
