@@ -222,6 +222,14 @@ def run_lightning_cli(args: list[str] | None, run: bool = True) -> CbirCLI:
     ``run=False``: only build the config's model, DataModule and trainer (no subcommand, nothing saved).
     """
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    with warnings.catch_warnings():
+        # `args` is `cbir-lightning`'s own argv (rewritten for `evaluate`), or build_from_config's tokens
+        # (a notebook kernel's sys.argv is not ours): LightningCLI would warn as if a script passed both
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return _cli(args, run)
+
+
+def _cli(args: list[str] | None, run: bool) -> CbirCLI:
     return CbirCLI(
         pl.LightningModule,
         pl.LightningDataModule,
@@ -248,9 +256,7 @@ def build_from_config(
     ``"--data.init_args.image_size=64"``). Unlike ``fit``, the trainer has no ``StopOnNonFinite``
     callback unless the config names it. A bad key raises ``jsonargparse.ArgumentError``.
     """
-    with warnings.catch_warnings():  # from Python (a notebook's kernel) sys.argv is not ours: no clash
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        cli = run_lightning_cli(["--config", str(config), *overrides], run=False)
+    cli = run_lightning_cli(["--config", str(config), *overrides], run=False)
     return cli.model, cli.datamodule, cli.trainer
 
 

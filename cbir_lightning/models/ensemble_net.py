@@ -5,8 +5,8 @@ ensemble is one checkpoint that ``oneshot``, ``index``, ``search`` and ``export`
 ``similarity(q, d) = (1/M) sum_m s_m(q_m, d_m)``, each member scoring its own slice: the mean score over
 members, the ensemble ``cbir-lightning oneshot --ckpt '[a, b]'`` computes. For Koch nets the mean of
 weighted L1 logits is again a weighted L1 logit over the concatenated embedding, with weights ``w_m / M``.
-Built by ``cbir-lightning ensemble`` from finished checkpoints (``pack_ensemble``); it can also be trained
-as one net, where every member is trained through the mean score.
+Built by ``cbir-lightning ensemble`` from finished checkpoints
+(:func:`~cbir_lightning.ensemble_checkpoint.pack_ensemble`).
 """
 
 from __future__ import annotations

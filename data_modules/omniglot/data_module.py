@@ -44,6 +44,10 @@ class OmniglotDataModule(RetrievalDataModule):
         image_size: side in pixels the 105 px images are resized to.
         sampling: ``"pairs"`` (Koch: one balanced pair per sample, ``batch_size`` pairs per batch) or
             ``"class_batches"`` (``classes_per_batch`` x ``samples_per_class`` images, every pair used).
+        alphabets_per_batch: class batches draw their classes from this many random alphabets (each
+            orientation of an alphabet counted apart; more alphabets when they hold fewer than
+            ``classes_per_batch`` classes), so a batch's negatives share an alphabet as in Lake's
+            within-alphabet 20-way runs. ``None``: classes drawn from all alphabets alike.
         rotation_classes: add the 90/180/270 degree rotations of training characters as new classes.
         reflection_classes: add the mirror images of training characters (and of their rotations) as
             new classes.
@@ -66,6 +70,7 @@ class OmniglotDataModule(RetrievalDataModule):
         batch_size: int = 128,
         classes_per_batch: int = 32,
         samples_per_class: int = 4,
+        alphabets_per_batch: int | None = None,
         rotation_classes: bool = False,
         reflection_classes: bool = False,
         epoch_length: int = 200,
@@ -82,6 +87,11 @@ class OmniglotDataModule(RetrievalDataModule):
         super().__init__()
         self.save_hyperparameters()
         check_sampling(sampling, classes_per_batch, samples_per_class)
+        if alphabets_per_batch is not None and (alphabets_per_batch < 1 or sampling != "class_batches"):
+            raise CbirError(
+                f"data.init_args.alphabets_per_batch is {alphabets_per_batch}: it needs sampling: "
+                "class_batches and a count of 1 or more (null: classes from every alphabet)"
+            )
         self.train_images: OmniglotImages | None = None
         self.val_images: OmniglotImages | None = None
         self.episodes: Episodes | None = None
@@ -127,24 +137,29 @@ class OmniglotDataModule(RetrievalDataModule):
         factor = (4 if self.hparams.rotation_classes else 1) * (2 if self.hparams.reflection_classes else 1)
         return len(set(self.train_images.character)) * factor
 
-    def training_classes(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training images and class ids, rotations and mirror images added as new classes."""
+    def training_classes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training images, class ids and alphabet groups (an alphabet in one orientation: a rotated or
+        mirrored copy of an alphabet is its own group), rotations and mirror images added as new classes."""
         hp = self.hparams
         if self.train_images is None or not len(self.train_images.images):
             raise CbirError("no training images: check train_alphabets and train_drawers")
         images, labels = self.train_images.images, self.train_images.labels
+        names = sorted(set(self.train_images.alphabet))
+        groups = torch.tensor([names.index(a) for a in self.train_images.alphabet])
         if hp.rotation_classes:
-            num = int(labels.max()) + 1
+            num, count = int(labels.max()) + 1, int(groups.max()) + 1
             images = torch.cat([torch.rot90(images, r, (2, 3)) for r in range(4)])
             labels = torch.cat([labels + r * num for r in range(4)])
+            groups = torch.cat([groups + r * count for r in range(4)])
         if hp.reflection_classes:
-            num = int(labels.max()) + 1
+            num, count = int(labels.max()) + 1, int(groups.max()) + 1
             images, labels = torch.cat([images, images.flip(3)]), torch.cat([labels, labels + num])
-        return images, labels
+            groups = torch.cat([groups, groups + count])
+        return images, labels, groups
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        images, labels = self.training_classes()
+        images, labels, groups = self.training_classes()
         augment = AffineRanges() if hp.augment else None
         data, batch_size = training_samples(
             images,
@@ -156,6 +171,8 @@ class OmniglotDataModule(RetrievalDataModule):
             hp.batch_size,
             hp.classes_per_batch,
             hp.samples_per_class,
+            groups=groups,
+            groups_per_batch=hp.alphabets_per_batch,
         )
         return self._loader(data, EpochSampler(len(data)), batch_size)
 

@@ -69,17 +69,51 @@ class PairDataset(_LabelledImages):
 
 
 class ClassBatchDataset(_LabelledImages):
-    """Item = ``(images [P*K, c, h, w], labels [P*K])``; use with ``DataLoader(batch_size=None)``."""
+    """Item = ``(images [P*K, c, h, w], labels [P*K])``; use with ``DataLoader(batch_size=None)``.
 
-    def __init__(self, *args, classes_per_batch: int = 32, samples_per_class: int = 4, **kwargs) -> None:
+    ``groups`` (one group id per image, the same for every image of a class, e.g. an alphabet) with
+    ``groups_per_batch``: each batch draws its classes from that many random groups (more when they hold
+    fewer than ``classes_per_batch`` classes), so its negatives share a group; ``None``: classes uniformly.
+    """
+
+    def __init__(
+        self,
+        *args,
+        classes_per_batch: int = 32,
+        samples_per_class: int = 4,
+        groups: torch.Tensor | None = None,
+        groups_per_batch: int | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if classes_per_batch > self.num_classes:
             raise ValueError(f"classes_per_batch={classes_per_batch} > {self.num_classes} classes available")
         self.classes_per_batch, self.samples_per_class = classes_per_batch, samples_per_class
+        self.groups_per_batch = groups_per_batch
+        self.group_classes: list[torch.Tensor] = []
+        if groups_per_batch is not None:
+            if groups is None or len(groups) != len(self.labels):
+                raise ValueError("groups_per_batch needs one group id per image (groups)")
+            class_group = groups[torch.stack([m[0] for m in self.members])]
+            if not torch.equal(class_group[self.inverse], groups):
+                raise ValueError("every image of a class must be in the class's group")
+            self.group_classes = [(class_group == g).nonzero()[:, 0] for g in torch.unique(class_group)]
+
+    def _classes(self, gen: torch.Generator) -> torch.Tensor:
+        if self.groups_per_batch is None:
+            return torch.randperm(self.num_classes, generator=gen)[: self.classes_per_batch]
+        chosen, count = [], 0
+        for g in torch.randperm(len(self.group_classes), generator=gen).tolist():
+            if len(chosen) >= self.groups_per_batch and count >= self.classes_per_batch:
+                break
+            chosen.append(self.group_classes[g])
+            count += len(self.group_classes[g])
+        pool = torch.cat(chosen)
+        return pool[torch.randperm(len(pool), generator=gen)[: self.classes_per_batch]]
 
     def __getitem__(self, key: int) -> ClassBatch:
         _, gen = self._decode(key)
-        classes = torch.randperm(self.num_classes, generator=gen)[: self.classes_per_batch]
+        classes = self._classes(gen)
         index = torch.cat([self._pick(int(c), self.samples_per_class, gen) for c in classes])
         return ClassBatch(self._load(index, gen), self.inverse[index])
 
@@ -123,10 +157,13 @@ def training_samples(
     batch_size: int,
     classes_per_batch: int,
     samples_per_class: int,
+    groups: torch.Tensor | None = None,
+    groups_per_batch: int | None = None,
 ) -> tuple[Dataset, int | None]:
     """The training dataset of a labelled image set and the loader batch size it needs: ``"pairs"``
     gives ``epoch_length`` batches of ``batch_size`` pairs, ``"class_batches"`` ``epoch_length`` whole
-    batches (loader batch size ``None``)."""
+    batches (loader batch size ``None``), their classes drawn from ``groups_per_batch`` of the images'
+    ``groups`` when given (see ``ClassBatchDataset``)."""
     check_sampling(sampling, classes_per_batch, samples_per_class)
     if sampling == "pairs":
         return PairDataset(images, labels, epoch_length * batch_size, seed, augment), batch_size
@@ -139,5 +176,7 @@ def training_samples(
         augment,
         classes_per_batch=classes_per_batch,
         samples_per_class=samples_per_class,
+        groups=groups,
+        groups_per_batch=groups_per_batch,
     )
     return data, None

@@ -54,3 +54,18 @@ def test_the_trainer_fits_the_model_on_the_datamodule(tmp_path):
     trainer.fit(model, datamodule=data)
     assert trainer.global_step == 2
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_no_warning_about_args_and_argv_when_run_as_the_command(monkeypatch):
+    """`cbir-lightning fit ...` hands LightningCLI its own argv; LightningCLI's warning about a script
+    passing both args and argv would top every run's log."""
+    import warnings
+
+    from cbir_lightning.cli.lightning_cli import run_lightning_cli
+
+    args = ["--config", str(REPO / "configs" / "cifar10_dsh.yaml"), *QUIET]
+    monkeypatch.setattr("sys.argv", ["cbir-lightning", "fit", *args])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_lightning_cli(args, run=False)
+    assert not [w for w in caught if "args parameter" in str(w.message)]

@@ -181,3 +181,33 @@ def test_eval_transform_matches_the_validation_loader(omniglot_root):
     assert torch.equal(labels[pairs[:, 0]], labels[pairs[:, 1]])
     counts = torch.bincount(labels)
     assert len(pairs) == int((counts * (counts - 1) // 2).sum())
+
+
+def test_class_batches_from_one_alphabet_orientation(omniglot_root):
+    """alphabets_per_batch: 1 with rotations: each batch's characters come from one alphabet in one
+    orientation (two when that one has too few characters), read back from the global class ids."""
+    dm = OmniglotDataModule(
+        root=omniglot_root,
+        image_size=20,
+        val_alphabets=None,
+        train_alphabets=["Tagalog", "Korean"],  # 17 and 40 characters
+        rotation_classes=True,
+        classes_per_batch=20,
+        samples_per_class=2,
+        alphabets_per_batch=1,
+        epoch_length=40,
+        augment=False,
+    )
+    dm.setup("fit")
+    data = dm.train_dataloader().dataset
+    chars = dm.train_images.labels
+    alphabet_of_char = {int(c): a for c, a in zip(chars.tolist(), dm.train_images.alphabet, strict=True)}
+    per_turn = int(chars.max()) + 1
+    for key in range(40):
+        _, y = data[key]
+        kinds = {(alphabet_of_char[int(c) % per_turn], int(c) // per_turn) for c in torch.unique(y)}
+        alphabets = {a for a, _ in kinds}
+        assert len(torch.unique(y)) == 20
+        assert len(kinds) == 1 or (len(kinds) == 2 and any(a == "Tagalog" for a in alphabets)), kinds
+    with pytest.raises(CbirError, match="alphabets_per_batch"):
+        OmniglotDataModule(root=omniglot_root, sampling="pairs", alphabets_per_batch=2)

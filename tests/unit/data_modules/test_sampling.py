@@ -126,3 +126,47 @@ def test_episodes_within_one_alphabet_and_fixed_by_seed():
     assert torch.equal(eps.candidates, again.candidates) and torch.equal(eps.queries, again.queries)
     with pytest.raises(CbirError, match="ways=30 is larger than the classes available.*'A' has 25"):
         make_episodes(groups, labels, drawers, ways=30, trials=5)
+
+
+def test_class_batches_drawn_from_few_groups():
+    """Groups of 3, 3 and 4 classes, batches of 4 classes: from 2 groups a batch never spans all 3 (uniform
+    batches mostly do); from 1 group it is exactly the 4-class group, or needs a second group to fill."""
+    images, labels = _images(num_classes=10, per_class=2)
+    group_of_class = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    groups = group_of_class[labels]
+
+    def spans(groups_per_batch, count=300):
+        data = ClassBatchDataset(
+            images,
+            labels,
+            count,
+            0,
+            None,
+            classes_per_batch=4,
+            samples_per_class=2,
+            groups=groups if groups_per_batch else None,
+            groups_per_batch=groups_per_batch,
+        )
+        batches = [torch.unique(data[key][1]) for key in range(count)]
+        assert all(len(b) == 4 for b in batches)
+        return [(set(group_of_class[b].tolist()), set(b.tolist())) for b in batches]
+
+    uniform = spans(None)
+    assert sum(len(g) == 3 for g, _ in uniform) > 100
+    two = spans(2)
+    assert all(len(g) <= 2 for g, _ in two) and {frozenset(g) for g, _ in two if len(g) == 2} == {
+        frozenset({0, 1}),
+        frozenset({0, 2}),
+        frozenset({1, 2}),
+    }
+    for g, classes in spans(1):
+        assert classes == {6, 7, 8, 9} or len(g) == 2, (
+            g,
+            classes,
+        )  # group 2 alone, or a 3-class one + another
+    with pytest.raises(ValueError, match="one group id per image"):
+        ClassBatchDataset(images, labels, 3, 0, None, classes_per_batch=4, groups_per_batch=2)
+    mixed = groups.clone()
+    mixed[1] = 1  # the second image of class 0 in another group than the first
+    with pytest.raises(ValueError, match="class's group"):
+        ClassBatchDataset(images, labels, 3, 0, None, classes_per_batch=4, groups=mixed, groups_per_batch=2)
