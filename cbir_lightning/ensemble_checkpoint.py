@@ -5,6 +5,7 @@ the members' mean score, and every command that takes a checkpoint (``oneshot``,
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -49,7 +50,8 @@ def _check_alike(first: Checkpoint, other: Checkpoint) -> None:
 def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
     """Write ``out``: one checkpoint of ``SiameseModule(net=EnsembleNet(members))`` with each member's
     weights, hyperparameters (the first checkpoint's, the net replaced) and DataModule record (the
-    first's); ``ensemble_members`` lists each member's path and identity hashes. Written atomically;
+    first's); ``ensemble_members`` lists each member's path (relative to ``out``'s folder) and identity
+    hashes. Written atomically;
     an existing ``out`` is replaced only with ``overwrite``."""
     if len(ckpts) < 2:
         raise CbirError("an ensemble needs at least two checkpoints: --ckpt '[a.ckpt, b.ckpt]'")
@@ -77,7 +79,7 @@ def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = Fa
         "state_dict": state,
         "hyper_parameters": hyper_parameters,
         "datamodule_hyper_parameters": dict(first.datamodule_args),
-        "ensemble_members": [{"path": str(m.path), **m.identity} for m in members],
+        "ensemble_members": [{"path": os.path.relpath(m.path, out.parent), **m.identity} for m in members],
     }
     with atomic_file(out) as tmp:
         torch.save(contents, tmp)

@@ -123,6 +123,8 @@ def test_ensemble_checkpoint_scores_as_its_members_together(tiny_run, omniglot_r
     both = f"[{first}, {second}]"
     made = last_json(run_cli(["ensemble", "--ckpt", both, "--out", str(packed)], cwd=tmp_path).stdout)
     assert made["out"] == str(packed) and packed.is_file()
+    recorded = torch.load(packed, weights_only=True)["ensemble_members"]
+    assert [(packed.parent / m["path"]).resolve() for m in recorded] == [first.resolve(), second.resolve()]
     listed = last_json(run_cli(["oneshot", "--ckpt", both, "--runs", str(runs)], cwd=tmp_path).stdout)
     one = last_json(run_cli(["oneshot", "--ckpt", str(packed), "--runs", str(runs)], cwd=tmp_path).stdout)
     assert one["per_run"] == listed["per_run"]
