@@ -129,9 +129,12 @@ class Checkpoint:
         """The identity hash (computed when first asked: hashing every weight is not free)."""
         return checkpoint_identity(self.contents)
 
-    def module(self, map_location: str = "cpu", whitening: bool = False) -> pl.LightningModule:
+    def module(
+        self, map_location: str = "cpu", whitening: bool = False, hparams: dict | None = None
+    ) -> pl.LightningModule:
         """The module rebuilt from the checkpoint's class, arguments and weights (no second read), in
-        eval mode; ``whitening=True`` attaches the whitening file (see ``load_module``)."""
+        eval mode; ``whitening=True`` attaches the whitening file (see ``load_module``); ``hparams``
+        replaces saved constructor arguments that change no weight (e.g. ``test_time_scales``)."""
         from pytorch_lightning.core.saving import _load_state
         from pytorch_lightning.utilities.migration.utils import _pl_migrate_checkpoint
 
@@ -141,6 +144,7 @@ class Checkpoint:
         try:
             contents = _pl_migrate_checkpoint(contents, checkpoint_path=self.path)
             overrides = restore_overrides(self.hyper_parameters, contents.get("state_dict", {}))
+            overrides.update(hparams or {})
             contents["hyper_parameters"].update(overrides)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # e.g. "from scratch": the weights follow

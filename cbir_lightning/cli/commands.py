@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from jsonargparse import CLI
 
-from cbir_lightning.checkpoints import load_module
+from cbir_lightning.checkpoints import read_checkpoint
 from cbir_lightning.cli.evaluate import evaluate
 from cbir_lightning.cli.search_commands import index, recommend, search, serve
 from cbir_lightning.cli.whiten import whiten
@@ -50,13 +50,13 @@ def oneshot(
     paths = [ckpt] if isinstance(ckpt, str) else list(ckpt)
     if not paths:
         raise CbirError("oneshot needs at least one checkpoint: --ckpt FILE or --ckpt '[A, B]'")
-    modules = [load_module(path) for path in paths]
-    if test_time_scales is not None:
-        for path, module in zip(paths, modules, strict=True):
-            if not isinstance(module, SiameseModule):
-                name = type(module).__name__
-                raise CbirError(f"{path}: test_time_scales needs a SiameseModule checkpoint, not {name}")
-            module.hparams.test_time_scales = list(test_time_scales)
+    checkpoints = [read_checkpoint(path) for path in paths]
+    zooms = None if test_time_scales is None else {"test_time_scales": list(test_time_scales)}
+    for ckpt in checkpoints:
+        if zooms and not issubclass(ckpt.module_class, SiameseModule):
+            name = ckpt.module_class.__name__
+            raise CbirError(f"{ckpt.path}: test_time_scales needs a SiameseModule checkpoint, not {name}")
+    modules = [ckpt.module(hparams=zooms) for ckpt in checkpoints]
 
     def embed(module, images: torch.Tensor) -> torch.Tensor:  # uint8 [n, C, H, W] -> [n, D]
         size = image_size or module.input_size
