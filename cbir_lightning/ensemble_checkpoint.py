@@ -51,8 +51,7 @@ def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = Fa
     """Write ``out``: one checkpoint of ``SiameseModule(net=EnsembleNet(members))`` with each member's
     weights, hyperparameters (the first checkpoint's, the net replaced) and DataModule record (the
     first's); ``ensemble_members`` lists each member's path (relative to ``out``'s folder) and identity
-    hashes. Written atomically;
-    an existing ``out`` is replaced only with ``overwrite``."""
+    hashes. Written atomically; an existing ``out`` is replaced only with ``overwrite``."""
     if len(ckpts) < 2:
         raise CbirError("an ensemble needs at least two checkpoints: --ckpt '[a.ckpt, b.ckpt]'")
     out = Path(out)
