@@ -78,8 +78,8 @@ def scoring_of(module: nn.Module, vectors: torch.Tensor, whitened: bool) -> dict
             if torch.allclose(own, (v @ v.T - bits) / 2, atol=1e-6):
                 return {"kind": "hamming", "bits": bits}
         if isinstance(module, SiameseModule) and isinstance(module.net, WeightedL1Net):
-            weight, bias = (t.detach().double() for t in module.net.l1_head())
-            bias = float(bias)
+            weight, bias = module.net.l1_head()
+            weight, bias = weight.detach().double(), float(bias)
             ours = (v[:, None, :] - v[None, :, :]).abs() @ weight + bias
             if torch.allclose(own, ours, atol=1e-4, rtol=1e-4):
                 return {"kind": "weighted_l1", "weight": weight.tolist(), "bias": bias}

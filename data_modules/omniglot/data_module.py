@@ -147,14 +147,11 @@ class OmniglotDataModule(RetrievalDataModule):
         names = sorted(set(self.train_images.alphabet))
         groups = torch.tensor([names.index(a) for a in self.train_images.alphabet])
         if hp.rotation_classes:
-            num, count = int(labels.max()) + 1, int(groups.max()) + 1
             images = torch.cat([torch.rot90(images, r, (2, 3)) for r in range(4)])
-            labels = torch.cat([labels + r * num for r in range(4)])
-            groups = torch.cat([groups + r * count for r in range(4)])
+            labels, groups = _new_ids(labels, 4), _new_ids(groups, 4)
         if hp.reflection_classes:
-            num, count = int(labels.max()) + 1, int(groups.max()) + 1
-            images, labels = torch.cat([images, images.flip(3)]), torch.cat([labels, labels + num])
-            groups = torch.cat([groups, groups + count])
+            images = torch.cat([images, images.flip(3)])
+            labels, groups = _new_ids(labels, 2), _new_ids(groups, 2)
         return images, labels, groups
 
     def train_dataloader(self) -> DataLoader:
@@ -217,6 +214,13 @@ class OmniglotDataModule(RetrievalDataModule):
             persistent_workers=False,
             shuffle=False,
         )
+
+
+def _new_ids(ids: torch.Tensor, copies: int) -> torch.Tensor:
+    """``copies`` copies of ``ids`` side by side, copy ``r`` shifted by ``r * (max + 1)``: each copy of the
+    images (a rotation, a mirror image) gets ids of its own."""
+    step = int(ids.max()) + 1
+    return torch.cat([ids + r * step for r in range(copies)])
 
 
 def _disjoint(train_drawers: Sequence[int] | None, val_drawers: Sequence[int] | None) -> bool:
