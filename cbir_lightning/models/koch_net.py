@@ -89,14 +89,13 @@ class KochSiameseNet(nn.Module):
 
     def pair_logits(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
         """Logit of "same class" for aligned pairs of embeddings ``[n, d]`` -> ``[n]``."""
-        return torch.abs(e1 - e2) @ self.head_weight() + self.head.bias
+        weight, bias = self.l1_head()
+        return torch.abs(e1 - e2) @ weight + bias
 
     def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:
         """All-pairs logits ``[nq, nd]`` (higher = more similar), chunked to bound memory."""
-        return (
-            weighted_l1_scores(queries, database, self.head_weight(), self.score_chunk_elements)
-            + self.head.bias
-        )
+        weight, bias = self.l1_head()
+        return weighted_l1_scores(queries, database, weight, self.score_chunk_elements) + bias
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.pair_logits(self.embed(x1), self.embed(x2))
