@@ -53,7 +53,23 @@ class EvalBatch(NamedTuple):
     indices: torch.Tensor
 
 
-TrainingBatch = PairBatch | ClassBatch | TupleBatch
+class FeatureBatch(NamedTuple):
+    """A class batch of cached trunk outputs (see :mod:`cbir_lightning.features`): ``features [B, ...]``
+    (feature maps or pooled vectors of the frozen part of a model), ``labels [B]``."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+
+class FeatureEvalBatch(NamedTuple):
+    """Evaluation items as cached trunk outputs: ``features``, ``labels`` and ``indices`` in the set."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+TrainingBatch = PairBatch | ClassBatch | TupleBatch | FeatureBatch
 
 
 # ---- models -------------------------------------------------------------------------------------
@@ -104,7 +120,69 @@ class WeightedL1Net(Protocol):
     def l1_head(self) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+@runtime_checkable
+class FrozenTrunkNet(Protocol):
+    """A net that may be a frozen trunk followed by trainable layers: ``trunk()`` (images -> features, or
+    None when nothing is frozen) and ``from_trunk(features)`` (the rest of the forward pass), e.g.
+    ``GeMNet`` and ``PretrainedHashNet`` with a frozen backbone."""
+
+    def trunk(self) -> torch.nn.Module | None: ...
+
+    def from_trunk(self, features: torch.Tensor) -> torch.Tensor: ...
+
+    def unfreeze(self, mode: bool = True) -> None: ...
+
+
+@runtime_checkable
+class FrozenTrunkModel(Protocol):
+    """A model whose first part may be frozen, so its outputs can be computed once and cached:
+    ``frozen_trunk()`` is that part (images -> features, eval mode, no trainable parameter) or None when
+    nothing is frozen; ``embed_features(features)`` finishes the embedding (``embed(images) ==
+    embed_features(frozen_trunk()(images))`` in eval mode, single scale); ``unfreeze()`` makes the frozen
+    part train too (the second stage of a two-stage fine-tuning, ``cbir_lightning.callbacks.Unfreeze``)."""
+
+    def frozen_trunk(self) -> torch.nn.Module | None: ...
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor: ...
+
+    def unfreeze(self) -> None: ...
+
+
 # ---- data ---------------------------------------------------------------------------------------
+@runtime_checkable
+class ViewSource(Protocol):
+    """Items whose views a feature cache stores (:mod:`cbir_lightning.features`).
+
+    ``labels [n]``; ``sources(i)``: what item ``i``'s views are made of, files (``Path``: hashed, so a
+    changed file is computed again) or bytes (e.g. pixels held in memory); ``view(i, generator)``: the
+    image tensor of the evaluation view (``generator`` None) or of the augmented view drawn from
+    ``generator``; ``recipe``: a JSON-able dict of everything a view depends on besides its sources
+    (size, normalisation, augmentation ranges), part of the cache key.
+    """
+
+    labels: torch.Tensor
+    recipe: dict
+
+    def __len__(self) -> int: ...
+
+    def sources(self, i: int) -> tuple: ...
+
+    def view(self, i: int, generator: torch.Generator | None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class FeatureData(Protocol):
+    """A DataModule that can train and evaluate from cached features: ``view_source(split)`` gives the
+    ``"train"`` or ``"eval"`` items as a :class:`ViewSource` (eval items in the order of its evaluation
+    set); after ``serve_features(features)`` its loaders ask ``features.views(split, datamodule)`` for
+    the cached views (``CachedViews``) and give :class:`FeatureBatch` / :class:`FeatureEvalBatch` from
+    them, or images when it answers None (``serve_features(None)``: images)."""
+
+    def view_source(self, split: str) -> ViewSource: ...
+
+    def serve_features(self, features) -> None: ...
+
+
 @runtime_checkable
 class RetrievalData(Protocol):
     """What every DataModule provides besides Lightning's dataloaders.

@@ -76,13 +76,13 @@ def shape_groups(images: Sequence[torch.Tensor]) -> list[list[int]]:
 
 
 def embed_grouped(embed: Embed, images: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``[N, D]`` rows ``embed(images[i])``, one ``embed`` call per group of equal-size images
+    """``[N, ...]`` rows ``embed(images[i])``, one ``embed`` call per group of equal-size images
     (:func:`shape_groups`); keeps gradients (training) unless called under ``no_grad``."""
     out: torch.Tensor | None = None
     for members in shape_groups(images):
         embedded = embed(torch.stack([images[i] for i in members]))
         if out is None:
-            out = embedded.new_empty(len(images), embedded.shape[1])
+            out = embedded.new_empty(len(images), *embedded.shape[1:])
         out[torch.tensor(members, device=embedded.device)] = embedded
     return out
 

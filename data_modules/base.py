@@ -56,3 +56,15 @@ class RetrievalDataModule(pl.LightningDataModule, ABC):
     def whitening_data(self) -> tuple[Dataset, torch.Tensor] | None:
         """Images and matching pairs for learning whitening; None: this data set has none."""
         return None
+
+    # cached features (``cbir_lightning.callbacks.FeatureCache``): a DataModule that can serve them
+    # implements ``view_source`` and asks ``cached(split)`` in its loaders (``contracts.FeatureData``)
+    features = None  # what gives the cached views (``CachedFeatures``), or None: images
+
+    def serve_features(self, features) -> None:
+        """Make the loaders give cached features from ``features`` (None: images)."""
+        self.features = features
+
+    def cached(self, split: str):
+        """The cached views (``CachedViews``) of the ``"train"`` or ``"eval"`` items, or None: images."""
+        return self.features.views(split, self) if self.features is not None else None

@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from cbir_lightning.errors import CbirError
 from data_modules.base import RetrievalDataModule
+from data_modules.datasets.array_views import ArrayViews
+from data_modules.datasets.cached_features import CachedClassBatches, CachedItems
 from data_modules.datasets.image_folders import to_uint8
 from data_modules.datasets.indexed_images import IndexedImages
 from data_modules.sampling.pairs import training_samples
@@ -37,10 +39,29 @@ class LabelledImagesDataModule(RetrievalDataModule):
         self.eval_items: IndexedImages | None = None
         self.retrieval_split: torch.Tensor | None = None
 
+    @property
+    def resize(self) -> str:
+        """How images are resized to ``image_size``: ``area``, or the subclass's ``resize`` argument."""
+        return self.hparams.get("resize", "area")
+
+    def view_source(self, split: str) -> ArrayViews:
+        """The ``"train"`` images or the ``"eval"`` items as a feature cache's items (``FeatureData``)."""
+        hp = self.hparams
+        self.setup("fit" if split == "train" else "validate")
+        images, labels = self.train if split == "train" else (self.eval_items.images, self.eval_items.labels)
+        recipe = {"images": self.mode, "size": hp.image_size, "resize": self.resize}
+        return ArrayViews(images, labels, hp.mean, hp.std, recipe)
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         self.setup("fit")
         images, labels = self.train
+        cached = self.cached("train")
+        if cached is not None:
+            data = CachedClassBatches(
+                cached, labels, hp.epoch_length, hp.seed, hp.classes_per_batch, hp.samples_per_class
+            )
+            return self._loader(data, EpochSampler(len(data)), None, normalize=False)
         try:
             data, batch_size = training_samples(
                 images,
@@ -59,6 +80,10 @@ class LabelledImagesDataModule(RetrievalDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
+        cached = self.cached("eval")
+        if cached is not None:
+            data = CachedItems(cached, self.view_source("eval"))
+            return self._loader(data, None, self.hparams.eval_batch_size, normalize=False)
         return self._loader(self.eval_items, None, self.hparams.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
@@ -69,9 +94,9 @@ class LabelledImagesDataModule(RetrievalDataModule):
 
     def eval_transform(self, image: Image.Image) -> torch.Tensor:
         """Any image as the evaluation loader gives it: ``mode`` (RGB or grayscale), ``image_size`` square
-        (area averaging), float in [0, 1], normalised with ``mean``/``std`` when they are set."""
+        (``resize``), float in [0, 1], normalised with ``mean``/``std`` when they are set."""
         hp = self.hparams
-        x = to_uint8(image.convert(self.mode), hp.image_size).float().div(255)
+        x = to_uint8(image.convert(self.mode), hp.image_size, self.resize).float().div(255)
         return normalize(x, hp.mean, hp.std) if hp.mean is not None else x
 
     def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
@@ -81,9 +106,9 @@ class LabelledImagesDataModule(RetrievalDataModule):
         pairs = balanced_pairs(labels, self.hparams.whitening_pairs, self.hparams.seed)
         return NormalizedItems(IndexedImages(images, labels), self.hparams.mean, self.hparams.std), pairs
 
-    def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
+    def _loader(self, data: Dataset, sampler, batch_size: int | None, normalize: bool = True) -> DataLoader:
         return DataLoader(
-            NormalizedItems(data, self.hparams.mean, self.hparams.std),
+            NormalizedItems(data, self.hparams.mean, self.hparams.std) if normalize else data,
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.hparams.num_workers,

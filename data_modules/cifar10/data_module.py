@@ -25,7 +25,7 @@ from data_modules.datasets.image_folders import read_image_folders
 from data_modules.labelled_images import LabelledImagesDataModule
 from data_modules.sampling.pairs import check_sampling
 from data_modules.sampling.retrieval_split import query_database_items
-from data_modules.transforms.images import resize_uint8
+from data_modules.transforms.images import RESIZE_METHODS, resize_uint8
 from data_modules.transforms.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -42,7 +42,9 @@ def first_per_class(labels: torch.Tensor, count: int | None) -> torch.Tensor:
 class CIFAR10DataModule(LabelledImagesDataModule):
     """Args:
     root: folder holding ``cifar-10-batches-py/`` or ``train/`` and ``test/`` class folders.
-    image_size: side the 32 px images are resized to (area averaging).
+    image_size: side the 32 px images are resized to.
+    resize: ``area`` (averaging; enlarged images look blocky) or ``bilinear`` (PIL's, smooth: what an
+        ImageNet backbone sees best).
     train_per_class: training images per class (first ones; ``None``: all).
     query_per_class / database_per_class: test images used as queries, training images used as the
         retrieval database (first ones; ``None``: all).
@@ -61,6 +63,7 @@ class CIFAR10DataModule(LabelledImagesDataModule):
         self,
         root: str | Path = "data/cifar10",
         image_size: int = 32,
+        resize: str = "area",
         train_per_class: int | None = None,
         query_per_class: int | None = None,
         database_per_class: int | None = None,
@@ -81,6 +84,8 @@ class CIFAR10DataModule(LabelledImagesDataModule):
         super().__init__()
         self.save_hyperparameters()
         check_sampling(sampling, classes_per_batch, samples_per_class)
+        if resize not in RESIZE_METHODS:
+            raise CbirError(f"resize must be one of {', '.join(RESIZE_METHODS)}, got {resize!r}")
         if (mean is None) != (std is None) or (mean is not None and (len(mean), len(std)) != (3, 3)):
             raise CbirError("mean and std must both be 3 numbers (one per RGB channel) or both null")
         self.mean, self.std = mean, std
@@ -102,16 +107,16 @@ class CIFAR10DataModule(LabelledImagesDataModule):
             splits = read_cifar10_batches(root / BATCHES_DIR)
             self.classes = splits.pop("classes")
             if hp.image_size != 32:
-                splits = {k: (resize_uint8(x, hp.image_size), y) for k, (x, y) in splits.items()}
+                splits = {k: (resize_uint8(x, hp.image_size, hp.resize), y) for k, (x, y) in splits.items()}
         elif (root / "train").is_dir() and (root / "test").is_dir():
             # read only the images used (the first ones of each class)
             limits = (hp.train_per_class, hp.database_per_class)
             per_class = None if None in limits else max(limits)
             train_x, train_y, self.classes = read_image_folders(
-                root / "train", hp.image_size, None, per_class
+                root / "train", hp.image_size, None, per_class, method=hp.resize
             )
             test_x, test_y, _ = read_image_folders(
-                root / "test", hp.image_size, self.classes, hp.query_per_class
+                root / "test", hp.image_size, self.classes, hp.query_per_class, method=hp.resize
             )
             splits = {"train": (train_x, train_y), "test": (test_x, test_y)}
         else:

@@ -27,13 +27,14 @@ def read_image(path: Path, mode: str = "RGB") -> Image.Image:
         ) from exc
 
 
-def to_uint8(image: Image.Image, size: int) -> torch.Tensor:
-    """A PIL image -> uint8 ``[C, size, size]`` (area averaging when the size differs)."""
+def to_uint8(image: Image.Image, size: int, method: str = "area") -> torch.Tensor:
+    """A PIL image -> uint8 ``[C, size, size]`` (resized by ``method`` when the size differs, see
+    :func:`~data_modules.transforms.images.resize_uint8`)."""
     array = np.asarray(image)
     tensor = (
         torch.from_numpy(array.copy()).unsqueeze(-1) if array.ndim == 2 else torch.from_numpy(array.copy())
     )
-    return resize_uint8(tensor.permute(2, 0, 1)[None], size)[0]
+    return resize_uint8(tensor.permute(2, 0, 1)[None], size, method)[0]
 
 
 def class_folders(split: Path) -> list[Path]:
@@ -56,12 +57,17 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def read_image_folders(
-    split: Path, size: int, classes: list[str] | None = None, per_class: int | None = None, mode: str = "RGB"
+    split: Path,
+    size: int,
+    classes: list[str] | None = None,
+    per_class: int | None = None,
+    mode: str = "RGB",
+    method: str = "area",
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Images ``uint8 [N, C, size, size]``, labels ``[N]`` (index into ``classes``) and the class names.
 
     ``classes``: the class order to use (e.g. the training split's); ``per_class``: keep the first
-    ``per_class`` files (sorted by name) of each class.
+    ``per_class`` files (sorted by name) of each class; ``method``: see ``to_uint8``.
     """
     folders = class_folders(split)
     names = [f.name for f in folders]
@@ -73,6 +79,6 @@ def read_image_folders(
     images, labels = [], []
     for label, name in enumerate(order):
         for path in image_files(split / name)[:per_class]:
-            images.append(to_uint8(read_image(path, mode), size))
+            images.append(to_uint8(read_image(path, mode), size, method))
             labels.append(label)
     return torch.stack(images), torch.tensor(labels), list(order)

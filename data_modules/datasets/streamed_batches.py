@@ -9,7 +9,6 @@ aspect 3/4-4/3) and a horizontal flip drawn from the same generator.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,36 +18,8 @@ from torch.utils.data import Dataset
 
 from cbir_lightning.contracts import ClassBatch
 from data_modules.datasets.photo_files import Box, load_cropped
-from data_modules.sampling.samplers import item_generator
-
-
-def _uniform(gen: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=gen))
-
-
-def random_resized_crop(
-    image: Image.Image, size: int, gen: torch.Generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)
-) -> Image.Image:
-    """A crop of ``scale`` of the area and ``ratio`` aspect (10 tries; else the central square), resized
-    to ``size`` x ``size``, mirrored with probability 1/2."""
-    width, height = image.size
-    box = None
-    for _ in range(10):
-        area = width * height * _uniform(gen, *scale)
-        aspect = math.exp(_uniform(gen, math.log(ratio[0]), math.log(ratio[1])))
-        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            x0 = int(torch.randint(width - w + 1, (), generator=gen))
-            y0 = int(torch.randint(height - h + 1, (), generator=gen))
-            box = (x0, y0, x0 + w, y0 + h)
-            break
-    if box is None:
-        side = min(width, height)
-        box = ((width - side) // 2, (height - side) // 2, (width + side) // 2, (height + side) // 2)
-    crop = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    if float(torch.rand((), generator=gen)) < 0.5:
-        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return crop
+from data_modules.sampling.samplers import class_batch, item_generator
+from data_modules.transforms.crops import random_resized_crop
 
 
 class StreamedClassBatches(Dataset):
@@ -87,12 +58,6 @@ class StreamedClassBatches(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _pick(self, members: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        k = self.samples_per_class
-        if k <= len(members):
-            return members[torch.randperm(len(members), generator=gen)[:k]]
-        return members[torch.randint(len(members), (k,), generator=gen)]
-
     def _view(self, i: int, gen: torch.Generator) -> torch.Tensor:
         image = load_cropped(self.paths[i], self.boxes[i])
         view = random_resized_crop(image, self.image_size, gen) if self.augment else self.eval_view(image)
@@ -100,7 +65,6 @@ class StreamedClassBatches(Dataset):
 
     def __getitem__(self, key: int) -> ClassBatch:
         gen = item_generator(self.seed, key)
-        chosen = torch.randperm(len(self.members), generator=gen)[: self.classes_per_batch]
-        index = torch.cat([self._pick(self.members[int(c)], gen) for c in chosen])
+        index = class_batch(self.members, self.classes_per_batch, self.samples_per_class, gen)
         images = torch.stack([self._view(int(i), gen) for i in index])
         return ClassBatch(images, self.labels[index])

@@ -22,7 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from cbir_lightning.errors import CbirError
 from data_modules.base import RetrievalDataModule
+from data_modules.datasets.cached_features import CachedClassBatches, CachedItems
 from data_modules.datasets.photo_files import LabelledPhotos
+from data_modules.datasets.photo_views import PhotoViews
 from data_modules.datasets.streamed_batches import StreamedClassBatches
 from data_modules.photo_collection.files import (
     Collection,
@@ -135,8 +137,12 @@ class PhotoCollectionDataModule(RetrievalDataModule):
             return read_class_folders(root)
         table = Path(hp.labels_file)
         return read_table(
-            root, table if table.is_absolute() else root / table,
-            hp.path_column, hp.label_column, hp.group_column, hp.split_column,
+            root,
+            table if table.is_absolute() else root / table,
+            hp.path_column,
+            hp.label_column,
+            hp.group_column,
+            hp.split_column,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -161,17 +167,48 @@ class PhotoCollectionDataModule(RetrievalDataModule):
             [boxes[i] for i in keep] if boxes is not None else None,
         )
 
+    def view_source(self, split: str) -> PhotoViews:
+        """The ``"train"`` or ``"eval"`` photos as a feature cache's items (``FeatureData``)."""
+        paths, labels, boxes = self._subset(split == "eval")
+        hp = self.hparams
+        recipe = {
+            "photos": "centre_square",
+            "size": hp.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+        return PhotoViews(paths, labels, boxes, hp.image_size, self.view, self.view.to_tensor, recipe)
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         paths, labels, boxes = self._subset(False)
         check_class_count(labels, hp.classes_per_batch)
+        cached = self.cached("train")
+        if cached is not None:
+            data = CachedClassBatches(
+                cached, labels, hp.epoch_length, hp.seed, hp.classes_per_batch, hp.samples_per_class
+            )
+            return self._loader(data, EpochSampler(len(data)), None)
         data = StreamedClassBatches(
-            paths, labels, hp.epoch_length, hp.seed, hp.image_size, self.view.to_tensor, self.view.view,
-            hp.classes_per_batch, hp.samples_per_class, hp.augment, boxes,
+            paths,
+            labels,
+            hp.epoch_length,
+            hp.seed,
+            hp.image_size,
+            self.view.to_tensor,
+            self.view.view,
+            hp.classes_per_batch,
+            hp.samples_per_class,
+            hp.augment,
+            boxes,
         )
         return self._loader(data, EpochSampler(len(data)), None)
 
     def val_dataloader(self) -> DataLoader:
+        cached = self.cached("eval")
+        if cached is not None:
+            data = CachedItems(cached, self.view_source("eval"))
+            return self._loader(data, None, self.hparams.eval_batch_size)
         paths, labels, boxes = self._subset(True)
         photos = LabelledPhotos(paths, labels, self.view, boxes)
         return self._loader(photos, None, self.hparams.eval_batch_size)
@@ -195,6 +232,10 @@ class PhotoCollectionDataModule(RetrievalDataModule):
     def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(
-            data, batch_size=batch_size, sampler=sampler, num_workers=workers, shuffle=False,
+            data,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            shuffle=False,
             persistent_workers=workers > 0,
         )

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from cbir_lightning.contracts import ClassBatch, PairBatch
 from cbir_lightning.errors import CbirError
-from data_modules.sampling.samplers import item_generator
+from data_modules.sampling.samplers import item_generator, pick_members
 from data_modules.transforms.augment import AffineRanges, koch_distort
 
 
@@ -40,10 +40,7 @@ class _LabelledImages(Dataset):
         return key % self.length, item_generator(self.seed, key)
 
     def _pick(self, cls: int, count: int, gen: torch.Generator) -> torch.Tensor:
-        members = self.members[cls]
-        if count <= len(members):
-            return members[torch.randperm(len(members), generator=gen)[:count]]
-        return members[torch.randint(len(members), (count,), generator=gen)]
+        return pick_members(self.members[cls], count, gen)
 
     def _load(self, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         batch = self.images[index].float().div_(255)

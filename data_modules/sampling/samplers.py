@@ -23,6 +23,22 @@ def item_generator(seed: int, key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
+def pick_members(members: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """``count`` of ``members``: distinct when there are enough, else drawn with replacement."""
+    if count <= len(members):
+        return members[torch.randperm(len(members), generator=gen)[:count]]
+    return members[torch.randint(len(members), (count,), generator=gen)]
+
+
+def class_batch(
+    members: list[torch.Tensor], classes_per_batch: int, samples_per_class: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Item indices of one class batch: ``classes_per_batch`` classes drawn from ``members`` (the items of
+    each class), ``samples_per_class`` items of each (:func:`pick_members`)."""
+    chosen = torch.randperm(len(members), generator=gen)[:classes_per_batch]
+    return torch.cat([pick_members(members[int(c)], samples_per_class, gen) for c in chosen])
+
+
 def replicas_and_rank(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
     """The given ``(num_replicas, rank)``, each None replaced by the process group's (1 and 0 without one)."""
     grouped = dist.is_available() and dist.is_initialized()

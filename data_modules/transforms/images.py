@@ -55,9 +55,31 @@ def encode_png(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize uint8 ``[n, c, h, w]`` images to ``size`` x ``size`` with area averaging (antialiased)."""
+RESIZE_METHODS = ("area", "bilinear")
+
+
+def resize_uint8(images: torch.Tensor, size: int, method: str = "area") -> torch.Tensor:
+    """Resize uint8 ``[n, c, h, w]`` images to ``size`` x ``size``: ``area`` averaging (antialiased; as
+    nearest neighbour when enlarging) or PIL's ``bilinear`` (smooth when enlarging small images, e.g.
+    CIFAR-10's 32 px for an ImageNet backbone)."""
+    if method not in RESIZE_METHODS:
+        raise CbirError(f"resize must be one of {', '.join(RESIZE_METHODS)}, got {method!r}")
     if images.shape[-2:] == (size, size):
         return images
+    if method == "bilinear":
+        out = [
+            np.asarray(
+                Image.fromarray(x.permute(1, 2, 0).squeeze(-1).numpy()).resize(
+                    (size, size), Image.Resampling.BILINEAR
+                )
+            )
+            for x in images
+        ]
+        return (
+            torch.from_numpy(np.stack(out))
+            .reshape(len(images), size, size, -1)
+            .permute(0, 3, 1, 2)
+            .contiguous()
+        )
     out = F.interpolate(images.float(), size=(size, size), mode="area")
     return out.round().clamp(0, 255).to(torch.uint8)

@@ -78,14 +78,18 @@ def test_gem_on_a_frozen_pretrained_backbone_trains_only_the_new_layers(lite0):
     from cbir_lightning.models import GeMSiameseModule
 
     module = GeMSiameseModule(
-        backbone="efficientnet_lite0", weights="imagenet", whitening=32, freeze="backbone",
+        backbone="efficientnet_lite0",
+        weights="imagenet",
+        whitening=32,
+        freeze="backbone",
         optimizer=lambda groups: torch.optim.SGD(groups, lr=0.1),
     )
     module.train()
     assert not module.backbone.training  # BatchNorm statistics stay as loaded
     before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
     optimizer = module.configure_optimizers()
-    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    # the frozen backbone's parameters wait in the optimizer's backbone group without gradients (Unfreeze)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"] if p.requires_grad}
     assert trained == {id(p) for p in [*module.whiten.parameters(), module.pool.p]}
     loss = module.training_step(ClassBatch(torch.rand(4, 3, 64, 64), torch.tensor([0, 0, 1, 1])), 0)
     loss.backward()
@@ -97,7 +101,9 @@ def test_backbone_learning_rate_multiplier():
     from cbir_lightning.models import GeMSiameseModule
 
     module = GeMSiameseModule(
-        backbone="efficientnet_lite0", backbone_lr_multiplier=0.1, whitening=16,
+        backbone="efficientnet_lite0",
+        backbone_lr_multiplier=0.1,
+        whitening=16,
         optimizer=lambda groups: torch.optim.SGD(groups, lr=0.5),
     )
     groups = module.configure_optimizers().param_groups
