@@ -85,7 +85,7 @@ class FeatureCache(Callback):
                 f"FeatureCache: {type(datamodule).__name__} cannot serve cached features; drop the "
                 "feature_cache callback or use a DataModule that can (photo collections, CIFAR-10)"
             )
-        datamodule.serve_features(CachedFeatures(self, trainer, pl_module))
+        datamodule.serve_features(CachedFeatures(self, pl_module, report=trainer.is_global_zero))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if isinstance(trainer.datamodule, FeatureData):
@@ -95,10 +95,11 @@ class FeatureCache(Callback):
 class CachedFeatures:
     """What a DataModule's loaders ask for: the cached views of its ``"train"`` or ``"eval"`` items under
     the module's frozen trunk as it is when the loader is made (after a checkpoint's weights are loaded),
-    computing what the store lacks; None when the module has no frozen part (any more)."""
+    computing what the store lacks; None when the module has no frozen part (any more). ``report``: this
+    process writes the progress bar and the computed/read line (DDP: rank 0)."""
 
-    def __init__(self, cache: FeatureCache, trainer: pl.Trainer, module: FrozenTrunkModel) -> None:
-        self.cache, self.trainer, self.module = cache, trainer, module
+    def __init__(self, cache: FeatureCache, module: FrozenTrunkModel, report: bool = True) -> None:
+        self.cache, self.module, self.report = cache, module, report
         self._made: dict[tuple[str, str], CachedViews] = {}
 
     def views(self, split: str, datamodule: FeatureData) -> CachedViews | None:
@@ -127,7 +128,7 @@ class CachedFeatures:
             what=f"{split} views",
         )
         cache.computed[split] = computed
-        if cache.progress and self.trainer.is_global_zero:
+        if cache.progress and self.report:
             total = len(names) * (views + 1)
             sys.stderr.write(
                 f"cbir-lightning: feature cache {store.folder}: {split} views: {computed} computed, "

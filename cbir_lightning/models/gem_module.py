@@ -74,6 +74,10 @@ class GeMSiameseModule(EmbeddingModule):
         (``weight = projection``, ``bias = -projection @ mean``); its dimension is used when
         ``whitening`` is null. ``identity``: the layer starts as the identity (the descriptor unchanged),
         so fine-tuning a head on a pretrained backbone starts from the pretrained ranking.
+    whitening_hidden: units of a hidden layer: the learnable layer is then a small MLP (``Linear`` ->
+        ``BatchNorm`` -> ``ReLU`` -> ``Linear`` to ``whitening`` dimensions), trained from random weights; it
+        fits classes seen again at search time (e.g. CIFAR-10's test images of the training classes), while
+        a linear layer started at the identity transfers better to unseen classes.
     loss: a loss (``class_path``: any pytorch-metric-learning loss, or
         ``cbir_lightning.losses.CirtorchContrastiveLoss``), or by name (older configs and checkpoints):
         ``contrastive`` (the paper's, summed) or ``pml_contrastive`` / ``pml_triplet`` /
@@ -100,6 +104,7 @@ class GeMSiameseModule(EmbeddingModule):
         freeze_batchnorm: bool = False,
         freeze: str | None = None,
         trainable_stages: int = 0,
+        whitening_hidden: int = 0,
         backbone_lr_multiplier: float = 1.0,
         whitening: int | None = None,
         whitening_init: str | None = None,

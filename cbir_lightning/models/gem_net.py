@@ -22,7 +22,8 @@ from cbir_lightning.whitening.io import load_whitening
 
 class GeMNet(nn.Module):
     """Args: as :class:`~cbir_lightning.models.GeMSiameseModule`'s of the same names (backbone, weights,
-    pooling, p, learn_p, freeze_batchnorm, whitening, whitening_init, freeze, trainable_stages).
+    pooling, p, learn_p, freeze_batchnorm, whitening, whitening_init, freeze, trainable_stages,
+    whitening_hidden).
 
     With ``freeze: backbone`` the net is a frozen trunk and trainable layers: :meth:`trunk` (the frozen
     backbone stages, and the pooling too when nothing after it in the backbone trains and p is fixed) and
@@ -41,6 +42,7 @@ class GeMNet(nn.Module):
         whitening_init: str | None = None,
         freeze: str | None = None,
         trainable_stages: int = 0,
+        whitening_hidden: int = 0,
     ) -> None:
         super().__init__()
         if freeze not in (None, "backbone"):
@@ -49,7 +51,15 @@ class GeMNet(nn.Module):
             raise CbirError("trainable_stages needs freeze: backbone (the stages before them stay frozen)")
         self.backbone = Backbone(backbone, weights, freeze_batchnorm)
         self.pool = build_pooling(pooling, p, learn_p)
-        self.whiten = whitening_layer(self.backbone.channels, whitening, whitening_init)
+        if whitening_hidden:
+            if whitening is None or whitening_init is not None:
+                raise CbirError(
+                    "whitening_hidden needs whitening (the output dimension) and no whitening_init: the "
+                    "layer is a small MLP, trained from random weights"
+                )
+            self.whiten = MLPProjection(self.backbone.channels, whitening_hidden, whitening)
+        else:
+            self.whiten = whitening_layer(self.backbone.channels, whitening, whitening_init)
         if freeze == "backbone":
             self.backbone.freeze(trainable_stages)
 
@@ -107,6 +117,17 @@ class GeMNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.descriptor(images)
+
+
+class MLPProjection(nn.Sequential):
+    """``Linear(in, hidden) -> BatchNorm -> ReLU -> Linear(hidden, out)``: a small MLP head (the learnable
+    layer after pooling when ``whitening_hidden`` is set); ``out_features`` as ``nn.Linear``'s."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
+        super().__init__(
+            nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out_features)
+        )
+        self.out_features = out_features
 
 
 class ThreeChannels(nn.Module):
