@@ -65,12 +65,12 @@ data/landmarks/.ready:
 		echo "no $(SHARED)/landmarks: get the full sets with cbir-lightning download --dataset roxford5k --root data/landmarks"; \
 	fi
 
-# The demo (README, Omniglot one-shot): configs/omniglot_best.yaml, the Koch net on every character of the
+# The demo (docs/experiments/omniglot.md): configs/omniglot_best.yaml, the Koch net on every character of the
 # small background sets, trained with seeds 0 and 1 at once (one thread each; logs in runs/omniglot_best-seed*.log),
 # packed into one ensemble checkpoint (runs/omniglot_best/ensemble.ckpt: the two nets' mean score) and evaluated
 # on the held-out drawers. `make oneshot RUNS=all_runs.zip` scores that checkpoint on Lake's official runs
 # (github.com/brendenlake/omniglot, python/one-shot-classification/all_runs.zip). SEEDS="0 1 2" trains three
-# members (two or more; a third added nothing on the leave-one-alphabet-out folds, README).
+# members (two or more; a third added nothing on the leave-one-alphabet-out folds, docs/experiments/omniglot.md).
 DEMO := runs/omniglot_best
 SEEDS := 0 1
 ENSEMBLE := $(DEMO)/ensemble.ckpt
