@@ -1,5 +1,5 @@
-# cbir_lightning: `make demo` trains and evaluates the Koch net on Omniglot; `make test` runs the tests
-# (`make test-unit`: only the fast unit tier).
+# cbir_lightning: `make demo` trains and evaluates the Koch net on Omniglot; `make test` runs the tests and
+# builds the documentation site strictly (`make test-unit`: only the fast unit tier; `make docs`: only the site).
 # Both create .venv (Python 3.11) if it is missing. Data comes from ../shared/data when present,
 # otherwise from the official release.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED := ../shared/data
 
-.PHONY: demo oneshot test test-unit venv data lint bench clean chromium
+.PHONY: demo oneshot test test-unit docs venv data lint bench clean chromium
 
 venv: $(VENV)/.installed
 
@@ -65,12 +65,12 @@ data/landmarks/.ready:
 		echo "no $(SHARED)/landmarks: get the full sets with cbir-lightning download --dataset roxford5k --root data/landmarks"; \
 	fi
 
-# The demo (README, Omniglot one-shot): configs/omniglot_best.yaml, the Koch net on every character of the
+# The demo (docs/experiments/omniglot.md): configs/omniglot_best.yaml, the Koch net on every character of the
 # small background sets, trained with seeds 0 and 1 at once (one thread each; logs in runs/omniglot_best-seed*.log),
 # packed into one ensemble checkpoint (runs/omniglot_best/ensemble.ckpt: the two nets' mean score) and evaluated
 # on the held-out drawers. `make oneshot RUNS=all_runs.zip` scores that checkpoint on Lake's official runs
 # (github.com/brendenlake/omniglot, python/one-shot-classification/all_runs.zip). SEEDS="0 1 2" trains three
-# members (two or more; a third added nothing on the leave-one-alphabet-out folds, README).
+# members (two or more; a third added nothing on the leave-one-alphabet-out folds, docs/experiments/omniglot.md).
 DEMO := runs/omniglot_best
 SEEDS := 0 1
 ENSEMBLE := $(DEMO)/ensemble.ckpt
@@ -92,7 +92,7 @@ oneshot: venv
 	@test -n "$(RUNS)" || { echo "set RUNS to Lake's all_runs folder or zip: make oneshot RUNS=all_runs.zip"; exit 2; }
 	$(BIN)/cbir-lightning oneshot --runs $(RUNS) --ckpt $(ENSEMBLE)
 
-test: venv chromium
+test: venv chromium docs
 	@$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
 
@@ -100,6 +100,13 @@ test: venv chromium
 test-unit: venv
 	@$(BIN)/python -m pytest -q -m "not integration" --durations=10; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
+
+# The documentation site (mkdocs.yml, docs/) into the git-ignored site/, strictly: a broken link or anchor, a page
+# missing from the nav or a nav entry without its page fails. (mkdocs's -q would hide those warnings from --strict,
+# so the output is shown only on failure.)
+docs: venv
+	@out=$$(NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site 2>&1) || \
+		{ echo "$$out"; echo "docs: mkdocs build --strict failed"; exit 1; }; echo "docs: site/ built strictly"
 
 # Headless Chromium for the web page's end-to-end test (tests/integration/test_web.py skips without it):
 # installed from Debian when missing and we are root; otherwise skipped quietly.
@@ -116,4 +123,4 @@ bench: venv data
 	$(BIN)/python benchmarks/lightning_overhead.py
 
 clean:
-	rm -rf runs wandb lightning_logs .pytest_cache
+	rm -rf runs wandb lightning_logs .pytest_cache site

@@ -1,15 +1,9 @@
 """``cbir-lightning``: LightningCLI subcommands plus the toolkit's own commands.
 
-fit / validate / test / predict   train and evaluate from a YAML config (LightningCLI)
-oneshot                           N-way one-shot accuracy of a checkpoint on Lake's run format
-ensemble                          pack checkpoints of one recipe (several seeds) into one ensemble checkpoint
-make-runs                         write Lake-format one-shot runs from Omniglot images
-download                          fetch a data set into a root folder
-evaluate                          retrieval metrics of embeddings (labels or Oxford/Paris gnd) or a checkpoint
-index / search / recommend        image search: index a folder with a checkpoint, query it, find similar items
-serve                             web page to search an index (upload, crop, results grid)
-whiten                            fit learned (Lw) or PCA whitening for a checkpoint, saved beside it
-export                            a checkpoint's embedder as ONNX (index/search/recommend --model)
+``LIGHTNING_COMMANDS`` (fit / validate / test / predict: a YAML config, LightningCLI) and ``TOOL_COMMANDS``
+(each a function whose docstring's first line is its one line in ``cbir-lightning --help``) are the one
+list of commands: ``main`` dispatches on them, ``overview`` prints them (``--help``, no command) and names
+the close ones for a mistyped command.
 """
 
 from __future__ import annotations
@@ -18,22 +12,50 @@ import sys
 
 from cbir_lightning.errors import CbirError
 
-TOOL_COMMANDS = (
-    "oneshot", "ensemble", "make-runs", "download", "evaluate", "index", "search", "recommend", "serve",
-    "whiten", "export",
-)
+# The Lightning subcommands and their one line (also their description in `cbir-lightning fit --help`).
+LIGHTNING_COMMANDS = {
+    "fit": "Train from a YAML config; validates the best checkpoint and prints one JSON line.",
+    "validate": "Retrieval metrics of a config's model or of a checkpoint (--ckpt_path), as JSON.",
+    "test": "Retrieval metrics on the test split (--ckpt_path CKPT), as JSON.",
+    "predict": "Embeddings of the evaluation split (Lightning's predict loop).",
+}
+
+# The toolkit's commands: name -> "module:function" (jsonargparse builds each command's options from it).
+TOOL_COMMANDS = {
+    "index": "cbir_lightning.cli.search_commands:index",
+    "search": "cbir_lightning.cli.search_commands:search",
+    "recommend": "cbir_lightning.cli.search_commands:recommend",
+    "serve": "cbir_lightning.cli.search_commands:serve",
+    "export": "cbir_lightning.cli.commands:export",
+    "evaluate": "cbir_lightning.cli.evaluate:evaluate",
+    "oneshot": "cbir_lightning.cli.commands:oneshot",
+    "ensemble": "cbir_lightning.cli.commands:ensemble",
+    "whiten": "cbir_lightning.cli.whiten:whiten",
+    "make-runs": "cbir_lightning.cli.commands:make_runs",
+    "download": "cbir_lightning.cli.commands:download",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        from cbir_lightning.cli.overview import print_overview
+
+        print_overview()
+        raise SystemExit(0 if args else 2)  # no command: nothing ran
+    if not args[0].startswith("-") and args[0] not in (*LIGHTNING_COMMANDS, *TOOL_COMMANDS):
+        from cbir_lightning.cli.overview import unknown_command
+
+        sys.stderr.write(unknown_command(args[0]) + "\n")
+        raise SystemExit(2)
     from jsonargparse import ArgumentError
 
     try:
-        if args and args[0] == "evaluate":
+        if args[0] == "evaluate":
             from cbir_lightning.cli.evaluate import as_validate
 
             args = as_validate(args)
-        if args and args[0] in TOOL_COMMANDS:
+        if args[0] in TOOL_COMMANDS:
             from cbir_lightning.cli.commands import run_tool_command
 
             run_tool_command(args)
@@ -43,9 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             run_lightning_cli(args)
     except ArgumentError as err:
         text = " ".join(str(err).split())
-        sys.stderr.write(
-            f"cbir-lightning: error: {text} (see `cbir-lightning {args[0] if args else ''} --help`)\n"
-        )
+        sys.stderr.write(f"cbir-lightning: error: {text} (see `cbir-lightning {args[0]} --help`)\n")
         raise SystemExit(2) from None
     except (CbirError, FileNotFoundError) as err:
         sys.stderr.write(f"cbir-lightning: error: {err}\n")

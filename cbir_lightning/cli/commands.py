@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 from pathlib import Path
@@ -10,9 +11,6 @@ import torch
 from jsonargparse import CLI
 
 from cbir_lightning.checkpoints import read_checkpoint
-from cbir_lightning.cli.evaluate import evaluate
-from cbir_lightning.cli.search_commands import index, recommend, search, serve
-from cbir_lightning.cli.whiten import whiten
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import embed_dataset
 from cbir_lightning.models.siamese_module import SiameseModule
@@ -34,8 +32,9 @@ def oneshot(
     batch_size: int = 256,
     test_time_scales: list[float] | None = None,
 ) -> dict:
-    """N-way one-shot accuracy of a checkpoint, or of an ensemble, on Lake's run format; prints JSON
-    (accuracy, per_run).
+    """N-way one-shot accuracy of a checkpoint or an ensemble on Lake's runs (all_runs).
+
+    Prints JSON (accuracy, per_run).
 
     Args:
         ckpt: checkpoint written by ``cbir-lightning fit``; a list (``--ckpt '[a.ckpt, b.ckpt]'``) scores
@@ -78,8 +77,9 @@ def oneshot(
 
 
 def ensemble(ckpt: list[str], out: str, overwrite: bool = False) -> dict:
-    """Pack checkpoints of one recipe (e.g. trained with different seeds) into one ensemble checkpoint:
-    its net embeds with every member and scores with their mean score (``EnsembleNet``); ``oneshot``,
+    """Pack checkpoints of one recipe (e.g. several seeds) into one ensemble checkpoint.
+
+    Its net embeds with every member and scores with their mean score (``EnsembleNet``); ``oneshot``,
     ``validate``, ``index``, ``search`` and ``export`` take it like any checkpoint. Prints JSON (out,
     members).
 
@@ -122,7 +122,9 @@ def make_runs(
 
 
 def download(dataset: str, root: str, sets: list[str] | None = None, images: bool = True) -> dict:
-    """Fetch a data set from its official release into ``root`` (needs the internet).
+    """Fetch a data set (Omniglot, Oxford/Paris, Stanford Dogs) from its official release.
+
+    Needs the internet.
 
     Args:
         dataset: ``omniglot``, ``roxford5k``, ``rparis6k`` or ``stanford_dogs``.
@@ -150,8 +152,10 @@ def download(dataset: str, root: str, sets: list[str] | None = None, images: boo
 
 
 def export(ckpt: str, out: str, opset: int = 17) -> dict:
-    """Export a checkpoint's embedder to ONNX (dynamic batch axis; input size, preprocessing, scoring and
-    whitening in its metadata) and check it against PyTorch; prints JSON with ``max_abs_diff``.
+    """Export a checkpoint's embedder to ONNX, checked against PyTorch (index/search --model).
+
+    Dynamic batch axis; input size, preprocessing, scoring and whitening in its metadata. Prints JSON with
+    ``max_abs_diff``.
 
     Args:
         ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is folded in).
@@ -183,20 +187,18 @@ def normalize_flags(args: list[str], function) -> list[str]:
     return out
 
 
+def tool_function(name: str):
+    """The function of the toolkit command ``name`` (``cbir_lightning.cli.TOOL_COMMANDS``)."""
+    from cbir_lightning.cli import TOOL_COMMANDS
+
+    module, _, function = TOOL_COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def run_tool_command(args: list[str]) -> None:
-    commands = {
-        "oneshot": oneshot,
-        "ensemble": ensemble,
-        "make-runs": make_runs,
-        "download": download,
-        "evaluate": evaluate,
-        "whiten": whiten,
-        "export": export,
-        "index": index,
-        "search": search,
-        "recommend": recommend,
-        "serve": serve,
-    }
+    from cbir_lightning.cli import TOOL_COMMANDS
+
+    commands = {name: tool_function(name) for name in TOOL_COMMANDS}
     if args and args[0] in commands:
         args = [args[0], *normalize_flags(args[1:], commands[args[0]])]
     result = CLI(commands, args=args, as_positional=False, exit_on_error=False)

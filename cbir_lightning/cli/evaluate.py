@@ -200,7 +200,7 @@ def evaluate(
     config_file: str | None = None,
     rerank: str = "none",
 ) -> dict:
-    """Retrieval metrics as one JSON line: Oxford/Paris ground truth, labels, or a checkpoint.
+    """Retrieval metrics as one JSON line: Oxford/Paris ground truth, labels, or a config/checkpoint.
 
     Args:
         queries: ``[nq, d]`` query embeddings (.npy or .pt).

@@ -31,6 +31,7 @@ from pytorch_lightning.loggers import WandbLogger
 from cbir_lightning.atomic import atomic_file
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
 from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
+from cbir_lightning.cli import LIGHTNING_COMMANDS
 from cbir_lightning.cli.config_files import read_config, uses_bases
 from cbir_lightning.errors import CbirError
 
@@ -238,7 +239,12 @@ def _cli(args: list[str] | None, run: bool) -> CbirCLI:
         subclass_mode_data=True,
         save_config_callback=LogConfigCallback if run else None,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False},
+        parser_kwargs={
+            "parser_mode": "omegaconf+",
+            "exit_on_error": False,
+            # each subcommand's description: its line in `cbir-lightning --help`
+            **{name: {"description": line} for name, line in LIGHTNING_COMMANDS.items()},
+        },
         args=args,
         run=run,
         auto_configure_optimizers=False,

@@ -20,7 +20,7 @@ def index(
     target_recall: float = 0.95,
     config_file: str | None = None,
 ) -> dict | None:
-    """Embed every jpg/png/webp below ``images`` into the index folder ``out`` (incremental, atomic).
+    """Embed every jpg/png/webp below --images into the index folder --out (incremental, atomic).
 
     Args:
         ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is applied).
@@ -91,7 +91,9 @@ def search(
     ckpt: str | None = None,
     model: str | None = None,
 ) -> list:
-    """The ``top_k`` indexed images most similar to ``query``: JSON list of ``{"path", "score"}``.
+    """The indexed images most similar to a query image (crop, re-ranking, contact sheet).
+
+    Prints a JSON list of ``{"path", "score"}``, the ``top_k`` best first.
 
     Args:
         index: index folder built by ``cbir-lightning index``.
@@ -130,7 +132,9 @@ def recommend(
     model: str | None = None,
     sheet: str | None = None,
 ) -> dict:
-    """Items similar to ``image``, without its exact duplicates (same file hash) and near duplicates.
+    """Indexed items similar to an image, without its exact and near duplicates.
+
+    Exact duplicates have the same file hash; near duplicates score at least ``duplicate_threshold``.
 
     Args:
         index: index folder built by ``cbir-lightning index``.

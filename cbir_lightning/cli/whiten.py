@@ -6,7 +6,7 @@ from __future__ import annotations
 def whiten(
     ckpt: str, config_file: str, kind: str = "lw", dim: int | None = None, batch_size: int = 128
 ) -> dict:
-    """Fit Lw or PCA whitening for a checkpoint and write it beside it as <ckpt>.whitening.pt.
+    """Fit learned (Lw) or PCA whitening for a checkpoint, saved beside it as CKPT.whitening.pt.
 
     The descriptors are the checkpoint's embeddings of the config DataModule's ``whitening_data()``
     (training images and matching pairs); the file is applied at evaluation. Prints JSON (whitening,

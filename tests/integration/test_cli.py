@@ -197,6 +197,38 @@ def test_help(command, tmp_path):
     assert proc.returncode == 0 and "usage" in proc.stdout.lower()
 
 
+ALL_COMMANDS = (
+    "fit validate test predict index search recommend serve export evaluate oneshot ensemble whiten "
+    "make-runs download"
+).split()
+
+
+@pytest.mark.parametrize(("args", "returncode"), [(["--help"], 0), (["-h"], 0), ([], 2)])
+def test_help_lists_every_command_with_one_line(args, returncode, tmp_path):
+    """`cbir-lightning --help` (or no command) names Lightning's four and every toolkit command."""
+    proc = run_cli(args, cwd=tmp_path, timeout=60)
+    assert proc.returncode == returncode, proc.stderr[-2000:]
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
+    for name in ALL_COMMANDS:
+        assert name in rows and len(rows[name].split()) > 3, (name, proc.stdout)
+
+
+def test_a_mistyped_command_names_the_close_one_and_every_command(tmp_path):
+    proc = run_cli(["indx", "--images", "photos"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    _one_line_error(proc, "unknown command 'indx'", "did you mean 'index'?", *ALL_COMMANDS)
+    assert "choose from" not in proc.stderr
+
+
+def test_lightning_subcommand_help_shows_its_line_and_options(tmp_path):
+    from cbir_lightning.cli import LIGHTNING_COMMANDS
+
+    proc = run_cli(["fit", "--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--trainer.max_epochs" in proc.stdout and "--ckpt_path" in proc.stdout
+    assert LIGHTNING_COMMANDS["fit"] in " ".join(proc.stdout.split())
+
+
 def test_config_interpolation_resolves(tmp_path):
     """${...} in the config follows command-line overrides of the keys it points to."""
     proc = run_cli(
