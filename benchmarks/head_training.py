@@ -54,7 +54,7 @@ def build(config: str, root: str, epoch_length: int, extra: list[str], end_to_en
 def cache_at(root: Path, like: FeatureCache) -> FeatureCache:
     """The config's cache settings with another root, quiet."""
     return FeatureCache(
-        root, like.views, like.dtype, like.batch_size, like.num_workers, like.shard_size, False
+        root, like.views, like.dtype, like.engine, like.batch_size, like.num_workers, like.shard_size, False
     )
 
 

@@ -25,10 +25,12 @@ from pytorch_lightning.callbacks import Callback
 from cbir_lightning.contracts import FeatureData, FrozenTrunkModel
 from cbir_lightning.errors import CbirError
 from cbir_lightning.features.fill import fill_store
+from cbir_lightning.features.onnx_trunk import onnx_trunk
 from cbir_lightning.features.store import FeatureStore, module_digest
 from cbir_lightning.features.views import CachedViews, FileDigests, identities
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
+ENGINES = ("onnxruntime", "torch")
 
 
 def default_root() -> Path:
@@ -46,6 +48,8 @@ class FeatureCache(Callback):
     views: augmented views stored per training item (random resized crops and flips); training draws one
         of them or the evaluation view for each sample.
     dtype: ``float16`` (half the disk) or ``float32``.
+    engine: ``onnxruntime`` (the trunk exported once and run by ONNX Runtime, checked against PyTorch on
+        a first view; PyTorch where that fails) or ``torch``.
     batch_size / num_workers: the trunk's batches and the decoding workers while the cache is filled.
     shard_size: views per shard file (what a killed build keeps).
     progress: a progress bar while views are computed, and one line per split saying how many views were
@@ -57,6 +61,7 @@ class FeatureCache(Callback):
         root: str | Path | None = None,
         views: int = 4,
         dtype: str = "float16",
+        engine: str = "onnxruntime",
         batch_size: int = 32,
         num_workers: int = 2,
         shard_size: int = 512,
@@ -67,7 +72,9 @@ class FeatureCache(Callback):
         if dtype not in DTYPES:
             raise CbirError(f"FeatureCache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.root = Path(root) if root is not None else default_root()
-        self.views, self.dtype = int(views), dtype
+        if engine not in ENGINES:
+            raise CbirError(f"FeatureCache engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        self.views, self.dtype, self.engine = int(views), dtype, engine
         self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
         if shard_size < 1:
             raise CbirError(f"FeatureCache shard_size must be positive, got {shard_size}")
@@ -101,6 +108,7 @@ class CachedFeatures:
     def __init__(self, cache: FeatureCache, module: FrozenTrunkModel, report: bool = True) -> None:
         self.cache, self.module, self.report = cache, module, report
         self._made: dict[tuple[str, str], CachedViews] = {}
+        self._onnx: tuple | None = None  # (trunk, its OnnxTrunk or None)
 
     def views(self, split: str, datamodule: FeatureData) -> CachedViews | None:
         trunk = self.module.frozen_trunk()
@@ -112,7 +120,13 @@ class CachedFeatures:
             return self._made[split, digest]
         views = cache.views if split == "train" else 0
         source = datamodule.view_source(split)
-        store = FeatureStore.open(cache.root, digest, {"views": source.recipe, "dtype": cache.dtype})
+        engine = self._engine(trunk, source)
+        recipe = {
+            "views": source.recipe,
+            "dtype": cache.dtype,
+            "engine": "onnxruntime" if engine else "torch",
+        }
+        store = FeatureStore.open(cache.root, digest, recipe)
         names = identities(source, FileDigests(cache.root))
         computed = fill_store(
             store,
@@ -120,6 +134,7 @@ class CachedFeatures:
             source,
             names,
             views,
+            embed=engine,
             dtype=DTYPES[cache.dtype],
             batch_size=cache.batch_size,
             num_workers=cache.num_workers,
@@ -136,3 +151,11 @@ class CachedFeatures:
             )
         self._made[split, digest] = CachedViews(store, names, views)
         return self._made[split, digest]
+
+    def _engine(self, trunk, source):
+        """The ONNX Runtime trunk (checked on the first item's evaluation view), or None: PyTorch."""
+        if self.cache.engine != "onnxruntime" or len(source) == 0:
+            return None
+        if self._onnx is None or self._onnx[0] is not trunk:
+            self._onnx = (trunk, onnx_trunk(trunk, torch.stack([source.view(0, None)] * 2)))
+        return self._onnx[1]

@@ -47,8 +47,7 @@ def write_config(folder: Path, photos: Path, cache: Path, image_size: int = 224)
         "    classes_per_batch: 4\n    samples_per_class: 2\n    epoch_length: 3\n    num_workers: 0\n"
         f"trainer:\n  max_epochs: 2\n  logger: false\n  default_root_dir: {folder / 'run'}\n"
         f"  callbacks:\n    feature_cache:\n      init_args:\n        root: {cache}\n        views: 2\n"
-        "        shard_size: 2\n"
-        "        num_workers: 0\n"
+        "        shard_size: 2\n        num_workers: 0\n    unfreeze:\n      init_args:\n        epoch: 1\n"
     )
     return config
 
@@ -136,18 +135,19 @@ def test_killed_build_resumes_and_cold_and_warm_caches_give_the_same_fit(tmp_pat
 
 
 def test_two_stage_fit_resumed_in_stage_two_equals_the_uninterrupted_fit(tmp_path, photos):
-    """Stage 1 from the cache (epoch 0), the backbone unfrozen from epoch 1 on (images): a run stopped after
-    epoch 1 and resumed with ``--ckpt_path last`` ends with the weights and numbers of an uninterrupted
-    one."""
+    """Stage 1 from the cache (epoch 0), the backbone unfrozen from epoch 1 on (images): a run of 1 epoch,
+    resumed for a second (the switch when it starts) and a third (in stage 2) with ``--ckpt_path last``,
+    ends with the weights and numbers of an uninterrupted 3-epoch run."""
     cache = tmp_path / "cache"
     whole = write_config(tmp_path / "whole", photos, cache, image_size=64)
     result, _ = finish(fit(whole, args=["--trainer.max_epochs", "3"]))
     part = write_config(tmp_path / "part", photos, cache, image_size=64)
     checkpoints = tmp_path / "part" / "run" / "checkpoints"
-    finish(fit(part, args=["--trainer.max_epochs", "1"]))  # stage 1 only; the switch comes at its end
+    finish(fit(part, args=["--trainer.max_epochs", "1"]))  # stage 1 only: a 1-epoch run never switches
     stage_one = torch.load(checkpoints / "last.ckpt", weights_only=True)
-    assert stage_one["callbacks"]["Unfreeze"] == {"unfrozen": True} and stage_one["epoch"] == 0
-    finish(fit(part, args=["--trainer.max_epochs", "2", "--ckpt_path", "last"]))
+    assert stage_one["callbacks"]["Unfreeze"] == {"unfrozen": False, "next_epoch": 1}
+    finish(fit(part, args=["--trainer.max_epochs", "2", "--ckpt_path", "last"]))  # switches as it starts
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["callbacks"]["Unfreeze"]["unfrozen"]
     resumed, err = finish(fit(part, args=["--trainer.max_epochs", "3", "--ckpt_path", "last"]))
     assert "resuming from" in err
     uninterrupted, again = weights(tmp_path / "whole" / "run"), weights(tmp_path / "part" / "run")
@@ -163,7 +163,8 @@ def test_two_stage_fit_resumed_in_stage_two_equals_the_uninterrupted_fit(tmp_pat
 def test_ddp_fills_the_cache_once_and_logs_the_single_process_numbers(tmp_path, photos):
     cache = tmp_path / "cache"
     config = write_config(tmp_path / "ddp", photos, cache, image_size=64)
-    ddp, err = finish(fit(config, args=["--trainer.strategy", "ddp", "--trainer.devices", "2"]))
+    ddp_args = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "1"]  # stage 1
+    ddp, err = finish(fit(config, args=ddp_args))
     assert entries(cache) == 24 * 3 + 12  # every training view and every evaluation view, once
     single = subprocess.run(
         [
