@@ -134,6 +134,7 @@ class GeMSiameseModule(EmbeddingModule):
             whitening_init,
             freeze,
             trainable_stages,
+            whitening_hidden,
         )
         # The net's parts are registered here under their own names, so checkpoints keep the keys
         # backbone.*, pool.*, whiten.* (and optimizer states their parameter order); ``net`` is the same

@@ -88,3 +88,11 @@ def test_hash_net_trunk_then_rest_equals_the_whole_net(kwargs):
     module.train()
     loss = module.training_step(FeatureBatch(features, torch.tensor([0, 0, 1, 1])), 0)
     assert loss.requires_grad
+
+
+def test_whitening_hidden_makes_the_head_a_small_mlp():
+    module = gem(learn_p=False, whitening=32, whitening_hidden=16)
+    layers = [type(m).__name__ for m in module.whiten]
+    assert layers == ["Linear", "BatchNorm1d", "ReLU", "Linear"] and module.whiten.out_features == 32
+    with pytest.raises(CbirError, match="whitening_hidden needs whitening"):
+        gem(whitening_hidden=16)
