@@ -10,6 +10,9 @@ A ``--config`` file may extend a base config (``extends: base_fit.yaml``, see
 A killed ``fit`` resumes with ``--ckpt_path last``: the newest ``last*.ckpt`` in the config's
 ModelCheckpoint folder (the shipped configs use ``${trainer.default_root_dir}/checkpoints``, so
 ``--trainer.default_root_dir`` moves every output of a run); without one the command stops with one line.
+The resumed run is the uninterrupted one, bit for bit: the training loaders checkpoint their epoch and
+position (``data_modules.sampling.samplers.EpochLoader``) and every checkpoint holds the global random
+generators (``RandomState``).
 A checkpoint's module is rebuilt from the checkpoint alone (no pretrained-weights or whitening_init
 file is read), and ``fit`` stops at the first NaN/inf training loss (``StopOnNonFinite``).
 """
@@ -29,6 +32,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import WandbLogger
 
 from cbir_lightning.atomic import atomic_file
+from cbir_lightning.callbacks.random_state import RandomState
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
 from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
 from cbir_lightning.cli.config_files import read_config, uses_bases
@@ -182,10 +186,14 @@ class CbirCLI(LightningCLI):
             super().instantiate_classes()
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
-        """Every ``fit`` stops at its first non-finite training loss (``StopOnNonFinite``)."""
+        """Every ``fit`` stops at its first non-finite training loss (``StopOnNonFinite``) and keeps the
+        global random generators in its checkpoints (``RandomState``: a resumed run draws what the
+        uninterrupted one drew)."""
         listed = [*_as_list(config.get("callbacks")), *callbacks]
-        if self.subcommand == "fit" and not any(isinstance(c, StopOnNonFinite) for c in listed):
-            callbacks = [*callbacks, StopOnNonFinite()]
+        if self.subcommand == "fit":
+            for kind in (StopOnNonFinite, RandomState):
+                if not any(isinstance(c, kind) for c in listed):
+                    callbacks = [*callbacks, kind()]
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
