@@ -109,7 +109,7 @@ def test_failed_write_keeps_the_previous_index(tiny_run, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(index_module, "write_faiss", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CbirError, match=r"cannot write the index in .* \(disk full\); free space"):
         build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
     assert current_version(out) == live and (live / MANIFEST).read_text() == before
     assert [p for p in out.iterdir() if p.name.startswith("v-")] == [live]  # the partial one is removed
