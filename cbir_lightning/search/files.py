@@ -6,6 +6,7 @@ import hashlib
 import io
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -57,6 +58,39 @@ def scan_images(root: str | Path) -> list[str]:
     """Paths (relative to ``root``, POSIX, sorted) of every jpg/png/webp file below ``root`` (see
     ``scan_collection``: symlinks out of ``root`` are left out)."""
     return scan_collection(root)[0]
+
+
+def open_inside(root: str | Path, rel: str) -> int:
+    """A read-only descriptor of the regular file ``root/rel``, which must lie inside ``root`` once every
+    symlink is resolved (a symlink between two files of ``root`` is fine, one out of it is not).
+
+    Race-free: after resolving, the path is opened again folder by folder from ``root`` with
+    ``O_NOFOLLOW``, so a file or folder swapped for a symlink after the check is never followed; a FIFO
+    or device is refused without blocking. CbirError (one line) otherwise."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, rel))
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+        raise CbirError(f"{rel} lies outside {root}")
+    parts = Path(os.path.relpath(real, real_root)).parts
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        folder = os.open(real_root, flags | os.O_DIRECTORY)
+        for part in parts[:-1]:
+            try:
+                child = os.open(part, flags | os.O_DIRECTORY, dir_fd=folder)
+            finally:
+                os.close(folder)
+            folder = child
+        try:
+            fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=folder)
+        finally:
+            os.close(folder)
+    except OSError as err:
+        raise CbirError(f"{rel} cannot be opened inside {root} ({err.strerror or err})") from err
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CbirError(f"{rel} is not a regular file")
+    return fd
 
 
 def file_sha256(path: str | Path) -> str:
