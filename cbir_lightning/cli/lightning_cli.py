@@ -27,6 +27,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import yaml
 from jsonargparse import set_parsing_settings
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
@@ -34,6 +35,7 @@ from pytorch_lightning.loggers import WandbLogger
 from cbir_lightning.atomic import atomic_file
 from cbir_lightning.callbacks.random_state import RandomState
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
+from cbir_lightning.checkpoint_io import AtomicCheckpointIO
 from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
 from cbir_lightning.cli.config_files import read_config, uses_bases
 from cbir_lightning.errors import CbirError
@@ -188,12 +190,16 @@ class CbirCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
         """Every ``fit`` stops at its first non-finite training loss (``StopOnNonFinite``) and keeps the
         global random generators in its checkpoints (``RandomState``: a resumed run draws what the
-        uninterrupted one drew)."""
+        uninterrupted one drew); every checkpoint is written atomically in its folder, a failed write is
+        one line (``AtomicCheckpointIO``, unless the config names another CheckpointIO)."""
         listed = [*_as_list(config.get("callbacks")), *callbacks]
         if self.subcommand == "fit":
             for kind in (StopOnNonFinite, RandomState):
                 if not any(isinstance(c, kind) for c in listed):
                     callbacks = [*callbacks, kind()]
+        plugins = _as_list(config.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
