@@ -19,6 +19,7 @@ def index(
     approximate: bool = False,
     target_recall: float = 0.95,
     config_file: str | None = None,
+    max_pixels: int = 25_000_000,
 ) -> dict | None:
     """Embed every jpg/png/webp below ``images`` into the index folder ``out`` (incremental, atomic).
 
@@ -41,6 +42,10 @@ def index(
             images (or with a model that scores with its own similarity) the index stays exact and the
             manifest says why. Default: exact.
         target_recall: recall@10 the approximate index must reach (``--target-recall``, in (0, 1]).
+        max_pixels: images whose header declares more pixels are skipped and listed without decoding
+            (25 MP: a 6000x4000 camera photo; a small PNG declaring 9400x9400 would need ~4 GB). JPEGs
+            over 4 MP are decoded reduced (1/2 to 1/8 scale) to twice the model's image size, as in
+            ``serve``.
         config_file: (``--config``) instead of ``--ckpt``, a ``fit`` config whose model is used with its own
             weights (e.g. ``configs/wikiart_pretrained.yaml``: ImageNet EfficientNet-Lite0 + GeM, no
             training). It is written as the checkpoint ``<trainer.default_root_dir>/checkpoints/config.ckpt``
@@ -73,6 +78,7 @@ def index(
         trainer_options=options,
         approximate=approximate,
         target_recall=target_recall,
+        max_pixels=max_pixels,
     )
     if built is None:  # a DDP worker process: rank 0 reports
         return None

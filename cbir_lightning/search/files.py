@@ -8,6 +8,7 @@ import math
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -16,6 +17,35 @@ from cbir_lightning.errors import CbirError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit
+# The pixel cap of ``index`` and ``serve`` (``--max-pixels``, ``--max-upload-pixels``): 25 MP takes a
+# full-resolution 6000x4000 camera photo but not a 9400x9400 PNG bomb under Pillow's own limit (its 86 KB
+# file took ``index`` from 1.07 GB to 4.08 GB peak). Checked from the header, before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 25_000_000
+# JPEGs with more pixels than this are decoded reduced (Pillow's ``draft``: DCT scaling by 1/2, 1/4 or
+# 1/8) to at least twice the size the model's transform resizes to; smaller images decode in full.
+DRAFT_ABOVE_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How image files are decoded for a model: refused above ``max_pixels`` (from the header), and,
+    when ``size`` (the side the model's transform resizes to, e.g. the DataModule's ``image_size``) is
+    known, large JPEGs decoded reduced (:func:`reduce_for`). The same file decodes to the same pixels in
+    ``index`` and ``serve``."""
+
+    max_pixels: int = MAX_PIXELS
+    size: int | None = None
+
+
+FULL = Decoding()  # Pillow's pixel limit, decoded in full
+
+
+def reduce_for(image: Image.Image, size: int | None) -> None:
+    """Make the JPEG ``image`` (opened, not yet decoded) decode at the smallest DCT scale that keeps both
+    sides at least ``2 * size`` pixels, if it has more than ``DRAFT_ABOVE_PIXELS`` pixels; ``image.size``
+    is then the reduced size. Other formats, smaller images, or ``size`` None: decoded in full."""
+    if size and image.format == "JPEG" and image.width * image.height > DRAFT_ABOVE_PIXELS:
+        image.draft(image.mode, (2 * size, 2 * size))
 
 
 def scan_collection(root: str | Path) -> tuple[list[str], list[dict]]:
@@ -101,9 +131,12 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def open_image(src: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(
+    src: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS, size: int | None = None
+) -> Image.Image:
     """A fully decoded PIL image; CbirError naming the file if it is unreadable, corrupt or too large
-    (more than ``max_pixels`` pixels: Pillow's decompression-bomb limit)."""
+    (more than ``max_pixels`` pixels, read from the header; default Pillow's decompression-bomb limit).
+    ``size``: a large JPEG is decoded reduced to what a model resizing to ``size`` needs (``reduce_for``)."""
     label = name or ("<uploaded image>" if isinstance(src, bytes) else str(src))
     try:
         data = src if isinstance(src, bytes) else Path(src).read_bytes()
@@ -117,6 +150,7 @@ def open_image(src: str | Path | bytes, name: str | None = None, max_pixels: int
                 raise Image.DecompressionBombError(
                     f"{image.width}x{image.height} pixels, more than the limit of {max_pixels}"
                 )
+            reduce_for(image, size)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise CbirError(f"{label}: image too large ({err}); resize it first") from err

@@ -38,6 +38,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import RERANKERS
+from cbir_lightning.search.files import parse_crop
 from cbir_lightning.search.manifest import current_version
 from cbir_lightning.search.query import SearchIndex, search_image
 from cbir_lightning.web.access import LOOPBACK_HOSTS, TokenMiddleware
@@ -122,16 +123,11 @@ def error_response(err: BaseException) -> JSONResponse:
 
 
 def check_crop(crop: str) -> tuple[int, int, int, int] | None:
-    """The crop box ``x0,y0,x1,y1`` or None; 422 if malformed."""
-    if not crop:
-        return None
+    """The crop box ``x0,y0,x1,y1`` or None; 422 unless four finite numbers (``inf`` and ``nan`` too)."""
     try:
-        box = tuple(int(round(float(v))) for v in crop.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
-        raise HTTPException(422, "crop must be x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1")
-    return box
+        return parse_crop(crop or None)
+    except CbirError:
+        raise HTTPException(422, "crop must be x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1") from None
 
 
 def check_rerank(index: SearchIndex, rerank: str) -> str:
@@ -146,14 +142,15 @@ def run_search(
 ) -> list[dict]:
     """Decode the query (an upload's or an indexed item's bytes, capped at ``max_pixels``), embed it and
     search (a worker thread)."""
+    model = catalogue.model(i, index)
     try:
-        image = decode_upload(query, max_pixels)
+        image = decode_upload(query, max_pixels, None if box else getattr(model, "decode_size", None))
     except UploadRefused as err:
         raise HTTPException(err.status, err.message) from err
     if box and (box[2] > image.width or box[3] > image.height):
         size = f"{image.width}x{image.height}"
         raise HTTPException(422, f"crop {list(box)} lies outside the {size} query image")
-    return search_image(index, catalogue.model(i, index), image, top_k, box, rerank)
+    return search_image(index, model, image, top_k, box, rerank)
 
 
 def add_access_middleware(app: FastAPI, hosts: list[str] | None, token: str | None) -> None:
