@@ -37,6 +37,7 @@ from cbir_lightning.callbacks.random_state import RandomState
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
 from cbir_lightning.checkpoint_io import AtomicCheckpointIO
 from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
+from cbir_lightning.cli import interruptible
 from cbir_lightning.cli.config_files import read_config, uses_bases
 from cbir_lightning.errors import CbirError
 
@@ -141,6 +142,28 @@ def note_previous_run(subcommand_config) -> None:
         )
 
 
+# DataModule arguments that count something (at least 1; ``num_workers`` at least 0)
+DATA_COUNTS = (
+    "batch_size", "eval_batch_size", "epoch_length", "classes_per_batch", "samples_per_class", "ways",
+    "shots", "trials", "image_size", "query_size", "pool_size",
+)  # fmt: skip
+
+
+def check_data(datamodule: pl.LightningDataModule, stage: str) -> None:
+    """Before a run writes anything (its W&B run folder, ``config.yaml``): CbirError (one line naming the
+    key) for a count in ``data.init_args`` below its minimum, and the DataModule's data read
+    (``setup(stage)``, which Lightning's own call then finds done), so a missing data folder is one line
+    and leaves no run behind. A DataModule with ``download: true`` reads its data after Lightning's
+    ``prepare_data`` has fetched it."""
+    hparams = dict(getattr(datamodule, "hparams", {}) or {})
+    for key, value in hparams.items():
+        minimum = 0 if key == "num_workers" else 1 if key in DATA_COUNTS else None
+        if minimum is not None and isinstance(value, int) and not isinstance(value, bool) and value < minimum:
+            raise CbirError(f"data.init_args.{key} is {value}; it must be {minimum} or more")
+    if not hparams.get("download"):
+        datamodule.setup(stage)
+
+
 def checkpoint_model_config(path: Path) -> dict:
     """The model config to rebuild ``path``'s module: its saved hyperparameters, with the pretrained
     sources (backbone ``weights``, ``whitening_init`` file) switched off, since the checkpoint holds those
@@ -201,6 +224,21 @@ class CbirCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
         return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        check_data(self.datamodule, "fit")
+        interruptible()
+
+    def before_validate(self) -> None:
+        check_data(self.datamodule, "validate")
+        interruptible()
+
+    def before_test(self) -> None:
+        check_data(self.datamodule, "test")
+        interruptible()
+
+    def before_predict(self) -> None:
+        interruptible()
 
     def after_fit(self) -> None:
         trainer = self.trainer

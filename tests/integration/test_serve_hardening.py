@@ -390,3 +390,28 @@ def test_files_swapped_under_a_running_server_are_not_served(tiny_run, tmp_path)
         for j in top[3:]:
             assert _served(url, j) == (200, (photos / items[j]).read_bytes())
         assert search(url, {"item": top[3], "top_k": 2})[0] == 200
+
+
+@pytest.mark.parametrize("crop", ["inf,0,1,1", "0,0,nan,1", "1e400,0,5,5", "-inf,0,1,1"])
+def test_a_crop_that_is_not_finite_is_422(cli_server, crop):
+    status, body, _ = search(cli_server["url"], {"item": 0, "crop": crop})
+    assert status == 422 and "crop must be x0,y0,x1,y1" in body, (crop, status, body)
+
+
+def test_the_token_comes_from_a_file_and_is_not_on_the_command_line(built, tmp_path):
+    """``--token`` is visible in ``ps``: ``--token-file`` keeps it off the command line (``--help`` says
+    so), and the server requires it."""
+    token = "file-t0ken-" + uuid.uuid4().hex
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o600)
+    helped = subprocess.run(
+        [sys.executable, "-m", "cbir_lightning", "serve", "--help"], capture_output=True, text=True
+    )
+    assert "--token_file" in helped.stdout and "CBIR_SERVE_TOKEN" in helped.stdout
+    assert "visible in ``ps``" in helped.stdout
+    with serve_process(built["index"], tmp_path, "--token-file", str(tmp_path / "token")) as server:
+        cmdline = Path(f"/proc/{server['pid']}/cmdline").read_bytes()
+        assert token.encode() not in cmdline
+        assert call(server["url"] + "/api/indexes")[0] == 401
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert call(server["url"] + "/api/indexes", headers=bearer)[0] == 200
