@@ -342,8 +342,11 @@ def wait_for_count(url: str, count: int, timeout: float = 10) -> bool:
 
 
 def test_serve_load_benchmark_prints_a_json_line(tmp_path):
-    result = run_benchmark("serve_load.py", "--requests", "24", "--concurrency", "4", cwd=tmp_path)
+    args = ["--requests", "24", "--concurrency", "4", "--camera-uploads", "4"]
+    result = run_benchmark("serve_load.py", *args, cwd=tmp_path)
     assert result["benchmark"] == "serve_load" and result["good_failed"] == 0
+    assert result["one_camera_status"] == 200 and result["camera_ok"] == 4 and result["camera_failed"] == 0
+    assert result["camera_pixels"] == 24_000_000 and 0 < result["camera_peak_rss_mb"] < 2048
     assert result["good_ok"] > 0 and result["good_p95_ms"] >= result["good_p50_ms"] > 0
     assert sum(result["bad_statuses"].values()) > 0 and "200" not in result["bad_statuses"]
     assert 0 < result["server_peak_rss_mb"] < 2048
