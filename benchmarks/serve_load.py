@@ -9,10 +9,16 @@ the bound on concurrent decoding). Good searches (an uploaded JPEG, an indexed i
 latency percentiles are of the first two) must all answer 200, and the server's peak RSS
 (``VmHWM``) must stay under 2 GB; the exit status is 1 otherwise.
 
+Before the mixed load, camera photos: one 24 MP JPEG upload (6000x4000, a full-frame camera's size; the
+server's peak after it is ``one_camera_peak_rss_mb``), then ``--camera-uploads`` of them sent at once (a
+client answered 503 "busy" tries again after its Retry-After, as the page does), each of which must end in
+200; ``camera_peak_rss_mb`` is the server's peak after them.
+
 Prints one JSON line last: p50/p95 latency of the good searches, the status counts of the bad ones (by
-kind too), the server's peak RSS.
+kind too), the camera uploads' outcome, the server's peak RSS.
 
     .venv/bin/python benchmarks/serve_load.py [--requests 200] [--concurrency 8] [--bad-share 0.4]
+        [--camera-uploads 50]
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ RSS_LIMIT_MB = 2048
 BAD_KINDS = ("png_bomb", "gif", "bmp", "tiff", "svg", "corrupt_jpeg", "oversized")
 GOOD_KINDS = ("upload", "item", "near_cap")
 NEAR_CAP = (5900, 4000)  # 23.6 MP, a 3:2 camera photo under serve's default cap
+CAMERA = (6000, 4000)  # 24 MP: a full-frame camera's JPEG
 
 
 def free_port() -> int:
@@ -76,6 +83,16 @@ def photo(rng: np.random.Generator, size=(160, 120)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
 
 
+def camera_jpeg(rng: np.random.Generator, size=CAMERA) -> bytes:
+    """A camera-size JPEG of smooth content with grain (about 1 MB, under the benchmark's upload limit)."""
+    coarse = Image.fromarray(rng.integers(0, 255, (30, 45, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    grain = rng.integers(-3, 4, (size[1], size[0], 1), dtype=np.int16)
+    pixels = np.clip(np.asarray(coarse, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
 def payloads(rng: np.random.Generator) -> dict[str, tuple[bytes, str]]:
     """The upload of each request kind: ``(bytes, file name)``."""
     small = photo(rng, (64, 64))
@@ -93,6 +110,7 @@ def payloads(rng: np.random.Generator) -> dict[str, tuple[bytes, str]]:
         ),
         "corrupt_jpeg": (good[: len(good) // 3], "q.jpg"),
         "oversized": (os.urandom(MAX_UPLOAD_MB * 1024 * 1024 + 300_000), "q.jpg"),
+        "camera": (camera_jpeg(rng), "camera.jpg"),
     }
 
 
@@ -154,19 +172,60 @@ def multipart(fields: dict, upload: tuple[bytes, str] | None) -> tuple[bytes, st
 
 def post_search(port: int, fields: dict, upload: tuple[bytes, str] | None) -> tuple[int | str, float]:
     """``(status or the connection error's name, seconds)`` of one search."""
+    status, seconds, _ = post_search_once(port, fields, upload)
+    return status, seconds
+
+
+def post_search_once(port: int, fields: dict, upload) -> tuple[int | str, float, float]:
+    """``(status or the connection error's name, seconds, Retry-After seconds or 0)`` of one search."""
     body, ctype = multipart(fields, upload)
     start = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    retry_after = 0.0
     try:
         conn.request("POST", "/api/search", body, {"Content-Type": ctype})
         response = conn.getresponse()
         response.read()
         status: int | str = response.status
+        retry_after = float(response.headers.get("Retry-After") or 0)
     except OSError as err:  # the server refused an oversized body and closed while we were sending
         status = type(err).__name__
     finally:
         conn.close()
-    return status, time.perf_counter() - start
+    return status, time.perf_counter() - start, retry_after
+
+
+def search_until_served(port: int, fields: dict, upload, attempts: int = 30) -> tuple[int | str, float, int]:
+    """``(final status, seconds in all, 503 answers)``: retried after Retry-After while the server is busy."""
+    start, busy = time.perf_counter(), 0
+    for _ in range(attempts):
+        status, _, retry_after = post_search_once(port, fields, upload)
+        if status != 503:
+            break
+        busy += 1
+        time.sleep(max(retry_after, 0.2))
+    return status, time.perf_counter() - start, busy
+
+
+def camera_load(port: int, upload: tuple[bytes, str], count: int, pid: int) -> dict:
+    """One camera-size upload, then ``count`` at once; the server's peak RSS after each phase."""
+    one = search_until_served(port, {"top_k": 5}, upload)
+    one_peak = peak_rss_mb(pid)
+    with ThreadPoolExecutor(count) as pool:
+        outcomes = list(pool.map(lambda _: search_until_served(port, {"top_k": 5}, upload), range(count)))
+    times = [t * 1e3 for s, t, _ in outcomes if s == 200]
+    return {
+        "camera_upload_bytes": len(upload[0]),
+        "camera_pixels": CAMERA[0] * CAMERA[1],
+        "one_camera_status": one[0],
+        "one_camera_peak_rss_mb": one_peak,
+        "camera_concurrent": count,
+        "camera_ok": len(times),
+        "camera_failed": count - len(times),
+        "camera_busy_answers": sum(b for _, _, b in outcomes),
+        "camera_p50_ms": float(np.percentile(times, 50)) if times else None,
+        "camera_peak_rss_mb": peak_rss_mb(pid),
+    }
 
 
 def schedule(
@@ -248,6 +307,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=32, help="generated images")
     parser.add_argument("--max-seconds", type=float, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--camera-uploads", type=int, default=50, help="24 MP JPEG uploads sent at once")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -257,18 +317,26 @@ def main() -> None:
         plan = schedule(args.requests, args.bad_share, args.near_cap_share, items, args.seed)
         proc, port = start_server(index, work)
         try:
+            post_search(port, {"top_k": 5, "item": 0}, None)  # the model is loaded
+            idle = peak_rss_mb(proc.pid)
+            camera = camera_load(port, data["camera"], args.camera_uploads, proc.pid)
             start = time.monotonic()
             outcomes = run_load(port, plan, data, args.concurrency, args.max_seconds)
-            result = summarize(outcomes, proc.pid, time.monotonic() - start)
+            result = {**summarize(outcomes, proc.pid, time.monotonic() - start), "idle_peak_rss_mb": idle}
+            result.update(camera)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    result["ok"] = result["good_failed"] == 0 and result["server_peak_rss_mb"] < RSS_LIMIT_MB
+    good = result["good_failed"] == 0 and result["camera_failed"] == 0
+    result["ok"] = good and result["server_peak_rss_mb"] < RSS_LIMIT_MB
     print(
         f"{result['good_ok']} good searches: p50 {result['good_p50_ms']:.1f} ms, "
         f"p95 {result['good_p95_ms']:.1f} ms, "
         f"{result['good_failed']} failed; bad: {result['bad_statuses']}; "
-        f"server peak RSS {result['server_peak_rss_mb']:.0f} MB"
+        f"{result['camera_ok']}/{args.camera_uploads} camera uploads at once answered "
+        f"({result['camera_busy_answers']} busy answers retried), peak RSS after one "
+        f"{result['one_camera_peak_rss_mb']:.0f} MB, after all {result['camera_peak_rss_mb']:.0f} MB; "
+        f"server peak RSS {result['server_peak_rss_mb']:.0f} MB (idle {idle:.0f} MB)"
     )
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}))
     sys.exit(0 if result["ok"] else 1)

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.search.files import DEFAULT_MAX_PIXELS
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
@@ -200,12 +201,14 @@ class Index:
         trainer_options: dict | None = None,
         approximate: bool = False,
         target_recall: float = 0.95,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Index | None:
         """Index every jpg/png/webp below ``images`` into the folder ``out`` (as ``cbir-lightning index``:
         incremental, atomic); ``model`` as in ``open``. ``trainer_options``: Lightning Trainer arguments of
         the predict loop (checkpoints). ``approximate``: a faiss HNSW / IVF index tuned to reach
-        ``target_recall`` at 10 (``index --approximate``; exact below 10000 images). ``index.report`` is the
-        command's JSON; None in a DDP worker."""
+        ``target_recall`` at 10 (``index --approximate``; exact below 10000 images). ``max_pixels``: larger
+        images are skipped (``index --max-pixels``). ``index.report`` is the command's JSON; None in a DDP
+        worker."""
         from cbir_lightning.search.index import build_index
 
         ckpt, onnx = model_files(model, ckpt, onnx)
@@ -218,6 +221,7 @@ class Index:
             onnx_model=onnx,
             approximate=approximate,
             target_recall=target_recall,
+            max_pixels=max_pixels,
         )
         if report is None:
             return None

@@ -8,7 +8,11 @@ the close ones for a mistyped command.
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
 import sys
+import threading
 
 from cbir_lightning.errors import CbirError
 
@@ -36,8 +40,34 @@ TOOL_COMMANDS = {
 }
 
 
+def _leave_on_interrupt(signum, frame) -> None:
+    """Ctrl-C while starting (imports, parsing: nothing written yet): one line and exit 130 at once. A
+    KeyboardInterrupt raised inside a C extension's import aborts the interpreter (torch) or leaves a
+    half-imported module whose next import fails (numpy)."""
+    os.write(2, b"cbir-lightning: interrupted\n")
+    os._exit(130)
+
+
+def interruptible() -> None:
+    """From here on Ctrl-C raises KeyboardInterrupt, once the command starts its work: Lightning stops a
+    fit gracefully, ``index`` removes what it had begun, ``serve`` shuts down."""
+    if signal.getsignal(signal.SIGINT) is _leave_on_interrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run a command; user errors and Ctrl-C are one line on stderr (exit 1, 2 or 130), no traceback."""
+    starting = threading.current_thread() is threading.main_thread()
+    starting = starting and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if starting:
+        signal.signal(signal.SIGINT, _leave_on_interrupt)
+    try:
+        _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        interruptible()
+
+
+def _main(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         from cbir_lightning.cli.overview import print_overview
 
@@ -58,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         if args[0] in TOOL_COMMANDS:
             from cbir_lightning.cli.commands import run_tool_command
 
+            interruptible()
             run_tool_command(args)
         else:
             from cbir_lightning.cli.lightning_cli import run_lightning_cli
@@ -69,6 +100,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except (CbirError, FileNotFoundError) as err:
         sys.stderr.write(f"cbir-lightning: error: {err}\n")
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C while starting (Lightning handles it during a fit)
+        sys.stderr.write("cbir-lightning: interrupted\n")
+        raise SystemExit(130) from None
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        sys.stderr.write(f"cbir-lightning: error: {err.strerror}{where}; free space and run again\n")
         raise SystemExit(1) from None
     except Exception as err:  # jsonargparse wraps errors raised while instantiating the config's classes
         cause = _user_error_cause(err)

@@ -10,6 +10,9 @@ A ``--config`` file may extend a base config (``extends: base_fit.yaml``, see
 A killed ``fit`` resumes with ``--ckpt_path last``: the newest ``last*.ckpt`` in the config's
 ModelCheckpoint folder (the shipped configs use ``${trainer.default_root_dir}/checkpoints``, so
 ``--trainer.default_root_dir`` moves every output of a run); without one the command stops with one line.
+The resumed run is the uninterrupted one, bit for bit: the training loaders checkpoint their epoch and
+position (``data_modules.sampling.samplers.EpochLoader``) and every checkpoint holds the global random
+generators (``RandomState``).
 A checkpoint's module is rebuilt from the checkpoint alone (no pretrained-weights or whitening_init
 file is read), and ``fit`` stops at the first NaN/inf training loss (``StopOnNonFinite``).
 """
@@ -24,14 +27,17 @@ from pathlib import Path
 import pytorch_lightning as pl
 import yaml
 from jsonargparse import set_parsing_settings
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
 from cbir_lightning.atomic import atomic_file
+from cbir_lightning.callbacks.random_state import RandomState
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
+from cbir_lightning.checkpoint_io import AtomicCheckpointIO
 from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
-from cbir_lightning.cli import LIGHTNING_COMMANDS
+from cbir_lightning.cli import LIGHTNING_COMMANDS, interruptible
 from cbir_lightning.cli.config_files import read_config, uses_bases
 from cbir_lightning.errors import CbirError
 
@@ -136,6 +142,28 @@ def note_previous_run(subcommand_config) -> None:
         )
 
 
+# DataModule arguments that count something (at least 1; ``num_workers`` at least 0)
+DATA_COUNTS = (
+    "batch_size", "eval_batch_size", "epoch_length", "classes_per_batch", "samples_per_class", "ways",
+    "shots", "trials", "image_size", "query_size", "pool_size",
+)  # fmt: skip
+
+
+def check_data(datamodule: pl.LightningDataModule, stage: str) -> None:
+    """Before a run writes anything (its W&B run folder, ``config.yaml``): CbirError (one line naming the
+    key) for a count in ``data.init_args`` below its minimum, and the DataModule's data read
+    (``setup(stage)``, which Lightning's own call then finds done), so a missing data folder is one line
+    and leaves no run behind. A DataModule with ``download: true`` reads its data after Lightning's
+    ``prepare_data`` has fetched it."""
+    hparams = dict(getattr(datamodule, "hparams", {}) or {})
+    for key, value in hparams.items():
+        minimum = 0 if key == "num_workers" else 1 if key in DATA_COUNTS else None
+        if minimum is not None and isinstance(value, int) and not isinstance(value, bool) and value < minimum:
+            raise CbirError(f"data.init_args.{key} is {value}; it must be {minimum} or more")
+    if not hparams.get("download"):
+        datamodule.setup(stage)
+
+
 def checkpoint_model_config(path: Path) -> dict:
     """The model config to rebuild ``path``'s module: its saved hyperparameters, with the pretrained
     sources (backbone ``weights``, ``whitening_init`` file) switched off, since the checkpoint holds those
@@ -183,11 +211,34 @@ class CbirCLI(LightningCLI):
             super().instantiate_classes()
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> pl.Trainer:
-        """Every ``fit`` stops at its first non-finite training loss (``StopOnNonFinite``)."""
+        """Every ``fit`` stops at its first non-finite training loss (``StopOnNonFinite``) and keeps the
+        global random generators in its checkpoints (``RandomState``: a resumed run draws what the
+        uninterrupted one drew); every checkpoint is written atomically in its folder, a failed write is
+        one line (``AtomicCheckpointIO``, unless the config names another CheckpointIO)."""
         listed = [*_as_list(config.get("callbacks")), *callbacks]
-        if self.subcommand == "fit" and not any(isinstance(c, StopOnNonFinite) for c in listed):
-            callbacks = [*callbacks, StopOnNonFinite()]
+        if self.subcommand == "fit":
+            for kind in (StopOnNonFinite, RandomState):
+                if not any(isinstance(c, kind) for c in listed):
+                    callbacks = [*callbacks, kind()]
+        plugins = _as_list(config.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
         return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        check_data(self.datamodule, "fit")
+        interruptible()
+
+    def before_validate(self) -> None:
+        check_data(self.datamodule, "validate")
+        interruptible()
+
+    def before_test(self) -> None:
+        check_data(self.datamodule, "test")
+        interruptible()
+
+    def before_predict(self) -> None:
+        interruptible()
 
     def after_fit(self) -> None:
         trainer = self.trainer

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 
@@ -19,6 +21,7 @@ def index(
     approximate: bool = False,
     target_recall: float = 0.95,
     config_file: str | None = None,
+    max_pixels: int = 25_000_000,
 ) -> dict | None:
     """Embed every jpg/png/webp below --images into the index folder --out (incremental, atomic).
 
@@ -41,6 +44,10 @@ def index(
             images (or with a model that scores with its own similarity) the index stays exact and the
             manifest says why. Default: exact.
         target_recall: recall@10 the approximate index must reach (``--target-recall``, in (0, 1]).
+        max_pixels: images whose header declares more pixels are skipped and listed without decoding
+            (25 MP: a 6000x4000 camera photo; a small PNG declaring 9400x9400 would need ~4 GB). JPEGs
+            over 4 MP are decoded reduced (1/2 to 1/8 scale) to twice the model's image size, as in
+            ``serve``.
         config_file: (``--config``) instead of ``--ckpt``, a ``fit`` config whose model is used with its own
             weights (e.g. ``configs/wikiart_pretrained.yaml``: ImageNet EfficientNet-Lite0 + GeM, no
             training). It is written as the checkpoint ``<trainer.default_root_dir>/checkpoints/config.ckpt``
@@ -73,6 +80,7 @@ def index(
         trainer_options=options,
         approximate=approximate,
         target_recall=target_recall,
+        max_pixels=max_pixels,
     )
     if built is None:  # a DDP worker process: rank 0 reports
         return None
@@ -175,6 +183,7 @@ def serve(
     allowed_hosts: list[str] | None = None,
     token: str | None = None,
     insecure: bool = False,
+    token_file: str | None = None,
 ) -> dict:
     """Web page to search indexes: upload or pick a query, crop it, see the results grid.
 
@@ -183,6 +192,8 @@ def serve(
     environment variable ``CBIR_SERVE_TOKEN``) every ``/api`` request needs it (``Authorization: Bearer
     TOKEN``, or open the page once as ``http://HOST:PORT/?token=TOKEN``, which sets a cookie). Binding a
     non-loopback host without a token refuses to start unless ``--insecure`` says that is intended.
+    Pass the token in a file (``--token-file``) or the environment (``CBIR_SERVE_TOKEN``): ``--token`` on
+    the command line is visible to every user of the machine in ``ps``.
     A rebuilt index (``cbir-lightning index`` again) is served within a second, without a restart.
     Error responses carry an error id, never a server path; the details go to the log (stderr).
 
@@ -197,11 +208,12 @@ def serve(
         max_concurrent: searches decoded and embedded at once; more wait.
         max_waiting: searches that may wait for a slot; beyond that (or after 30 s of waiting) 503.
         allowed_hosts: more Host names accepted, e.g. ``"[myhost.lan, 192.168.1.5]"``; ``"[*]"`` any.
-        token: the bearer token clients must send (default: ``$CBIR_SERVE_TOKEN``).
+        token: the bearer token clients must send; visible in ``ps``: prefer ``--token-file`` or
+            ``$CBIR_SERVE_TOKEN`` (the default).
+        token_file: a file whose first line is the token (e.g. mode 0600), read at start.
         insecure: allow a non-loopback ``host`` without a token.
     """
     import logging
-    import os
 
     import uvicorn
 
@@ -210,7 +222,7 @@ def serve(
     from cbir_lightning.web.access import allowed_hosts as host_list
     from cbir_lightning.web.app import create_app
 
-    token = token or os.environ.get(TOKEN_ENV) or None
+    token = serve_token(token, token_file)
     if not is_loopback(host) and not token and not insecure:
         raise CbirError(
             f"--host {host} exposes the server to the network; set a token with --token or "
@@ -233,3 +245,27 @@ def serve(
     print(f"serving {len(index)} index(es) on {where}{hint}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return {"served": [str(p) for p in index], "host": host, "port": port}
+
+
+def serve_token(token: str | None, token_file: str | None) -> str | None:
+    """The token ``serve`` requires: ``--token``, else the first line of ``--token-file``, else
+    ``$CBIR_SERVE_TOKEN``; None: no token. CbirError (one line) for both flags, or an unreadable or empty
+    file; a note on stderr for ``--token`` (other users see it in ``ps``)."""
+    from cbir_lightning.errors import CbirError
+    from cbir_lightning.web.access import TOKEN_ENV
+
+    if token and token_file:
+        raise CbirError("pass the token once: --token or --token-file")
+    if token:
+        note = f"--token is visible to other users in `ps`; use --token-file or ${TOKEN_ENV}"
+        sys.stderr.write(f"cbir-lightning: note: {note}\n")
+        return token
+    if token_file:
+        try:
+            lines = Path(token_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CbirError(f"--token-file {token_file}: cannot read it ({err})") from err
+        if not lines or not lines[0].strip():
+            raise CbirError(f"--token-file {token_file} is empty; put the token on its first line")
+        return lines[0].strip()
+    return os.environ.get(TOKEN_ENV) or None

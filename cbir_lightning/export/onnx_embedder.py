@@ -137,13 +137,15 @@ class OnnxSearchModel:
         return self.embed(self.transform(image)[None])
 
     def embed_files(
-        self, paths: list[Path], headers: list, batch_size: int = 32
+        self, paths: list[Path], headers: list, batch_size: int = 32, decoding=None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(embeddings [n, D], labels [n] (0 ok, -1 unreadable), indices [n])`` of image files, in order;
-        images of one tensor shape are embedded ``batch_size`` at a time."""
+        images of one tensor shape are embedded ``batch_size`` at a time (decoded as ``decoding``, a
+        ``search.files.Decoding``, says; default Pillow's pixel limit, in full)."""
         from cbir_lightning.search.embed import ImageBatches
+        from cbir_lightning.search.files import FULL
 
-        batches = ImageBatches(paths, headers, self.transform, batch_size)
+        batches = ImageBatches(paths, headers, self.transform, batch_size, decoding or FULL)
         parts = [(self.embed(images), labels, indices) for images, labels, indices in batches]
         embeddings, labels, indices = (torch.cat([p[k] for p in parts]) for k in range(3))
         order = torch.argsort(indices, stable=True)

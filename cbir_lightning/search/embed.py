@@ -18,15 +18,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import in_index_order
-from cbir_lightning.search.files import MAX_PIXELS, open_image
+from cbir_lightning.search.files import FULL, Decoding, open_image, reduce_for
 
 
-def image_header(path: Path) -> tuple[str, int, int] | str:
-    """``(mode, width, height)`` from the header, or the reason the file cannot be an image."""
+def image_header(path: Path, decoding: Decoding = FULL) -> tuple[str, int, int] | str:
+    """``(mode, width, height)`` the file decodes to under ``decoding`` (a large JPEG's reduced size), from
+    the header, or the reason it is not indexed (not an image, more pixels than ``decoding.max_pixels``)."""
     try:
         with Image.open(path) as image:
-            if image.width * image.height > MAX_PIXELS:
-                return f"image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS})"
+            limit = decoding.max_pixels
+            if image.width * image.height > limit:
+                return f"image too large ({image.width}x{image.height} pixels, limit {limit})"
+            reduce_for(image, decoding.size)
             return image.mode, image.width, image.height
     except Image.UnidentifiedImageError:
         return "not an image Pillow can read (corrupt or another format)"
@@ -37,8 +40,15 @@ def image_header(path: Path) -> tuple[str, int, int] | str:
 class ImageBatches(Dataset):
     """Batches ``(images [b, C, H, W], labels [b] (0 ok, -1 unreadable), indices [b])`` of files."""
 
-    def __init__(self, paths: list[Path], headers: list[tuple[str, int, int]], transform, batch_size: int):
-        self.paths, self.headers, self.transform = paths, headers, transform
+    def __init__(
+        self,
+        paths: list[Path],
+        headers: list[tuple[str, int, int]],
+        transform,
+        batch_size: int,
+        decoding: Decoding = FULL,
+    ):
+        self.paths, self.headers, self.transform, self.decoding = paths, headers, transform, decoding
         shapes: dict[tuple, tuple] = {}  # header -> transformed shape (of a blank image of that header)
         groups: dict[tuple, list[int]] = {}
         for i, header in enumerate(headers):
@@ -54,12 +64,20 @@ class ImageBatches(Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
+    def _decode(self, i: int) -> Image.Image:
+        """File ``i`` decoded as its header said; CbirError if it cannot be, or changed since."""
+        limit, size = self.decoding.max_pixels, self.decoding.size
+        image = open_image(self.paths[i], None, limit, size)
+        if (image.mode, *image.size) != tuple(self.headers[i]):
+            raise CbirError(f"{self.paths[i]} changed while being indexed")
+        return image
+
     def __getitem__(self, b: int):
         images, labels = [], []
         for i in self.batches[b]:
             mode, width, height = self.headers[i]
             try:
-                image, label = open_image(self.paths[i]), 0
+                image, label = self._decode(i), 0
             except CbirError:
                 image, label = Image.new(mode, (width, height)), -1
             images.append(self.transform(image))
@@ -75,12 +93,20 @@ class ImageBatches(Dataset):
 
 
 def predict_embeddings(
-    module, paths: list[Path], headers, transform, batch_size: int = 32, trainer_options: dict | None = None
+    module,
+    paths: list[Path],
+    headers,
+    transform,
+    batch_size: int = 32,
+    trainer_options: dict | None = None,
+    decoding: Decoding = FULL,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(embeddings [n, D], labels [n], indices [n])`` of the files, in index order."""
+    """``(embeddings [n, D], labels [n], indices [n])`` of the files (decoded as ``decoding`` says, as
+    their ``headers`` from :func:`image_header` with it), in index order."""
     import pytorch_lightning as pl
 
-    loader = DataLoader(ImageBatches(paths, headers, transform, batch_size), batch_size=None, num_workers=0)
+    batches = ImageBatches(paths, headers, transform, batch_size, decoding)
+    loader = DataLoader(batches, batch_size=None, num_workers=0)
     options = {
         "accelerator": "auto",
         "devices": 1,

@@ -6,7 +6,9 @@ import hashlib
 import io
 import math
 import os
+import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -15,6 +17,35 @@ from cbir_lightning.errors import CbirError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit
+# The pixel cap of ``index`` and ``serve`` (``--max-pixels``, ``--max-upload-pixels``): 25 MP takes a
+# full-resolution 6000x4000 camera photo but not a 9400x9400 PNG bomb under Pillow's own limit (its 86 KB
+# file took ``index`` from 1.07 GB to 4.08 GB peak). Checked from the header, before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 25_000_000
+# JPEGs with more pixels than this are decoded reduced (Pillow's ``draft``: DCT scaling by 1/2, 1/4 or
+# 1/8) to at least twice the size the model's transform resizes to; smaller images decode in full.
+DRAFT_ABOVE_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How image files are decoded for a model: refused above ``max_pixels`` (from the header), and,
+    when ``size`` (the side the model's transform resizes to, e.g. the DataModule's ``image_size``) is
+    known, large JPEGs decoded reduced (:func:`reduce_for`). The same file decodes to the same pixels in
+    ``index`` and ``serve``."""
+
+    max_pixels: int = MAX_PIXELS
+    size: int | None = None
+
+
+FULL = Decoding()  # Pillow's pixel limit, decoded in full
+
+
+def reduce_for(image: Image.Image, size: int | None) -> None:
+    """Make the JPEG ``image`` (opened, not yet decoded) decode at the smallest DCT scale that keeps both
+    sides at least ``2 * size`` pixels, if it has more than ``DRAFT_ABOVE_PIXELS`` pixels; ``image.size``
+    is then the reduced size. Other formats, smaller images, or ``size`` None: decoded in full."""
+    if size and image.format == "JPEG" and image.width * image.height > DRAFT_ABOVE_PIXELS:
+        image.draft(image.mode, (2 * size, 2 * size))
 
 
 def scan_collection(root: str | Path) -> tuple[list[str], list[dict]]:
@@ -59,6 +90,39 @@ def scan_images(root: str | Path) -> list[str]:
     return scan_collection(root)[0]
 
 
+def open_inside(root: str | Path, rel: str) -> int:
+    """A read-only descriptor of the regular file ``root/rel``, which must lie inside ``root`` once every
+    symlink is resolved (a symlink between two files of ``root`` is fine, one out of it is not).
+
+    Race-free: after resolving, the path is opened again folder by folder from ``root`` with
+    ``O_NOFOLLOW``, so a file or folder swapped for a symlink after the check is never followed; a FIFO
+    or device is refused without blocking. CbirError (one line) otherwise."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, rel))
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+        raise CbirError(f"{rel} lies outside {root}")
+    parts = Path(os.path.relpath(real, real_root)).parts
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        folder = os.open(real_root, flags | os.O_DIRECTORY)
+        for part in parts[:-1]:
+            try:
+                child = os.open(part, flags | os.O_DIRECTORY, dir_fd=folder)
+            finally:
+                os.close(folder)
+            folder = child
+        try:
+            fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=folder)
+        finally:
+            os.close(folder)
+    except OSError as err:
+        raise CbirError(f"{rel} cannot be opened inside {root} ({err.strerror or err})") from err
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CbirError(f"{rel} is not a regular file")
+    return fd
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -67,9 +131,12 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def open_image(src: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(
+    src: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS, size: int | None = None
+) -> Image.Image:
     """A fully decoded PIL image; CbirError naming the file if it is unreadable, corrupt or too large
-    (more than ``max_pixels`` pixels: Pillow's decompression-bomb limit)."""
+    (more than ``max_pixels`` pixels, read from the header; default Pillow's decompression-bomb limit).
+    ``size``: a large JPEG is decoded reduced to what a model resizing to ``size`` needs (``reduce_for``)."""
     label = name or ("<uploaded image>" if isinstance(src, bytes) else str(src))
     try:
         data = src if isinstance(src, bytes) else Path(src).read_bytes()
@@ -83,6 +150,7 @@ def open_image(src: str | Path | bytes, name: str | None = None, max_pixels: int
                 raise Image.DecompressionBombError(
                     f"{image.width}x{image.height} pixels, more than the limit of {max_pixels}"
                 )
+            reduce_for(image, size)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise CbirError(f"{label}: image too large ({err}); resize it first") from err

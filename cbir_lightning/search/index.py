@@ -2,8 +2,11 @@
 
 Guarantees: only one run writes an index folder at a time (an OS lock); the live version is replaced
 atomically and the one before it is kept for readers that resolved ``CURRENT`` just before; only folders
-this toolkit wrote are ever deleted; a folder that is neither empty nor an index, or that lies inside the
-image folder, is refused; a file that vanishes or changes while it is indexed is skipped and listed.
+this toolkit wrote are ever deleted; a folder that is neither empty nor the toolkit's index (its marker,
+see :mod:`~cbir_lightning.search.manifest`), or that lies inside the image folder, is refused; a file that
+vanishes or changes while it is indexed is skipped and listed. Nothing is left behind: a run that fails
+on a folder it created removes it again, its working files (the file list for DDP workers, 0600) live
+inside the index folder and a killed run's are removed by the next run; a full disk is one line.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,29 +27,52 @@ from cbir_lightning.retrieval import approximate as tuning
 from cbir_lightning.retrieval.approximate import Tuned, tune_approximate
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
 from cbir_lightning.search.embed import image_header, is_launched_worker, predict_embeddings
-from cbir_lightning.search.files import file_sha256, open_image, scan_collection
-from cbir_lightning.search.lock import index_lock
+from cbir_lightning.search.files import (
+    DEFAULT_MAX_PIXELS,
+    DRAFT_ABOVE_PIXELS,
+    Decoding,
+    file_sha256,
+    open_image,
+    scan_collection,
+)
+from cbir_lightning.search.lock import HOLDER, index_lock
 from cbir_lightning.search.manifest import (
     CURRENT,
     EMBEDDINGS,
     FAISS_INDEX,
     FORMAT_VERSION,
+    INDEX_MARKER,
     LOCK,
     MANIFEST,
     current_version,
+    index_marker,
+    is_toolkit_index,
     new_version,
     publish,
     read_manifest,
     toolkit_versions,
+    write_index_marker,
 )
 from cbir_lightning.search.model import SearchModel, check_model_args, load_search_model
 
+FULL_DECODING = Decoding(size=None)  # how indexes written before the manifest's "decoding" decoded
 FILE_LIST_ENV = "CBIR_INDEX_FILE_LIST"  # rank 0's list of files to embed, for the DDP worker processes
+FILE_LIST_PREFIX = ".index-files-"  # that list, a private file in the index folder
+# what a killed run leaves in the index folder: the list, and the temporary files of atomic writes
+LITTER = (f"{FILE_LIST_PREFIX}*.json", f".{CURRENT}.*.tmp", f".{INDEX_MARKER}.*.tmp")
 
 
-def _previous(out: Path, images: Path, model: SearchModel, whitening: dict | None) -> tuple[dict, np.ndarray]:
-    """Reusable rows of the live index, ``{path: (item, row)}``, if the same model indexed ``images`` and
-    the live version is readable (otherwise nothing is reused: the index is rebuilt)."""
+def decoding_record(decoding: Decoding) -> dict:
+    """What of ``decoding`` changes the vectors (recorded in the manifest; a change re-embeds)."""
+    return {"draft_above_pixels": DRAFT_ABOVE_PIXELS if decoding.size else None, "size": decoding.size}
+
+
+def _previous(
+    out: Path, images: Path, model: SearchModel, whitening: dict | None, decoding: Decoding
+) -> tuple[dict, np.ndarray]:
+    """Reusable rows of the live index, ``{path: (item, row)}``, if the same model indexed ``images``
+    decoding as ``decoding`` and the live version is readable (otherwise nothing is reused: the index is
+    rebuilt)."""
     try:
         manifest, version = read_manifest(out)
     except CbirError:
@@ -54,9 +81,10 @@ def _previous(out: Path, images: Path, model: SearchModel, whitening: dict | Non
         manifest.get("model", {}).get("identity") == model.identity
         and manifest.get("whitening") == whitening
         and manifest.get("images_root") == str(images)
+        and manifest.get("decoding", decoding_record(FULL_DECODING)) == decoding_record(decoding)
     )
     if not same:
-        print(f"{out}: built by another model, whitening or folder; embedding every image again")
+        print(f"{out}: built by another model, whitening, decoding or folder; embedding every image again")
         return {}, np.zeros((0, 0), np.float32)
     try:
         embeddings = np.load(version / EMBEDDINGS, allow_pickle=False)
@@ -85,8 +113,9 @@ def approximate_knn(vectors: np.ndarray, scoring: str, target_recall: float) -> 
 
 def check_out_folder(out: Path, images: Path) -> None:
     """CbirError (one line, naming the folder and the fix) unless ``out`` may hold the index of ``images``:
-    it lies outside ``images`` and is new, empty (but for the toolkit's own files) or an index folder (it
-    holds ``CURRENT`` or a non-empty version folder this toolkit wrote)."""
+    it lies outside ``images`` and is new, empty (but for an index run's ``.lock``) or an index
+    folder this toolkit wrote (``is_toolkit_index``: its marker; a folder holding someone else's
+    ``CURRENT``, such as a LevelDB folder, is not one)."""
     real_out, real_images = out.resolve(), images.resolve()
     if real_out == real_images or real_out.is_relative_to(real_images):
         raise CbirError(
@@ -97,15 +126,60 @@ def check_out_folder(out: Path, images: Path) -> None:
         return
     if not out.is_dir():
         raise CbirError(f"--out {out} is a file; pass a new or empty folder, or an index folder")
-    own = {CURRENT, LOCK}
-    foreign = [c for c in out.iterdir() if c.name not in own and not c.name.startswith(f".{CURRENT}.")]
-    # an empty folder named like a version is deletable (it holds nothing) but is no sign of an index
-    written = (out / CURRENT).is_file() or any(any(v.iterdir()) for v in toolkit_versions(out))
-    if foreign and not written:
+    if is_toolkit_index(out):
+        return
+    foreign = sorted(c.name for c in out.iterdir() if not _own_lock(c))
+    if foreign:
+        shown = CURRENT if CURRENT in foreign else foreign[0]
         raise CbirError(
             f"--out {out} is not empty and holds no index written by `cbir-lightning index` (it has "
-            f"{foreign[0].name!r}); pass a new or empty folder, or an existing index folder"
+            f"{shown!r}); pass a new or empty folder, or an existing index folder"
         )
+
+
+def _own_lock(path: Path) -> bool:
+    """A ``.lock`` an index run wrote: a small regular file, empty or naming its holder (as
+    ``index_lock`` writes it; a run that just created the folder holds it, or one that failed left it)."""
+    try:
+        if path.name != LOCK or path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
+            return False
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    return text == "" or HOLDER.fullmatch(text) is not None
+
+
+def _clear_litter(out: Path) -> None:
+    """Remove what killed runs left in the index folder ``out`` (``LITTER``); call it holding the lock."""
+    for pattern in LITTER:
+        for path in out.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _give_up_new_folder(out: Path) -> None:
+    """Remove what this run wrote in ``out``, a folder it created and fails to finish, and the folder if
+    that empties it (holding the lock: no other run writes there)."""
+    _clear_litter(out)
+    _prune(out, keep=set())
+    for name in (INDEX_MARKER, CURRENT, LOCK):
+        (out / name).unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:
+        pass
+
+
+@contextmanager
+def disk_errors(out: Path):
+    """An ``OSError`` while writing ``out`` (a full disk, a read-only or vanished folder) as one line;
+    the live index is untouched by then (a new version is published only once complete)."""
+    try:
+        yield
+    except OSError as err:
+        raise CbirError(
+            f"cannot write the index in {out} ({err.strerror or err}); free space or pass another --out "
+            "(the previous index, if any, is unchanged)"
+        ) from err
 
 
 def _live_version(out: Path) -> Path | None:
@@ -124,13 +198,13 @@ def _prune(out: Path, keep: set[Path]) -> None:
             shutil.rmtree(version, ignore_errors=True)
 
 
-def _plan(images: Path, out: Path, model: SearchModel, whitening: dict | None) -> dict:
+def _plan(images: Path, out: Path, model: SearchModel, whitening: dict | None, decoding: Decoding) -> dict:
     """What a run must do: ``items``/``rows`` (None where the file is to be embedded; reused item and
     vector otherwise), ``todo`` ``[(rel, stat, header)]``, ``skipped``, ``reused`` and the old paths."""
     relative, skipped = scan_collection(images)
     if not relative:
         raise CbirError(f"no jpg/png/webp images under {images}; nothing to index")
-    reuse, old = _previous(out, images, model, whitening)
+    reuse, old = _previous(out, images, model, whitening, decoding)
     items, rows, todo, reused = [], [], [], 0
     for rel in relative:
         try:
@@ -144,7 +218,7 @@ def _plan(images: Path, out: Path, model: SearchModel, whitening: dict | None) -
             rows.append(old[prev[1]])
             reused += 1
             continue
-        header = image_header(images / rel)
+        header = image_header(images / rel, decoding)
         if isinstance(header, str):
             skipped.append({"path": rel, "reason": header})
             continue
@@ -176,34 +250,53 @@ def _embedded_item(images: Path, rel: str, stat: os.stat_result) -> dict | str:
     return {"path": rel, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
 
 
-def _unreadable_reason(path: Path) -> str:
+def _unreadable_reason(path: Path, decoding: Decoding) -> str:
     if not path.exists():
         return "vanished while being indexed"
     try:
-        open_image(path)
+        open_image(path, None, decoding.max_pixels, decoding.size)
     except CbirError as err:
         return str(err).split(": ", 1)[-1]
     return "could not be decoded"
 
 
-def _embed_in_worker(ckpt: str | Path, batch_size: int, trainer_options: dict | None) -> None:
+def _embed_in_worker(
+    ckpt: str | Path, batch_size: int, trainer_options: dict | None, max_pixels: int
+) -> None:
     """A DDP worker process: embed its shard of exactly rank 0's file list (read from the file named by
     ``CBIR_INDEX_FILE_LIST``) and hand it to rank 0 in ``predict_embeddings``."""
     model = SearchModel.load(ckpt)
     listed = json.loads(Path(os.environ[FILE_LIST_ENV]).read_text())
     paths, headers = [Path(p) for p, _ in listed], [tuple(h) for _, h in listed]
-    predict_embeddings(model.module, paths, headers, model.transform, batch_size, trainer_options)
+    decoding = Decoding(max_pixels, model.decode_size)
+    predict_embeddings(model.module, paths, headers, model.transform, batch_size, trainer_options, decoding)
 
 
-def _predict(model: SearchModel, paths: list[Path], headers: list, batch_size: int, options: dict | None):
-    """``predict_embeddings`` on rank 0, with the file list written to a temporary file named in the
-    environment, so the DDP workers Lightning launches embed exactly these files (not their own scan)."""
-    fd, listing = tempfile.mkstemp(prefix="cbir-index-files-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump([[str(p), list(h)] for p, h in zip(paths, headers, strict=True)], f)
+def _predict(
+    model: SearchModel,
+    paths: list[Path],
+    headers: list,
+    batch_size: int,
+    options: dict | None,
+    out: Path,
+    decoding: Decoding,
+):
+    """``predict_embeddings`` on rank 0, with the file list written to a private file (0600) in the index
+    folder ``out`` named in the environment, so the DDP workers Lightning launches embed exactly these
+    files (not their own scan); removed afterwards (a killed run's by the next run)."""
+    with disk_errors(out):
+        fd, listing = tempfile.mkstemp(dir=out, prefix=FILE_LIST_PREFIX, suffix=".json")
+    try:
+        with disk_errors(out), os.fdopen(fd, "w") as f:
+            json.dump([[str(p), list(h)] for p, h in zip(paths, headers, strict=True)], f)
+    except BaseException:
+        Path(listing).unlink(missing_ok=True)
+        raise
     os.environ[FILE_LIST_ENV] = listing
     try:
-        return predict_embeddings(model.module, paths, headers, model.transform, batch_size, options)
+        return predict_embeddings(
+            model.module, paths, headers, model.transform, batch_size, options, decoding
+        )
     finally:
         os.environ.pop(FILE_LIST_ENV, None)
         Path(listing).unlink(missing_ok=True)
@@ -238,12 +331,17 @@ def build_index(
     onnx_model: str | Path | None = None,
     approximate: bool = False,
     target_recall: float = 0.95,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict | None:
     """Index every jpg/png/webp below ``images`` with the checkpoint into the folder ``out``.
 
     ``approximate``: write a faiss HNSW / IVF index tuned to reach ``target_recall`` at 10 (see
     :func:`approximate_knn`); the manifest's ``faiss`` entry records its kind, parameters and measured
     recall, and ``search`` applies them. Default: exact (no ``faiss`` entry: the format of earlier indexes).
+
+    ``max_pixels``: files whose header declares more pixels are skipped and listed, nothing decoded (a
+    9400x9400 PNG of 86 KB would take ~4 GB); JPEGs above ``DRAFT_ABOVE_PIXELS`` are decoded reduced to
+    twice the model's ``image_size`` (``search.files.reduce_for``), as ``serve`` decodes uploads.
 
     ``onnx_model`` (with ``ckpt`` None): embed with a file written by ``cbir-lightning export`` on ONNX
     Runtime (CPU, no Lightning predict loop, no DDP); the manifest records that file and its SHA-256.
@@ -254,6 +352,8 @@ def build_index(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CbirError(f"--batch-size must be a positive number of images, got {batch_size!r}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise CbirError(f"--max-pixels must be a positive number of pixels, got {max_pixels!r}")
     check_model_args(ckpt, onnx_model)
     if approximate and not 0 < target_recall <= 1:
         raise CbirError(f"--target-recall must lie in (0, 1], got {target_recall}")
@@ -263,78 +363,119 @@ def build_index(
         read_metadata(onnx_model)
     images, out = Path(images).resolve(), Path(out)
     if onnx_model is None and is_launched_worker() and FILE_LIST_ENV in os.environ:
-        return _embed_in_worker(ckpt, batch_size, trainer_options)
+        return _embed_in_worker(ckpt, batch_size, trainer_options, max_pixels)
     if not images.is_dir():
         scan_collection(images)  # CbirError naming the missing folder
     check_out_folder(out, images)
     # a worker started without rank 0's list (e.g. on another node): same plan
     if onnx_model is None and is_launched_worker():
         model = SearchModel.load(ckpt)
-        plan = _plan(images, out, model, model.describe_whitening())
+        decoding = Decoding(max_pixels, model.decode_size)
+        plan = _plan(images, out, model, model.describe_whitening(), decoding)
         todo = plan["todo"]
         if todo:
             paths, headers = [images / rel for rel, _, _ in todo], [h for _, _, h in todo]
-            predict_embeddings(model.module, paths, headers, model.transform, batch_size, trainer_options)
+            predict_embeddings(
+                model.module, paths, headers, model.transform, batch_size, trainer_options, decoding
+            )
         return None
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    with disk_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     with index_lock(out):
-        model = load_search_model(ckpt, onnx_model)
-        whitening = model.describe_whitening()
-        plan = _plan(images, out, model, whitening)
-        items, rows, todo, skipped = plan["items"], plan["rows"], plan["todo"], plan["skipped"]
-        if todo:
-            paths, headers = [images / rel for rel, _, _ in todo], [h for _, _, h in todo]
-            if onnx_model is not None:
-                raw, labels, _ = model.embed_files(paths, headers, batch_size)
-            else:
-                raw, labels, _ = _predict(model, paths, headers, batch_size, trainer_options)
-            vectors = model.post_process(raw).numpy()
-            slots = [i for i, item in enumerate(items) if item is None]
-            for j, (slot, (rel, stat, _)) in enumerate(zip(slots, todo, strict=True)):
-                path = images / rel
-                found = _embedded_item(images, rel, stat) if labels[j] >= 0 else _unreadable_reason(path)
-                if isinstance(found, str):
-                    skipped.append({"path": rel, "reason": found})
-                    continue
-                items[slot], rows[slot] = found, vectors[j]
-        keep = [i for i, item in enumerate(items) if item is not None]
-        if not keep:
-            reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
-            raise CbirError(f"no readable image under {images} ({reasons}); nothing to index")
-        items = [items[i] for i in keep]
-        embeddings = np.stack([rows[i] for i in keep]).astype(np.float32)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "images_root": str(images),
-            "model": {
-                "checkpoint": str(model.checkpoint),
-                "identity": model.identity,
-                **({"onnx": True} if onnx_model is not None else {}),
-            },
-            "whitening": whitening,
-            "dimension": int(embeddings.shape[1]),
-            "scoring": model.scoring(torch.from_numpy(embeddings[:16])),
-            "count": len(items),
-            "items": items,
-            "skipped": skipped,
-        }
-        knn = None
-        if approximate:
-            tuned = approximate_knn(embeddings, manifest["scoring"], target_recall)
-            knn, manifest["faiss"] = tuned.knn, tuned.describe()
+        try:
+            with disk_errors(out):
+                _clear_litter(out)
+                if index_marker(out) is None:
+                    write_index_marker(out)
+            job = {
+                "ckpt": ckpt,
+                "onnx_model": onnx_model,
+                "batch_size": batch_size,
+                "trainer_options": trainer_options,
+                "approximate": approximate,
+                "target_recall": target_recall,
+                "max_pixels": max_pixels,
+            }
+            return _build(images, out, job)
+        except BaseException:
+            if created:
+                _give_up_new_folder(out)
+            raise
+
+
+def _embed_todo(model: SearchModel, images: Path, out: Path, plan: dict, job: dict, decoding: Decoding):
+    """Embed the plan's new and changed files into its ``items``/``rows``; those that vanished, changed or
+    could not be decoded meanwhile go to its ``skipped``."""
+    items, rows, todo, skipped = plan["items"], plan["rows"], plan["todo"], plan["skipped"]
+    paths, headers = [images / rel for rel, _, _ in todo], [h for _, _, h in todo]
+    if job["onnx_model"] is not None:
+        raw, labels, _ = model.embed_files(paths, headers, job["batch_size"], decoding)
+    else:
+        raw, labels, _ = _predict(
+            model, paths, headers, job["batch_size"], job["trainer_options"], out, decoding
+        )
+    vectors = model.post_process(raw).numpy()
+    slots = [i for i, item in enumerate(items) if item is None]
+    for j, (slot, (rel, stat, _)) in enumerate(zip(slots, todo, strict=True)):
+        path = images / rel
+        found = _embedded_item(images, rel, stat) if labels[j] >= 0 else _unreadable_reason(path, decoding)
+        if isinstance(found, str):
+            skipped.append({"path": rel, "reason": found})
+            continue
+        items[slot], rows[slot] = found, vectors[j]
+
+
+def _build(images: Path, out: Path, job: dict) -> dict:
+    """The work of ``build_index`` (its arguments in ``job``) once the folder is locked and marked."""
+    onnx_model = job["onnx_model"]
+    model = load_search_model(job["ckpt"], onnx_model)
+    whitening = model.describe_whitening()
+    decoding = Decoding(job["max_pixels"], getattr(model, "decode_size", None))
+    plan = _plan(images, out, model, whitening, decoding)
+    if plan["todo"]:
+        _embed_todo(model, images, out, plan, job, decoding)
+    items, rows, skipped = plan["items"], plan["rows"], plan["skipped"]
+    keep = [i for i, item in enumerate(items) if item is not None]
+    if not keep:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+        raise CbirError(f"no readable image under {images} ({reasons}); nothing to index")
+    items = [items[i] for i in keep]
+    embeddings = np.stack([rows[i] for i in keep]).astype(np.float32)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "images_root": str(images),
+        "model": {
+            "checkpoint": str(model.checkpoint),
+            "identity": model.identity,
+            **({"onnx": True} if onnx_model is not None else {}),
+        },
+        "whitening": whitening,
+        "decoding": decoding_record(decoding),
+        "dimension": int(embeddings.shape[1]),
+        "scoring": model.scoring(torch.from_numpy(embeddings[:16])),
+        "count": len(items),
+        "items": items,
+        "skipped": skipped,
+    }
+    knn = None
+    if job["approximate"]:
+        tuned = approximate_knn(embeddings, manifest["scoring"], job["target_recall"])
+        knn, manifest["faiss"] = tuned.knn, tuned.describe()
+    with disk_errors(out):
         version = _write_version(out, manifest, embeddings, knn)
         previous = _live_version(out)
         publish(out, version)
-        _prune(out, keep={version, previous})  # the previous version stays for readers that just opened it
-        return {
-            "index": str(out),
-            "count": len(items),
-            "embedded": len(items) - plan["reused"],
-            "reused": plan["reused"],
-            "removed": plan["removed"],
-            "skipped": skipped,
-            "dimension": manifest["dimension"],
-            "whitening": whitening is not None,
-            **({"faiss": manifest["faiss"]} if approximate else {}),
-        }
+    _prune(out, keep={version, previous})  # the previous version stays for readers that just opened it
+    return {
+        "index": str(out),
+        "count": len(items),
+        "embedded": len(items) - plan["reused"],
+        "reused": plan["reused"],
+        "removed": plan["removed"],
+        "skipped": skipped,
+        "dimension": manifest["dimension"],
+        "whitening": whitening is not None,
+        **({"faiss": manifest["faiss"]} if job["approximate"] else {}),
+    }

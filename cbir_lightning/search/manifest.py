@@ -5,6 +5,11 @@ A new version is written in full beside the live one, then ``CURRENT`` is replac
 reader (or a killed writer) always sees one complete version. The version before the live one is kept
 (a reader that resolved ``CURRENT`` just before a publish can still read it); older ones are deleted.
 
+An index folder is recognised by its marker ``.cbir-lightning-index`` (a magic line and the format
+version; written when the toolkit first writes the folder), or, for indexes written before the marker
+existed, by a ``CURRENT`` naming a version folder this toolkit wrote: a folder with any other ``CURRENT``
+(a LevelDB folder, say) is not an index and is never written to.
+
 Only folders this toolkit wrote are ever deleted: a version folder is named ``v-YYYYmmddHHMMSS-<8 hex>``
 and holds the marker file ``.cbir-lightning-version`` (written first, so a half-written version of a
 killed run is recognised too; an empty folder of that name counts too) or, for indexes written before
@@ -31,11 +36,55 @@ CURRENT = "CURRENT"
 LOCK = ".lock"
 VERSION_MARKER = ".cbir-lightning-version"
 VERSION_NAME = re.compile(r"v-\d{14}-[0-9a-f]{8}")
+INDEX_MARKER = ".cbir-lightning-index"
+INDEX_MAGIC = "cbir-lightning index folder"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def write_index_marker(index: Path) -> None:
+    """Mark ``index`` as a folder this toolkit writes its index into (atomically)."""
+    write_text_atomic(
+        index / INDEX_MARKER, json.dumps({"magic": INDEX_MAGIC, "format_version": FORMAT_VERSION})
+    )
+
+
+def index_marker(index: Path) -> dict | None:
+    """The toolkit's marker of ``index`` (``{"magic", "format_version"}``), or None if it has none or the
+    file is not the toolkit's (wrong magic, not JSON, a symlink)."""
+    marker = index / INDEX_MARKER
+    try:
+        if marker.is_symlink():
+            return None
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("magic") == INDEX_MAGIC else None
+
+
+def is_toolkit_index(index: Path) -> bool:
+    """True only for an index folder this toolkit wrote: it holds the marker, or (written before the
+    marker existed) a ``CURRENT`` naming a version folder the toolkit wrote, or a non-empty such version
+    folder. CbirError (one line) for the marker of a newer format this version cannot write."""
+    marker = index_marker(index)
+    if marker is not None:
+        found = marker.get("format_version")
+        if found != FORMAT_VERSION:
+            raise CbirError(
+                f"index {index} has format version {found}, this cbir-lightning writes version "
+                f"{FORMAT_VERSION}; use that cbir-lightning version or pass another --out folder"
+            )
+        return True
+    try:
+        name = (index / CURRENT).read_text(errors="replace").strip()
+    except OSError:
+        name = ""
+    if VERSION_NAME.fullmatch(name) and is_toolkit_version(index / name):
+        return True
+    return any(any(v.iterdir()) for v in toolkit_versions(index))
 
 
 def current_version(index: Path) -> Path | None:

@@ -47,16 +47,21 @@ class SearchModel:
     whitening_file: Path | None
     identity: dict
     is_onnx: bool = field(default=False, init=False)  # OnnxSearchModel says True
+    decode_size: int | None = None  # the DataModule's image_size: large JPEGs are decoded reduced to it
 
     @classmethod
     def load(cls, ckpt: str | Path | Checkpoint) -> SearchModel:
         """The model of checkpoint ``ckpt`` (a path, or a checkpoint already read), read once."""
         checkpoint = ckpt if isinstance(ckpt, Checkpoint) else read_checkpoint(Path(ckpt).resolve())
         module = checkpoint.module()
-        transform = datamodule_from_checkpoint(checkpoint).eval_transform
+        datamodule = datamodule_from_checkpoint(checkpoint)
         wfile = checkpoint.whitening_file
         whitening = load_whitening(wfile) if wfile is not None else None
-        return cls(checkpoint.path, module, transform, whitening, wfile, checkpoint.identity)
+        size = getattr(datamodule, "hparams", {}).get("image_size")
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+        model = cls(checkpoint.path, module, datamodule.eval_transform, whitening, wfile, checkpoint.identity)
+        model.decode_size = size
+        return model
 
     def describe_whitening(self) -> dict | None:
         if self.whitening is None:

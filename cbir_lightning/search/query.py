@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import check_reranker, rerank_scores
 from cbir_lightning.retrieval.approximate import set_params
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
-from cbir_lightning.search.files import crop_image, file_sha256, open_image, parse_crop
+from cbir_lightning.search.files import crop_image, file_sha256, open_image, open_inside, parse_crop
 from cbir_lightning.search.manifest import CURRENT, EMBEDDINGS, FAISS_INDEX, read_manifest
 from cbir_lightning.search.model import SearchModel
 
@@ -71,6 +73,19 @@ class SearchIndex:
 
     def item_path(self, i: int) -> Path:
         return Path(self.manifest["images_root"]) / self.items[i]["path"]
+
+    def open_item(self, i: int) -> BinaryIO:
+        """Item ``i``'s file opened for reading, only if it is still the file that was indexed: a regular
+        file inside the indexed folder (``open_inside``: no symlink out of it is followed, even one
+        swapped in while serving) with the size and modification time recorded at index time. CbirError
+        (one line) otherwise; the caller closes the file."""
+        item = self.items[i]
+        fd = open_inside(self.manifest["images_root"], item["path"])
+        found = os.fstat(fd)
+        if (found.st_size, found.st_mtime_ns) != (item.get("size"), item.get("mtime_ns")):
+            os.close(fd)
+            raise CbirError(f"{item['path']} changed since it was indexed; re-index")
+        return os.fdopen(fd, "rb")
 
     def load_model(self, ckpt: str | Path | None = None, onnx_model: str | Path | None = None):
         """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path), checked by

@@ -6,6 +6,9 @@ Guarantees:
   pixels (read from the header before anything is decoded), and only JPEG/PNG/WebP decoders ever run.
 - Decoding, embedding and searching run in worker threads behind a :class:`Gate` (``max_concurrent`` at
   once, ``max_waiting`` more queue, the rest get 503), so a slow search never stalls the event loop.
+- An item's image is served only if it is the file that was indexed: a regular file inside the indexed
+  folder, opened without following a symlink out of it (even one swapped in while serving), with the
+  size and modification time recorded at index time; otherwise 404.
 - Error responses never contain server paths: the client gets a generic message with an error id, the
   details go to the ``cbir_lightning.web`` log.
 - Requests whose Host header is not allowed get 400 (DNS rebinding); with a ``token``, ``/api`` needs it.
@@ -17,14 +20,17 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import mimetypes
+import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
@@ -32,7 +38,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import RERANKERS
-from cbir_lightning.search.files import open_image
+from cbir_lightning.search.files import parse_crop
 from cbir_lightning.search.manifest import current_version
 from cbir_lightning.search.query import SearchIndex, search_image
 from cbir_lightning.web.access import LOOPBACK_HOSTS, TokenMiddleware
@@ -96,6 +102,13 @@ class Catalogue:
             return self.models[i][1]
 
 
+def _chunks(f: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:
+    """The bytes of the open file ``f`` in chunks; closes it at the end (or when the client leaves)."""
+    with f:
+        while chunk := f.read(size):
+            yield chunk
+
+
 def error_response(err: BaseException) -> JSONResponse:
     """500 with a generic message and an error id; the details (which may name paths) go to the log."""
     error_id = secrets.token_hex(4)
@@ -110,16 +123,11 @@ def error_response(err: BaseException) -> JSONResponse:
 
 
 def check_crop(crop: str) -> tuple[int, int, int, int] | None:
-    """The crop box ``x0,y0,x1,y1`` or None; 422 if malformed."""
-    if not crop:
-        return None
+    """The crop box ``x0,y0,x1,y1`` or None; 422 unless four finite numbers (``inf`` and ``nan`` too)."""
     try:
-        box = tuple(int(round(float(v))) for v in crop.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
-        raise HTTPException(422, "crop must be x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1")
-    return box
+        return parse_crop(crop or None)
+    except CbirError:
+        raise HTTPException(422, "crop must be x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1") from None
 
 
 def check_rerank(index: SearchIndex, rerank: str) -> str:
@@ -132,15 +140,17 @@ def check_rerank(index: SearchIndex, rerank: str) -> str:
 def run_search(
     catalogue: Catalogue, i: int, index: SearchIndex, query, box, top_k: int, rerank: str, max_pixels: int
 ) -> list[dict]:
-    """Decode the query (upload bytes, or an indexed item's path), embed it and search (a worker thread)."""
+    """Decode the query (an upload's or an indexed item's bytes, capped at ``max_pixels``), embed it and
+    search (a worker thread)."""
+    model = catalogue.model(i, index)
     try:
-        image = decode_upload(query, max_pixels) if isinstance(query, bytes) else open_image(query)
+        image = decode_upload(query, max_pixels, None if box else getattr(model, "decode_size", None))
     except UploadRefused as err:
         raise HTTPException(err.status, err.message) from err
     if box and (box[2] > image.width or box[3] > image.height):
         size = f"{image.width}x{image.height}"
         raise HTTPException(422, f"crop {list(box)} lies outside the {size} query image")
-    return search_image(index, catalogue.model(i, index), image, top_k, box, rerank)
+    return search_image(index, model, image, top_k, box, rerank)
 
 
 def add_access_middleware(app: FastAPI, hosts: list[str] | None, token: str | None) -> None:
@@ -202,19 +212,28 @@ def create_app(
         stop = min(len(index.items), offset + max(0, min(limit, 500)))
         return [{"id": j, "name": Path(index.items[j]["path"]).name} for j in range(max(0, offset), stop)]
 
-    def item_file(index: SearchIndex, i: int, j: int) -> Path:
-        """The file of item ``j``; 404 (no path in the message) if there is none or it left the disk."""
+    def item_file(index: SearchIndex, i: int, j: int) -> BinaryIO:
+        """The open file of item ``j`` (``SearchIndex.open_item``: the indexed file, inside the indexed
+        folder); 404 (no path in the message) if there is none, it left the disk or it changed."""
         if not 0 <= j < len(index.items):
             raise HTTPException(404, f"no item {j} in index {i}")
-        path = index.item_path(j)
-        if not path.is_file():
-            log.warning("index %s: item %d (%s) is no longer on disk", index.path, j, path)
-            raise HTTPException(404, f"item {j} is no longer on disk; re-index")
-        return path
+        try:
+            return index.open_item(j)
+        except CbirError as err:
+            log.warning("index %s: item %d not served: %s", index.path, j, err)
+            raise HTTPException(404, f"item {j} is no longer the indexed file on disk; re-index") from None
+
+    def item_bytes(index: SearchIndex, i: int, j: int) -> bytes:
+        with item_file(index, i, j) as f:
+            return f.read()
 
     @app.get("/api/indexes/{i}/images/{j}")
-    def image(i: int, j: int) -> FileResponse:
-        return FileResponse(item_file(catalogue.index(i), i, j))
+    def image(i: int, j: int) -> StreamingResponse:
+        index = catalogue.index(i)
+        f = item_file(index, i, j)
+        kind = mimetypes.guess_type(index.items[j]["path"])[0] or "application/octet-stream"
+        length = str(os.fstat(f.fileno()).st_size)
+        return StreamingResponse(_chunks(f), media_type=kind, headers={"Content-Length": length})
 
     @app.post("/api/search")
     async def search(
@@ -238,7 +257,7 @@ def create_app(
                         413, f"upload too large: {len(query)} bytes, the limit is {max_upload_bytes} bytes"
                     )
             else:
-                query = await run_in_threadpool(item_file, chosen, index, item)
+                query = await run_in_threadpool(item_bytes, chosen, index, item)
             args = (catalogue, index, chosen, query, box, max(1, min(top_k, 100)), rerank, max_upload_pixels)
             results = await run_in_threadpool(run_search, *args)
         return {

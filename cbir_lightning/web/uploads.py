@@ -10,13 +10,15 @@ import io
 
 from PIL import Image
 
+from cbir_lightning.search.files import DEFAULT_MAX_PIXELS, reduce_for
+
 ACCEPTED_FORMATS = ["JPEG", "PNG", "WEBP"]
 # 25 megapixels takes a full-resolution 6000x4000 camera photo (24 MP, the largest most cameras and phones
 # save) but is far below Pillow's own limit (89 MP, and 2x that before it refuses). Measured with
 # benchmarks/serve_load.py: one search of a 23.6 MP upload (decode + the model's transform) adds ~0.25 GB
 # to the server's peak, and a stream of them with --max-concurrent 2 peaked at 1.6 GB (0.84 GB idle); at
 # 89 MP it would be ~1 GB per search. The model itself sees ~100-500 px a side.
-DEFAULT_MAX_UPLOAD_PIXELS = 25_000_000
+DEFAULT_MAX_UPLOAD_PIXELS = DEFAULT_MAX_PIXELS
 
 
 class UploadRefused(Exception):
@@ -54,14 +56,19 @@ def check_pixels(image: Image.Image, max_pixels: int) -> None:
         )
 
 
-def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS) -> Image.Image:
+def decode_upload(
+    data: bytes, max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, size: int | None = None
+) -> Image.Image:
     """The fully decoded upload; UploadRefused (413 too many pixels, 415 not JPEG/PNG/WebP or corrupt).
 
     Guarantee: no decoder other than JPEG/PNG/WebP runs, and no pixel is decoded when the header declares
-    more than ``max_pixels`` pixels.
+    more than ``max_pixels`` pixels. ``size`` (the side the model's transform resizes to): a large JPEG
+    is decoded reduced to twice that (``search.files.reduce_for``; a 24 MP photo at 1/8 scale), as
+    ``index`` decodes the same file.
     """
     image = open_header(data)
     check_pixels(image, max_pixels)
+    reduce_for(image, size)
     try:
         image.load()
     except Exception as err:  # Pillow raises many types for corrupt data

@@ -23,7 +23,7 @@ from data_modules.omniglot.download import download_omniglot
 from data_modules.omniglot.files import SMALL_SETS, OmniglotImages, read_omniglot
 from data_modules.sampling.episodes import Episodes, make_episodes
 from data_modules.sampling.pairs import check_sampling, training_samples
-from data_modules.sampling.samplers import EpochSampler
+from data_modules.sampling.samplers import EpochLoader, EpochSampler
 from data_modules.transforms.augment import AffineRanges
 from data_modules.transforms.images import resize_uint8
 from data_modules.transforms.normalize import display_pixels
@@ -206,7 +206,7 @@ class OmniglotDataModule(RetrievalDataModule):
 
     def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(
+        return (DataLoader if sampler is None else EpochLoader)(  # training: resumable
             data,
             batch_size=batch_size,
             sampler=sampler,

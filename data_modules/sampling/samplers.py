@@ -5,6 +5,10 @@
 Nothing depends on which worker or rank draws the item, so the same seed gives the same samples.
 It subclasses ``DistributedSampler`` so Lightning keeps it (and calls ``set_epoch``) instead of wrapping it:
 each rank gets a disjoint shard of the epoch's items.
+
+``EpochLoader`` is the training ``DataLoader`` of such a sampler: it reads its sampler only at the first
+batch (after Lightning has set the epoch, also for a resumed or reloaded loader) and Lightning checkpoints
+its position, so a resumed ``fit`` draws exactly the batches the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 def item_generator(seed: int, key: int) -> torch.Generator:
@@ -58,8 +62,58 @@ class EpochSampler(DistributedSampler):
             range(num_items), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True
         )
         self.num_items = num_items
+        self.start = 0  # items of this rank's share to skip in the next iteration (a mid-epoch resume)
+
+    def resume_at(self, position: int) -> None:
+        """The next iteration begins ``position`` items into this rank's share of the epoch."""
+        self.start = int(position)
 
     def __iter__(self) -> Iterator[int]:
-        offset = self.epoch * self.num_items
-        for i in range(self.rank, self.num_samples * self.num_replicas, self.num_replicas):
+        offset, first = self.epoch * self.num_items, self.rank + self.start * self.num_replicas
+        self.start = 0
+        for i in range(first, self.num_samples * self.num_replicas, self.num_replicas):
             yield offset + i
+
+
+class EpochLoader(DataLoader):
+    """A training ``DataLoader`` over an epoch-keyed sampler (one with ``set_epoch``, ``epoch`` and
+    ``resume_at``: :class:`EpochSampler`, ``TupleSampler``) that resumes exactly.
+
+    Guarantees: (1) the sampler is read, and the workers started, only when the first batch is asked for,
+    so the batches are those of the epoch Lightning set (Lightning creates a loader's first iterator
+    before it sets the epoch, and with workers the keys were drawn at once: a resumed or reloaded loader
+    gave epoch 0's batches again); (2) ``state_dict()`` (Lightning's resumable-loader interface, saved in
+    every checkpoint) is the epoch and the batches handed out in it, and ``load_state_dict()`` continues
+    there: the next epoch after a finished one, the rest of the epoch after a mid-epoch checkpoint; (3) the
+    workers' base seed is a function of ``(torch.initial_seed(), epoch)`` (``seed_everything``'s seed), not a
+    draw from torch's global generator, so starting a loader (as a resumed run does mid-epoch) leaves
+    that generator as the uninterrupted run has it.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.handed_out = 0  # batches of the current epoch given to the trainer
+        self.skipped = 0  # batches the next iteration skips (trained on before a mid-epoch checkpoint)
+        self.seed = torch.initial_seed()
+
+    def __iter__(self) -> Iterator:
+        return self._batches()
+
+    def _batches(self) -> Iterator:
+        self.handed_out, self.skipped = self.skipped, 0
+        self.generator = item_generator(self.seed, self.sampler.epoch)
+        for batch in super().__iter__():  # runs at the first next(): the epoch is set by then
+            self.handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(self.sampler.epoch), "batches": self.handed_out}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Position the sampler where ``state`` left off (its batches already trained on are skipped)."""
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.resume_at(batches * (self.batch_size or 1))
+        self.skipped = batches

@@ -39,10 +39,17 @@ class TupleSampler(DistributedSampler):
             range(num_tuples), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True
         )
         self.num_tuples, self.mine = num_tuples, mine
+        self.start = 0  # rows of this rank's share to skip in the next iteration (a mid-epoch resume)
+
+    def resume_at(self, position: int) -> None:
+        """The next iteration begins ``position`` rows into this rank's share (the epoch is mined again,
+        with the model as it is then)."""
+        self.start = int(position)
 
     def __iter__(self) -> Iterator[tuple[int, ...]]:
         tuples = self.mine(self.epoch)
         if len(tuples) != self.num_tuples:
             raise RuntimeError(f"mining gave {len(tuples)} tuples, expected {self.num_tuples}")
-        rows = tuples[self.rank : self.num_samples * self.num_replicas : self.num_replicas].tolist()
+        first, self.start = self.rank + self.start * self.num_replicas, 0
+        rows = tuples[first : self.num_samples * self.num_replicas : self.num_replicas].tolist()
         return iter([tuple(row) for row in rows])

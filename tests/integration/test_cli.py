@@ -4,6 +4,11 @@ one-shot on Lake's format, and one-line errors for bad input."""
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,13 +172,48 @@ def test_unknown_config_key_is_one_line(tmp_path, omniglot_root):
     assert proc.returncode == 2
 
 
-def test_missing_data_root_is_one_line(tmp_path):
-    proc = run_cli(
-        ["fit", "--config", CONFIG, "--data.init_args.root", str(tmp_path / "missing"), *TINY_ARGS],
-        cwd=tmp_path,
-    )
+def test_missing_data_root_is_one_line_and_leaves_no_run(tmp_path):
+    out = tmp_path / "run"
+    args = ["fit", "--config", CONFIG, "--data.init_args.root", str(tmp_path / "missing"), *TINY_ARGS]
+    proc = run_cli([*args, "--trainer.default_root_dir", str(out)], cwd=tmp_path)
     _one_line_error(proc, str(tmp_path / "missing"), "images_background_small1")
+    assert not out.exists() or not list(out.rglob("*"))  # no W&B run, no config.yaml, no checkpoint
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("eval_batch_size", "-4"), ("epoch_length", "0"), ("num_workers", "-1")]
+)
+def test_a_count_below_its_minimum_is_one_line_before_anything_is_written(
+    tmp_path, omniglot_root, key, value
+):
+    out = tmp_path / "run"
+    args = ["fit", "--config", CONFIG, "--data.init_args.root", str(omniglot_root), *TINY_ARGS]
+    args += [f"--data.init_args.{key}", value, "--trainer.default_root_dir", str(out)]
+    proc = run_cli(args, tmp_path)
+    _one_line_error(proc, f"data.init_args.{key} is {value}; it must be")
+    assert not out.exists() or not list(out.rglob("*"))
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path, omniglot_root):
+    """SIGINT while ``fit`` imports and parses (before training): no traceback, exit status 130."""
+    args = ["fit", "--config", CONFIG, "--data.init_args.root", str(omniglot_root), *TINY_ARGS]
+    args += ["--trainer.default_root_dir", str(tmp_path / "run")]
+    for delay in (0.5, 1.5):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cbir_lightning", *args],
+            cwd=tmp_path,
+            env={**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(delay)
+        assert proc.poll() is None, "fit ended before the signal"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "Traceback" not in stderr, (delay, stderr[-3000:])
+        assert stderr.strip().splitlines()[-1] == "cbir-lightning: interrupted"
 
 
 def test_missing_and_truncated_checkpoints_are_one_line(tiny_run, tmp_path):

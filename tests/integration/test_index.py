@@ -16,6 +16,7 @@ import torch
 from helpers.search import other_checkpoint, photo_folder, reference_vectors
 from PIL import Image
 
+from benchmarks.serve_load import png_bomb
 from cbir_lightning.errors import CbirError
 from cbir_lightning.search import index as index_module
 from cbir_lightning.search.index import build_index
@@ -109,7 +110,7 @@ def test_failed_write_keeps_the_previous_index(tiny_run, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(index_module, "write_faiss", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CbirError, match=r"cannot write the index in .* \(disk full\); free space"):
         build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
     assert current_version(out) == live and (live / MANIFEST).read_text() == before
     assert [p for p in out.iterdir() if p.name.startswith("v-")] == [live]  # the partial one is removed
@@ -199,6 +200,46 @@ def test_bad_folders_and_huge_images(tiny_run, tmp_path):
     photo_folder(bomb, count=1)
     result = build_index(tiny_run["ckpt"], bomb, tmp_path / "idx", trainer_options=CPU)
     assert result["count"] == 1 and result["skipped"][0]["path"] == "huge.png"
+
+
+# python -c: ``cbir-lightning ARGV``, then this process's peak RSS in MB as stderr's last line
+PEAK_RSS = """
+import resource, sys
+from cbir_lightning.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+"""
+
+
+def _index_with_peak(ckpt: Path, photos: Path, out: Path) -> tuple[dict, int]:
+    """``cbir-lightning index`` in a subprocess: its JSON result and its peak RSS in MB."""
+    args = ["index", "--ckpt", str(ckpt), "--images", str(photos), "--out", str(out), "--accelerator", "cpu"]
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), int(proc.stderr.strip().splitlines()[-1])
+
+
+def test_a_png_bomb_under_pillows_limit_is_skipped_from_its_header(tiny_run, tmp_path):
+    """A 258 KB PNG declaring 9400x9400 pixels (under Pillow's 89 MP limit; decoding it took ``index`` to
+    4 GB) is skipped by the 25 MP default cap without a pixel decoded: the run's peak memory is that of the
+    same run without it."""
+    photos = photo_folder(tmp_path / "photos", count=3)
+    _, plain = _index_with_peak(tiny_run["ckpt"], photos, tmp_path / "plain")
+    (photos / "bomb.png").write_bytes(png_bomb(9400, 9400))
+    assert (photos / "bomb.png").stat().st_size < 300_000
+    result, bombed = _index_with_peak(tiny_run["ckpt"], photos, tmp_path / "bombed")
+    assert result["count"] == 3
+    assert {"path": "bomb.png", "reason": "image too large (9400x9400 pixels, limit 25000000)"} in result[
+        "skipped"
+    ]
+    assert bombed - plain < 200, (plain, bombed)
 
 
 def test_wrong_format_version_is_refused(tiny_run, tmp_path):

@@ -255,3 +255,106 @@ def test_a_users_folder_as_out_is_refused_and_nothing_is_deleted(tiny_run, tmp_p
     assert f"--out {pictures} is not empty and holds no index" in proc.stderr
     assert "pass a new or empty folder" in proc.stderr
     assert sorted(p.relative_to(pictures).as_posix() for p in pictures.rglob("*")) == before
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path below ``folder`` with its bytes (None for a folder)."""
+    return {
+        p.relative_to(folder).as_posix(): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")
+    }
+
+
+def test_a_folder_with_someone_elses_current_is_refused_and_left_as_it_was(tiny_run, tmp_path):
+    """A LevelDB folder has a ``CURRENT`` too: only the toolkit's own index (its marker) is written to."""
+    photos = photo_folder(tmp_path / "photos", count=2)
+    leveldb, lone = tmp_path / "leveldb", tmp_path / "lone"
+    leveldb.mkdir()
+    (leveldb / "CURRENT").write_text("MANIFEST-000004\n")
+    (leveldb / "MANIFEST-000004").write_bytes(b"\x56\xfa\x00\x01leveldb.BytewiseComparator")
+    (leveldb / "000005.ldb").write_bytes(os.urandom(256))
+    (leveldb / "LOCK").write_bytes(b"")
+    lone.mkdir()
+    (lone / "CURRENT").write_text("v-20240101000000-0123abcd\n")  # a version's name, but no such folder
+    for folder in (leveldb, lone):
+        before = _snapshot(folder)
+        proc = run_cli(
+            ["index", "--ckpt", str(tiny_run["ckpt"]), "--images", str(photos), "--out", str(folder)],
+            tmp_path,
+        )
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert proc.stderr.strip() == (
+            f"cbir-lightning: error: --out {folder} is not empty and holds no index written by "
+            "`cbir-lightning index` (it has 'CURRENT'); pass a new or empty folder, or an existing "
+            "index folder"
+        )
+        assert _snapshot(folder) == before
+
+
+def test_a_failed_first_index_leaves_no_folder_behind(tiny_run, tmp_path):
+    empty = tmp_path / "no-photos"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    out = tmp_path / "new" / "idx"
+    proc = run_cli(
+        ["index", "--ckpt", str(tiny_run["ckpt"]), "--images", str(empty), "--out", str(out)], tmp_path
+    )
+    assert proc.returncode == 1 and "nothing to index" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists()
+    # an existing index keeps its lock and its versions through a failed run
+    photos = photo_folder(tmp_path / "photos", count=3)
+    build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    before = _snapshot(out)
+    proc = run_cli(
+        ["index", "--ckpt", str(tiny_run["ckpt"]), "--images", str(empty), "--out", str(out)], tmp_path
+    )
+    assert proc.returncode == 1 and _snapshot(out) == before
+    assert_searchable(out, {3})
+
+
+# python -c: publish a version of the index argv[1], SIGKILLed while CURRENT's replacement is written
+KILLED_PUBLISH = """
+import os, signal, sys
+from pathlib import Path
+from cbir_lightning.search.manifest import current_version, publish
+os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+out = Path(sys.argv[1])
+publish(out, current_version(out))
+"""
+
+
+def test_killed_runs_leave_nothing_in_tmp_and_their_files_in_the_index_are_cleared(tiny_run, tmp_path):
+    """The file list a run hands to DDP workers (the user's paths) is a private file in the index folder,
+    never in /tmp; the next run removes it, and the temporary file of a CURRENT write a kill cut short."""
+    photos = photo_folder(tmp_path / "photos", count=2)
+    for i in range(12):
+        Image.open(photos / "bodleian_000132.jpg").rotate(i * 11).save(photos / f"r{i:02d}.png")
+    out, tmp = tmp_path / "idx", tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**ENV, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(
+        index_command(tiny_run["ckpt"], photos, out, "--batch-size", "1"),
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def listed() -> list[Path]:
+        return [*tmp.glob("cbir-index-files-*"), *(out.glob(".index-files-*") if out.is_dir() else [])]
+
+    while proc.poll() is None and not listed():
+        time.sleep(0.0005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -9, proc.stderr.read()[-2000:]
+    assert not [p for p in tmp.iterdir() if p.name.startswith("cbir-index-files-")]
+    (left,) = listed()
+    assert left.parent == out and left.stat().st_mode & 0o777 == 0o600
+    build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
+    killed = subprocess.run([sys.executable, "-c", KILLED_PUBLISH, str(out)], env=ENV, capture_output=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [p.name for p in out.glob(".CURRENT.*.tmp")]
+    rerun = subprocess.run(index_command(tiny_run["ckpt"], photos, out), env=env, capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
+        ".cbir-lightning-index",
+        ".lock",
+    ]
+    assert_searchable(out, {14})

@@ -1,7 +1,7 @@
-"""Training that survives a kill: a ``fit`` SIGKILLed mid-epoch resumes with ``--ckpt_path last`` to the
-same weights and metrics as an uninterrupted run, every output of a run lands under
-``--trainer.default_root_dir``, and a checkpoint is validated from the checkpoint alone (its pretrained
-source files may be gone)."""
+"""Training that survives a kill: a ``fit`` SIGKILLed mid-epoch resumes with ``--ckpt_path last`` (or from a
+mid-epoch checkpoint) to the same weights, losses and metrics as an uninterrupted run, bit for bit, every
+output of a run lands under ``--trainer.default_root_dir``, and a checkpoint is validated from the
+checkpoint alone (its pretrained source files may be gone)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,38 @@ import math
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torchvision
 import yaml
 from helpers.cli import TINY_ARGS, TINY_GEM_DATA, last_json, run_cli
 from helpers.paths import REPO, TESTS
 
+from cbir_lightning.callbacks.metrics_history import read_history
 from cbir_lightning.cli.config_files import read_config
 from cbir_lightning.whitening import save_whitening
 
 CONFIG = str(REPO / "configs" / "omniglot_koch.yaml")
 STEPS_PER_EPOCH = 4  # TINY_ARGS' epoch_length
+EPOCHS = 3
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# what a resume must carry over: a loader worker (its sampler's epoch and position, its workers' seed),
+# a loss that draws from Python's, NumPy's and torch's global generators, and a checkpoint at every step
+EXACT_ARGS = [
+    "--data.init_args.num_workers",
+    "1",
+    "--model.init_args.batch_loss.class_path",
+    "helpers.resume.GlobalRandomLoss",
+    "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+    "--trainer.callbacks.filename={step}",
+    "--trainer.callbacks.every_n_train_steps=1",
+    "--trainer.callbacks.save_top_k=-1",
+]
 
 
 def _fit(omniglot_root, cwd: Path, out: Path, step_log: Path, *extra: str, kill_at: int | None = None):
     """A 3-epoch tiny ``fit`` of the demo config writing under ``out``; helpers/resume.py's StepLog logs
-    each training step it starts to ``step_log`` and SIGKILLs the process at step ``kill_at``."""
+    each training step's loss to ``step_log`` and SIGKILLs the process when step ``kill_at`` starts."""
     cwd.mkdir(parents=True, exist_ok=True)
     env = {
         **ONE_THREAD,
@@ -34,50 +49,98 @@ def _fit(omniglot_root, cwd: Path, out: Path, step_log: Path, *extra: str, kill_
         "CBIR_TEST_KILL_AT_STEP": "" if kill_at is None else str(kill_at),
     }
     args = ["fit", "--config", CONFIG, "--data.init_args.root", str(omniglot_root), *TINY_ARGS]
-    args += ["--trainer.max_epochs", "3", "--trainer.default_root_dir", str(out)]
+    args += ["--trainer.max_epochs", str(EPOCHS), "--trainer.default_root_dir", str(out)]
+    args += [*EXACT_ARGS, f"--trainer.callbacks.dirpath={out / 'steps'}"]
     args += ["--trainer.callbacks+=helpers.resume.StepLog", *extra]
     return run_cli(args, cwd=cwd, env=env)
 
 
-def _steps(step_log: Path) -> list[int]:
-    return [int(line) for line in step_log.read_text().split()]
+def _losses(step_log: Path) -> dict[int, str]:
+    """Step -> its training loss (``float.hex``)."""
+    rows = (line.split() for line in step_log.read_text().splitlines())
+    return {int(step): loss for step, loss in rows}
 
 
-def _weights(ckpt: Path) -> dict:
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+def _checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_killed_fit_resumes_to_the_uninterrupted_result(omniglot_root, tmp_path):
-    whole = _fit(omniglot_root, tmp_path / "cwd_a", tmp_path / "a", tmp_path / "a.steps")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+def _assert_same_tensors(got, expected, where: str = "") -> None:
+    """``got`` equals ``expected``: the same nesting, every tensor ``torch.equal``, other values ``==``."""
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key in expected:
+            _assert_same_tensors(got[key], expected[key], f"{where}/{key}")
+    elif isinstance(expected, list | tuple):
+        assert len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            _assert_same_tensors(a, b, f"{where}/{i}")
+    elif isinstance(expected, torch.Tensor):
+        assert torch.equal(got, expected), where
+    else:
+        assert got == expected, where
+
+
+def _assert_same_run(resumed: Path, whole: Path, resumed_result: dict, whole_result: dict) -> None:
+    """The resumed run's per-epoch metrics, final result, weights and optimizer state are the
+    uninterrupted run's, exactly."""
+    assert read_history(resumed / "metrics.jsonl") == read_history(whole / "metrics.jsonl")
+    got, expected = dict(resumed_result), dict(whole_result)
+    got_best, expected_best = Path(got.pop("checkpoint")), Path(expected.pop("checkpoint"))
+    assert got_best.parent == resumed / "checkpoints" and got_best.name == expected_best.name
+    assert got == expected
+    a, b = _checkpoint(whole / "checkpoints/last.ckpt"), _checkpoint(resumed / "checkpoints/last.ckpt")
+    _assert_same_tensors(b["state_dict"], a["state_dict"], "state_dict")
+    _assert_same_tensors(b["optimizer_states"], a["optimizer_states"], "optimizer")
+    _assert_same_tensors(b["lr_schedulers"], a["lr_schedulers"], "lr_schedulers")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(omniglot_root, tmp_path_factory) -> dict:
+    """The uninterrupted 3-epoch run: its folder, per-step losses and final result."""
+    base = tmp_path_factory.mktemp("whole")
+    proc = _fit(omniglot_root, base / "cwd", base / "out", base / "steps.log")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     # every output of the run is under --trainer.default_root_dir, nothing in the working directory
-    assert list((tmp_path / "cwd_a").iterdir()) == []
-    assert {p.name for p in (tmp_path / "a").iterdir()} >= {"checkpoints", "wandb", "config.yaml"}
-    assert (tmp_path / "a" / "checkpoints" / "last.ckpt").is_file()
+    assert list((base / "cwd").iterdir()) == []
+    assert {p.name for p in (base / "out").iterdir()} >= {"checkpoints", "wandb", "config.yaml"}
+    losses = _losses(base / "steps.log")
+    assert sorted(losses) == list(range(EPOCHS * STEPS_PER_EPOCH))
+    return {"out": base / "out", "losses": losses, "result": last_json(proc.stdout)}
 
-    kill_at = 2 * STEPS_PER_EPOCH + 2  # third epoch, third batch
-    killed = _fit(omniglot_root, tmp_path / "cwd_b", tmp_path / "b", tmp_path / "b.steps", kill_at=kill_at)
+
+def _kill_and_resume(omniglot_root, tmp_path: Path, ckpt: str):
+    """A run SIGKILLed when the third batch of epoch 1 starts (its last.ckpt is epoch 0's), then resumed
+    in its folder from ``ckpt`` (``last``, or a path relative to the folder): the resumed process, the
+    folder and the resumed steps' losses."""
+    kill_at, out, log = STEPS_PER_EPOCH + 2, tmp_path / "out", tmp_path / "steps.log"
+    killed = _fit(omniglot_root, tmp_path / "cwd", out, log, kill_at=kill_at)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    assert _steps(tmp_path / "b.steps")[-1] == kill_at
-    (tmp_path / "b.steps").unlink()
+    assert sorted(_losses(log)) == list(range(kill_at))
+    log.unlink()
+    ckpt_arg = ckpt if ckpt == "last" else str(out / ckpt)
+    proc = _fit(omniglot_root, tmp_path / "cwd", out, log, "--ckpt_path", ckpt_arg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out, _losses(log)
 
-    resumed = _fit(
-        omniglot_root, tmp_path / "cwd_b", tmp_path / "b", tmp_path / "b.steps", "--ckpt_path", "last"
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    # it went on from the last finished epoch, not from epoch 0
-    assert _steps(tmp_path / "b.steps") == list(range(2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH))
-    assert "resuming from" in resumed.stderr and "last.ckpt" in resumed.stderr
 
-    expected, got = last_json(whole.stdout), last_json(resumed.stdout)
-    assert Path(got["checkpoint"]).parent == (tmp_path / "b" / "checkpoints")
-    assert {k: v for k, v in got.items() if k != "checkpoint"} == {
-        k: v for k, v in expected.items() if k != "checkpoint"
-    }
-    a, b = _weights(tmp_path / "a/checkpoints/last.ckpt"), _weights(tmp_path / "b/checkpoints/last.ckpt")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+def test_killed_fit_resumes_from_last_to_the_uninterrupted_result(omniglot_root, uninterrupted, tmp_path):
+    proc, out, losses = _kill_and_resume(omniglot_root, tmp_path, "last")
+    assert "resuming from" in proc.stderr and "last.ckpt" in proc.stderr
+    # it went on from the end of epoch 0, each step with the uninterrupted run's loss, bit for bit
+    assert sorted(losses) == list(range(STEPS_PER_EPOCH, EPOCHS * STEPS_PER_EPOCH))
+    assert losses == {step: uninterrupted["losses"][step] for step in losses}
+    _assert_same_run(out, uninterrupted["out"], last_json(proc.stdout), uninterrupted["result"])
+
+
+def test_killed_fit_resumes_from_a_mid_epoch_checkpoint_to_the_uninterrupted_result(
+    omniglot_root, uninterrupted, tmp_path
+):
+    step = STEPS_PER_EPOCH + 2  # global step 6: written after the second batch of epoch 1
+    proc, out, losses = _kill_and_resume(omniglot_root, tmp_path, f"steps/step={step}.ckpt")
+    assert sorted(losses) == list(range(step, EPOCHS * STEPS_PER_EPOCH))
+    assert losses == {s: uninterrupted["losses"][s] for s in losses}
+    _assert_same_run(out, uninterrupted["out"], last_json(proc.stdout), uninterrupted["result"])
 
 
 def test_resume_without_last_checkpoint_is_one_line(omniglot_root, tmp_path):
@@ -104,7 +167,6 @@ def test_resume_without_last_checkpoint_is_one_line(omniglot_root, tmp_path):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-
 def test_validate_gem_checkpoint_without_its_pretrained_files(omniglot_root, tmp_path):
     """GeM trained from a local backbone file and a whitening_init file: once both are gone,
     ``validate --ckpt_path`` still rebuilds the module (from the checkpoint alone) and gives fit's numbers."""
@@ -121,7 +183,7 @@ def test_validate_gem_checkpoint_without_its_pretrained_files(omniglot_root, tmp
     fit = run_cli(["fit", "--config", str(path)], cwd=tmp_path, env=ONE_THREAD)
     assert fit.returncode == 0, fit.stderr[-3000:]
     trained = last_json(fit.stdout)
-    assert _weights(Path(trained["checkpoint"]))["whiten.weight"].shape == (16, 512)
+    assert _checkpoint(Path(trained["checkpoint"]))["state_dict"]["whiten.weight"].shape == (16, 512)
 
     weights.unlink()
     init.unlink()

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -126,35 +127,34 @@ def built(tiny_run, tmp_path_factory) -> dict:
     return {"work": work, "photos": photos, "index": work / "idx", "ckpt": tiny_run["ckpt"]}
 
 
-@pytest.fixture(scope="module")
-def cli_server(built):
-    """``cbir-lightning serve`` in a subprocess (its own memory to measure), logging to a file."""
+@contextmanager
+def serve_process(index: Path, work: Path, *extra: str, env: dict | None = None):
+    """``cbir-lightning serve --index INDEX`` in a subprocess (its own memory to measure), logging to
+    ``work/serve.log``: ``{"url", "pid", "log"}``."""
     port = free_port()
-    log = open(built["work"] / "serve.log", "w")  # noqa: SIM115 (closed below)
+    log = open(work / "serve.log", "w")  # noqa: SIM115 (closed below)
+    command = [sys.executable, "-m", "cbir_lightning", "serve", "--index", str(index), "--port", str(port)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cbir_lightning",
-            "serve",
-            "--index",
-            str(built["index"]),
-            "--port",
-            str(port),
-        ],
-        cwd=built["work"],
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        [*command, *extra],
+        cwd=work,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_up(url, lambda: proc.poll() is None)
-        yield {"url": url, "pid": proc.pid, "log": built["work"] / "serve.log"}
+        yield {"url": url, "pid": proc.pid, "log": work / "serve.log"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def cli_server(built):
+    with serve_process(built["index"], built["work"]) as server:
+        yield server
 
 
 def test_pixel_bombs_and_other_formats_are_refused_before_decoding(cli_server):
@@ -342,8 +342,79 @@ def wait_for_count(url: str, count: int, timeout: float = 10) -> bool:
 
 
 def test_serve_load_benchmark_prints_a_json_line(tmp_path):
-    result = run_benchmark("serve_load.py", "--requests", "24", "--concurrency", "4", cwd=tmp_path)
+    args = ["--requests", "24", "--concurrency", "4", "--camera-uploads", "4"]
+    result = run_benchmark("serve_load.py", *args, cwd=tmp_path)
     assert result["benchmark"] == "serve_load" and result["good_failed"] == 0
+    assert result["one_camera_status"] == 200 and result["camera_ok"] == 4 and result["camera_failed"] == 0
+    assert result["camera_pixels"] == 24_000_000 and 0 < result["camera_peak_rss_mb"] < 2048
     assert result["good_ok"] > 0 and result["good_p95_ms"] >= result["good_p50_ms"] > 0
     assert sum(result["bad_statuses"].values()) > 0 and "200" not in result["bad_statuses"]
     assert 0 < result["server_peak_rss_mb"] < 2048
+
+
+def _served(url: str, j: int) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"{url}/api/indexes/0/images/{j}", timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_files_swapped_under_a_running_server_are_not_served(tiny_run, tmp_path):
+    """Under a real ``serve``: an indexed photo replaced by a symlink to a secret or to /etc/passwd, a folder
+    replaced by a symlink to a copy outside, a photo rewritten: 404 for each (by image and by search), the
+    untouched photos as before."""
+    photos = photo_folder(tmp_path / "photos", count=14)  # 10 in the top folder, 4 in sacre_coeur/
+    build_index(tiny_run["ckpt"], photos, tmp_path / "idx", trainer_options=CPU)
+    items = [item["path"] for item in SearchIndex.open(tmp_path / "idx").items]
+    secret, outside = tmp_path / "secret.txt", tmp_path / "outside"
+    secret.write_text("root:x:0:0:the secret:/root:/bin/bash\n")
+    shutil.copytree(photos / "sacre_coeur", outside)
+    with serve_process(tmp_path / "idx", tmp_path) as server:
+        url = server["url"]
+        for j, rel in enumerate(items):
+            assert _served(url, j) == (200, (photos / rel).read_bytes()), rel
+        top = [j for j, rel in enumerate(items) if "/" not in rel]
+        nested = [j for j, rel in enumerate(items) if rel.startswith("sacre_coeur/")]
+        swapped = {top[0]: secret, top[1]: Path("/etc/passwd")}
+        for j, target in swapped.items():  # swapped in atomically, as an attacker would
+            link = photos / f".{j}.link"
+            link.symlink_to(target)
+            os.replace(link, photos / items[j])
+        (photos / "sacre_coeur").rename(photos / "sacre_coeur.real")
+        (photos / "sacre_coeur").symlink_to(outside, target_is_directory=True)
+        rewritten = top[2]
+        Image.open(photos / items[top[3]]).save(photos / items[rewritten])
+        for j in [*swapped, *nested, rewritten]:
+            status, body = _served(url, j)
+            assert status == 404 and b"secret" not in body and b"root:" not in body, (items[j], body)
+            status, body, _ = search(url, {"item": j, "top_k": 2})
+            assert status == 404 and "secret" not in body, (items[j], body)
+        for j in top[3:]:
+            assert _served(url, j) == (200, (photos / items[j]).read_bytes())
+        assert search(url, {"item": top[3], "top_k": 2})[0] == 200
+
+
+@pytest.mark.parametrize("crop", ["inf,0,1,1", "0,0,nan,1", "1e400,0,5,5", "-inf,0,1,1"])
+def test_a_crop_that_is_not_finite_is_422(cli_server, crop):
+    status, body, _ = search(cli_server["url"], {"item": 0, "crop": crop})
+    assert status == 422 and "crop must be x0,y0,x1,y1" in body, (crop, status, body)
+
+
+def test_the_token_comes_from_a_file_and_is_not_on_the_command_line(built, tmp_path):
+    """``--token`` is visible in ``ps``: ``--token-file`` keeps it off the command line (``--help`` says
+    so), and the server requires it."""
+    token = "file-t0ken-" + uuid.uuid4().hex
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o600)
+    helped = subprocess.run(
+        [sys.executable, "-m", "cbir_lightning", "serve", "--help"], capture_output=True, text=True
+    )
+    assert "--token_file" in helped.stdout and "CBIR_SERVE_TOKEN" in helped.stdout
+    assert "visible in ``ps``" in helped.stdout
+    with serve_process(built["index"], tmp_path, "--token-file", str(tmp_path / "token")) as server:
+        cmdline = Path(f"/proc/{server['pid']}/cmdline").read_bytes()
+        assert token.encode() not in cmdline
+        assert call(server["url"] + "/api/indexes")[0] == 401
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert call(server["url"] + "/api/indexes", headers=bearer)[0] == 200

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from cbir_lightning.errors import CbirError
 from data_modules.sampling.episodes import make_episodes
 from data_modules.sampling.pairs import ClassBatchDataset, PairDataset
-from data_modules.sampling.samplers import EpochSampler
+from data_modules.sampling.samplers import EpochLoader, EpochSampler
 from data_modules.transforms.augment import AffineRanges, apply_affine, random_affine_matrices
 
 
@@ -170,3 +170,42 @@ def test_class_batches_drawn_from_few_groups():
     mixed[1] = 1  # the second image of class 0 in another group than the first
     with pytest.raises(ValueError, match="class's group"):
         ClassBatchDataset(images, labels, 3, 0, None, classes_per_batch=4, groups=mixed, groups_per_batch=2)
+
+
+class _Keys(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, key: int) -> int:
+        return key
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_epoch_loader_draws_the_epoch_set_after_its_iterator_was_made(workers):
+    """Lightning makes a loader's iterator, then sets the epoch: the batches are the set epoch's."""
+    loader = EpochLoader(_Keys(), sampler=EpochSampler(6), batch_size=2, num_workers=workers)
+    batches = iter(loader)
+    loader.sampler.set_epoch(3)
+    assert [b.tolist() for b in batches] == [[18, 19], [20, 21], [22, 23]]
+
+
+def test_epoch_loader_state_continues_where_it_left_off():
+    loader = EpochLoader(_Keys(), sampler=EpochSampler(6), batch_size=2)
+    loader.sampler.set_epoch(1)
+    batches = iter(loader)
+    next(batches)
+    assert loader.state_dict() == {"epoch": 1, "batches": 1}
+    mid_epoch = EpochLoader(_Keys(), sampler=EpochSampler(6), batch_size=2)
+    mid_epoch.load_state_dict(loader.state_dict())
+    assert [b.tolist() for b in mid_epoch] == [[8, 9], [10, 11]]
+    assert mid_epoch.state_dict() == {"epoch": 1, "batches": 3}
+    next_epoch = EpochLoader(_Keys(), sampler=EpochSampler(6), batch_size=2)
+    next_epoch.load_state_dict(mid_epoch.state_dict())
+    assert [b.tolist() for b in next_epoch][0] == [12, 13]
+
+
+def test_epoch_loader_leaves_the_global_generator_alone():
+    loader = EpochLoader(_Keys(), sampler=EpochSampler(6), batch_size=2)
+    before = torch.get_rng_state()
+    list(loader)
+    assert torch.equal(torch.get_rng_state(), before)
