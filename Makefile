@@ -92,8 +92,12 @@ oneshot: venv
 	@test -n "$(RUNS)" || { echo "set RUNS to Lake's all_runs folder or zip: make oneshot RUNS=all_runs.zip"; exit 2; }
 	$(BIN)/cbir-lightning oneshot --runs $(RUNS) --ckpt $(ENSEMBLE)
 
+# Two pytest workers (pytest-xdist): most integration tests wait on one CLI subprocess, so one worker alone
+# leaves a core idle; each worker and the processes it starts use one thread (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: venv chromium docs
-	@$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
 
 # The fast tier: every test outside tests/integration/ (no CLI subprocesses, fits, DDP, notebook, benchmarks).

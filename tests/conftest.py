@@ -3,6 +3,7 @@ Helpers (paths, CLI runs, data builders, reference implementations) are in the `
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,22 @@ from helpers.paths import OMNIGLOT
 from helpers.sfm import SACRE_COEUR, make_sfm_release
 
 from cbir_lightning.models.timm_backbone import timm_classifier
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one thread each, and so for the CLI runs they start
+    # (two threads per worker would put four on two cores, which contend badly; see `one_thread`)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_folder(tmp_path_factory):
+    """Fits with a FeatureCache callback (the ``*_finetune`` recipes) write their cache under the session's
+    temporary folder, never the user's ``~/.cache``; tests that check the cache itself name their own root."""
+    folder = tmp_path_factory.mktemp("feature_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CBIR_FEATURE_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

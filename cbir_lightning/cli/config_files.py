@@ -12,17 +12,30 @@ config changes one callback by its name (``best: {init_args: {monitor: val/onesh
 (after the base's), or drops one (``last: null``); after the merge the mapping becomes LightningCLI's list
 of its non-null values, in the mapping's order. A list there replaces the base's callbacks altogether.
 
+On the command line a named callback is changed the same way, by its name:
+``--trainer.callbacks.feature_cache.init_args.views 4`` (or ``=4``), ``--trainer.callbacks.unfreeze null``
+(drop it); ``split_callback_overrides`` takes those options out of the arguments and ``read_config`` merges
+them into the config's mapping before it becomes the list (a name the config does not have is one line).
+
 ``${...}`` interpolations are kept as written: LightningCLI (``omegaconf+``) resolves them after the
 command-line overrides, so ``${trainer.default_root_dir}`` in a base follows the experiment's value.
 """
 
 from __future__ import annotations
 
+import contextvars
 from pathlib import Path
+
+import yaml
 
 from cbir_lightning.errors import CbirError
 
 EXTENDS = "extends"
+CALLBACK_OPTION = "--trainer.callbacks."
+# the named-callback options of the command being parsed, {name: override mapping} (None: none)
+CALLBACK_OVERRIDES: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "callback_overrides", default=None
+)
 
 
 def merge(base, override):
@@ -43,6 +56,44 @@ def callbacks_as_list(config: dict) -> dict:
         return config
     callbacks = [value for value in trainer["callbacks"].values() if value is not None]
     return {**config, "trainer": {**trainer, "callbacks": callbacks}}
+
+
+def _nest(keys: list[str], value):
+    """``a.b.c`` = value as ``{"a": {"b": {"c": value}}}``."""
+    return value if not keys else {keys[0]: _nest(keys[1:], value)}
+
+
+def split_callback_overrides(args: list[str]) -> tuple[list[str], dict]:
+    """``args`` without the ``--trainer.callbacks.NAME.KEY... VALUE`` (or ``=VALUE``) options, and those as
+    ``{NAME: {KEY: ...}}`` (values read as YAML: ``4``, ``null``, ``[1, 2]``). A number for NAME is a list
+    index, left to LightningCLI."""
+    rest, overrides, i = [], {}, 0
+    while i < len(args):
+        arg = args[i]
+        path = arg[len(CALLBACK_OPTION) :].split("=", 1)[0] if arg.startswith(CALLBACK_OPTION) else ""
+        if not path or path.split(".")[0].isdigit():
+            rest.append(arg)
+            i += 1
+            continue
+        if "=" in arg:
+            value, i = arg.split("=", 1)[1], i + 1
+        elif i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+        else:
+            raise CbirError(f"{arg} needs a value, e.g. {arg} 4 (or {arg} null to drop the callback)")
+        overrides = merge(overrides, _nest(path.split("."), yaml.safe_load(value)))
+    return rest, overrides
+
+
+def apply_callback_overrides(path: Path, data: dict, overrides: dict) -> dict:
+    """``data`` (a config with its bases merged) with ``overrides`` merged into its named callbacks."""
+    callbacks = (data.get("trainer") or {}).get("callbacks") if isinstance(data, dict) else None
+    names = list(callbacks) if isinstance(callbacks, dict) else []
+    for name in overrides:
+        if name not in names:
+            have = f"its callbacks are named {', '.join(names)}" if names else "it names no callbacks"
+            raise CbirError(f"{CALLBACK_OPTION}{name}...: config {path} has no callback {name!r} ({have})")
+    return merge(data, {"trainer": {"callbacks": overrides}})
 
 
 def _load(path: Path, chain: tuple[Path, ...]):
@@ -89,12 +140,15 @@ def uses_bases(data) -> bool:
     return EXTENDS in data or (isinstance(trainer, dict) and isinstance(trainer.get("callbacks"), dict))
 
 
-def read_config(path: str | Path):
-    """The config in ``path`` as one self-contained config: its bases merged in, ``trainer.callbacks`` a
-    list, ``${...}`` interpolations unresolved. CbirError (one line) when a file is missing or unreadable
-    or an ``extends`` value is bad."""
+def read_config(path: str | Path, callback_overrides: dict | None = None):
+    """The config in ``path`` as one self-contained config: its bases merged in, ``callback_overrides``
+    (``split_callback_overrides``) merged into its named callbacks, ``trainer.callbacks`` a list,
+    ``${...}`` interpolations unresolved. CbirError (one line) when a file is missing or unreadable, an
+    ``extends`` value is bad or an override names a callback the config does not have."""
     path = Path(path)
     if not path.is_file():
         raise CbirError(f"config file {path} not found; pass the YAML used with `cbir-lightning fit`")
     data = _load(path, (path.resolve(),))
+    if callback_overrides:
+        data = apply_callback_overrides(path, data, callback_overrides)
     return callbacks_as_list(data) if isinstance(data, dict) else data

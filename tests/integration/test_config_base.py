@@ -106,6 +106,31 @@ def test_command_line_override_reaches_interpolations_in_the_base():
     assert trainer["callbacks"][1]["init_args"]["monitor"] == "val/oneshot_20way"
 
 
+def test_named_callbacks_are_overridden_and_dropped_from_the_command_line(capsys):
+    """``--trainer.callbacks.NAME.KEY VALUE`` changes the named callback of the config (and its bases),
+    ``NAME null`` drops it, a name the config does not have is one line naming the ones it has."""
+
+    def callbacks(*overrides):
+        listed = effective_config(CONFIGS / "photos_finetune.yaml", *overrides)["trainer"]["callbacks"]
+        return {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in listed}
+
+    plain = callbacks()
+    assert plain["FeatureCache"]["views"] == 2 and plain["Unfreeze"]["epoch"] == 10
+    changed = callbacks(
+        "--trainer.callbacks.feature_cache.init_args.views",
+        "4",
+        "--trainer.callbacks.unfreeze.init_args.epoch=3",
+    )
+    assert changed["FeatureCache"]["views"] == 4 and changed["Unfreeze"]["epoch"] == 3
+    assert "Unfreeze" not in callbacks("--trainer.callbacks.unfreeze", "null")
+    with pytest.raises(SystemExit):
+        main(
+            ["fit", "--config", str(CONFIGS / "photos_finetune.yaml"), "--trainer.callbacks.cache.views", "4"]
+        )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no callback 'cache'" in err and "feature_cache, unfreeze" in err
+
+
 def test_whiten_reads_the_data_section_on_its_base():
     """configs/omniglot_gem.yaml's ``seed: ${seed_everything}`` is resolved from configs/base.yaml."""
     datamodule = datamodule_from_config(str(CONFIGS / "omniglot_gem.yaml"))

