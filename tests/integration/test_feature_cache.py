@@ -19,6 +19,7 @@ import pytest
 import torch
 from helpers.cli import last_json
 from helpers.paths import REPO, SHARED_DATA
+from PIL import Image
 
 pytestmark = pytest.mark.integration
 
@@ -132,6 +133,31 @@ def test_killed_build_resumes_and_cold_and_warm_caches_give_the_same_fit(tmp_pat
         assert other.keys() == cold_weights.keys()
         assert all(torch.equal(other[k], cold_weights[k]) for k in cold_weights)
     assert json.dumps(cold)  # a JSON line was printed
+    index_and_search_with(Path(cold["checkpoint"]), photos, tmp_path)
+
+
+def index_and_search_with(ckpt: Path, photos: Path, tmp_path: Path) -> None:
+    """A checkpoint of the recipe (frozen trunk, head trained from the cache) indexes and searches like any
+    other: the index holds the checkpoint module's embeddings of the photos, each photo finds itself."""
+    from helpers.cli import run_cli
+
+    from cbir_lightning.checkpoints import load_module
+    from cbir_lightning.search.manifest import EMBEDDINGS, read_manifest
+    from data_modules import PhotoCollectionDataModule
+
+    proc = run_cli(["index", "--ckpt", str(ckpt), "--images", str(photos), "--out", "idx"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest, version = read_manifest(tmp_path / "idx")
+    vectors = np.load(version / EMBEDDINGS)
+    files = [photos / item["path"] for item in manifest["items"]]
+    transform = PhotoCollectionDataModule(root=str(photos), image_size=224).eval_transform
+    module = load_module(ckpt).eval()
+    with torch.no_grad():
+        expected = module.embed(torch.stack([transform(Image.open(f).convert("RGB")) for f in files]))
+    assert len(files) == 36 and np.allclose(vectors, expected.numpy(), atol=1e-4)
+    proc = run_cli(["search", "--index", "idx", "--query", str(files[7]), "--top-k", "3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Path(last_json(proc.stdout)[0]["path"]).name == files[7].name  # a list of hits, best first
 
 
 def test_two_stage_fit_resumed_in_stage_two_equals_the_uninterrupted_fit(tmp_path, photos):
