@@ -15,7 +15,7 @@ of its non-null values, in the mapping's order. A list there replaces the base's
 On the command line a named callback is changed the same way, by its name:
 ``--trainer.callbacks.feature_cache.init_args.views 4`` (or ``=4``), ``--trainer.callbacks.unfreeze null``
 (drop it); ``split_callback_overrides`` takes those options out of the arguments and ``read_config`` merges
-them into the config's mapping before it becomes the list (a name the config does not have is one line).
+them into the config's mapping before it becomes the list.
 
 ``${...}`` interpolations are kept as written: LightningCLI (``omegaconf+``) resolves them after the
 command-line overrides, so ``${trainer.default_root_dir}`` in a base follows the experiment's value.
@@ -32,6 +32,7 @@ from cbir_lightning.errors import CbirError
 
 EXTENDS = "extends"
 CALLBACK_OPTION = "--trainer.callbacks."
+LIGHTNING_CALLBACK_KEYS = ("init_args", "class_path", "dict_kwargs")  # jsonargparse's, after callbacks+=
 # the named-callback options of the command being parsed, {name: override mapping} (None: none)
 CALLBACK_OVERRIDES: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
     "callback_overrides", default=None
@@ -63,15 +64,23 @@ def _nest(keys: list[str], value):
     return value if not keys else {keys[0]: _nest(keys[1:], value)}
 
 
-def split_callback_overrides(args: list[str]) -> tuple[list[str], dict]:
-    """``args`` without the ``--trainer.callbacks.NAME.KEY... VALUE`` (or ``=VALUE``) options, and those as
-    ``{NAME: {KEY: ...}}`` (values read as YAML: ``4``, ``null``, ``[1, 2]``). A number for NAME is a list
-    index, left to LightningCLI."""
+def split_callback_overrides(args: list[str], names: list[str]) -> tuple[list[str], dict]:
+    """``args`` without the ``--trainer.callbacks.NAME[.KEY...] VALUE`` (or ``=VALUE``) options whose NAME
+    is one of ``names`` (the callbacks the configs name), and those as ``{NAME: {KEY: ...}}`` (values read
+    as YAML: ``4``, ``null``, ``[1, 2]``). Other ``--trainer.callbacks.*`` options stay LightningCLI's
+    (``--trainer.callbacks+=CLASS --trainer.callbacks.ARG VALUE`` sets an argument of the callback just
+    added); one with a dotted path under a name the configs do not have is one line listing the names."""
     rest, overrides, i = [], {}, 0
     while i < len(args):
         arg = args[i]
         path = arg[len(CALLBACK_OPTION) :].split("=", 1)[0] if arg.startswith(CALLBACK_OPTION) else ""
-        if not path or path.split(".")[0].isdigit():
+        name = path.split(".")[0]
+        if names and "." in path and name not in names and name not in LIGHTNING_CALLBACK_KEYS:
+            raise CbirError(
+                f"{CALLBACK_OPTION}{name}...: the config has no callback {name!r} "
+                f"(its callbacks are named {', '.join(names)})"
+            )
+        if name not in names:
             rest.append(arg)
             i += 1
             continue
@@ -85,15 +94,31 @@ def split_callback_overrides(args: list[str]) -> tuple[list[str], dict]:
     return rest, overrides
 
 
-def apply_callback_overrides(path: Path, data: dict, overrides: dict) -> dict:
-    """``data`` (a config with its bases merged) with ``overrides`` merged into its named callbacks."""
+def callback_names(args: list[str]) -> list[str]:
+    """The names of the callbacks that the ``--config`` files in ``args`` (with their bases) name; files
+    that are missing or unreadable are left to the parser, which says why."""
+    names: list[str] = []
+    for i, arg in enumerate(args):
+        file = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg == "--config" and i + 1 < len(args):
+            file = args[i + 1]
+        if not file or not Path(file).is_file():
+            continue
+        try:
+            data = _load(Path(file), (Path(file).resolve(),))
+        except CbirError:
+            continue
+        callbacks = (data.get("trainer") or {}).get("callbacks") if isinstance(data, dict) else None
+        names += [n for n in callbacks if n not in names] if isinstance(callbacks, dict) else []
+    return names
+
+
+def apply_callback_overrides(data, overrides: dict):
+    """``data`` (a config with its bases merged) with those of ``overrides`` merged into its named
+    callbacks whose names it has (several ``--config`` files: each takes its own)."""
     callbacks = (data.get("trainer") or {}).get("callbacks") if isinstance(data, dict) else None
-    names = list(callbacks) if isinstance(callbacks, dict) else []
-    for name in overrides:
-        if name not in names:
-            have = f"its callbacks are named {', '.join(names)}" if names else "it names no callbacks"
-            raise CbirError(f"{CALLBACK_OPTION}{name}...: config {path} has no callback {name!r} ({have})")
-    return merge(data, {"trainer": {"callbacks": overrides}})
+    mine = {k: v for k, v in overrides.items() if isinstance(callbacks, dict) and k in callbacks}
+    return merge(data, {"trainer": {"callbacks": mine}}) if mine else data
 
 
 def _load(path: Path, chain: tuple[Path, ...]):
@@ -143,12 +168,12 @@ def uses_bases(data) -> bool:
 def read_config(path: str | Path, callback_overrides: dict | None = None):
     """The config in ``path`` as one self-contained config: its bases merged in, ``callback_overrides``
     (``split_callback_overrides``) merged into its named callbacks, ``trainer.callbacks`` a list,
-    ``${...}`` interpolations unresolved. CbirError (one line) when a file is missing or unreadable, an
-    ``extends`` value is bad or an override names a callback the config does not have."""
+    ``${...}`` interpolations unresolved. CbirError (one line) when a file is missing or unreadable or an
+    ``extends`` value is bad."""
     path = Path(path)
     if not path.is_file():
         raise CbirError(f"config file {path} not found; pass the YAML used with `cbir-lightning fit`")
     data = _load(path, (path.resolve(),))
     if callback_overrides:
-        data = apply_callback_overrides(path, data, callback_overrides)
+        data = apply_callback_overrides(data, callback_overrides)
     return callbacks_as_list(data) if isinstance(data, dict) else data

@@ -39,8 +39,8 @@ from cbir_lightning.checkpoint_io import AtomicCheckpointIO
 from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
 from cbir_lightning.cli import LIGHTNING_COMMANDS, interruptible
 from cbir_lightning.cli.config_files import (
-    CALLBACK_OPTION,
     CALLBACK_OVERRIDES,
+    callback_names,
     read_config,
     split_callback_overrides,
     uses_bases,
@@ -65,15 +65,10 @@ class ConfigParser(LightningArgumentParser):
             data = get_loader("yaml")(file.read_text())
         except Exception:  # not a local YAML file: jsonargparse reads it (or says why not)
             data = None
-        overrides = CALLBACK_OVERRIDES.get() or {}
         if not uses_bases(data):
-            if overrides:
-                raise CbirError(
-                    f"{CALLBACK_OPTION}{next(iter(overrides))}...: config {file} does not name its callbacks "
-                    "(trainer.callbacks is not a mapping name -> callback); override them by list index"
-                )
             return super().parse_path(path, ext_vars, env, defaults, **kwargs)
-        text = yaml.safe_dump(read_config(file, overrides), sort_keys=False, allow_unicode=True)
+        merged = read_config(file, CALLBACK_OVERRIDES.get())
+        text = yaml.safe_dump(merged, sort_keys=False, allow_unicode=True)
         return self.parse_string(text, file.name, ext_vars, env, defaults, **kwargs)
 
 
@@ -286,10 +281,7 @@ def run_lightning_cli(args: list[str] | None, run: bool = True) -> CbirCLI:
     ``run=False``: only build the config's model, DataModule and trainer (no subcommand, nothing saved).
     """
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    args, overrides = split_callback_overrides(args) if args else (args, {})
-    if overrides and not any(a == "--config" or a.startswith("--config=") for a in args):
-        name = next(iter(overrides))
-        raise CbirError(f"{CALLBACK_OPTION}{name}...: callbacks are named only in a --config file")
+    args, overrides = split_callback_overrides(args, callback_names(args)) if args else (args, {})
     token = CALLBACK_OVERRIDES.set(overrides)
     try:
         return _run_lightning_cli(args, run)
