@@ -97,6 +97,8 @@ oneshot: venv
 TEST_WORKERS ?= 2
 
 test: venv chromium docs
+	@$(BIN)/lint-imports --no-cache > .lint-imports.log 2>&1 || { cat .lint-imports.log; echo "lint-imports: a layer contract is broken (pyproject.toml [tool.importlinter])"; exit 1; }
+	@echo "lint-imports: $$(grep -c KEPT .lint-imports.log) layer contracts kept"; rm -f .lint-imports.log
 	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
 
