@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from PIL import Image
-    from torch.utils.data import Dataset
+    from torch.utils.data import DataLoader, Dataset
 
 
 # ---- batches ------------------------------------------------------------------------------------
@@ -216,6 +216,24 @@ class RetrievalData(Protocol):
     def whitening_data(self) -> tuple[Dataset, torch.Tensor] | None: ...
 
     def display_image(self, image: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class GroundTruthData(Protocol):
+    """A test set scored against ground truth instead of labels (revisited Oxford / Paris), given to the
+    ``LandmarkMetrics`` callback: ``name`` (its metric keys' part), ``setup()``, ``test_dataloader()`` (its
+    ``(image, label, index)`` items: the queries, then the database) and, after setup, ``gnd`` with
+    ``num_queries``, ``revisited`` and per query its index arrays (``easy``/``hard``/``junk`` or
+    ``ok``/``junk``) into the database."""
+
+    gnd: object
+
+    @property
+    def name(self) -> str: ...
+
+    def setup(self, stage: str | None = None) -> None: ...
+
+    def test_dataloader(self) -> DataLoader: ...
 
 
 # ---- losses -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytorch_lightning as pl
 import torch
 
-from data_modules.transforms.normalize import display_pixels
+from cbir_lightning.pixels import display_pixels
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from data_modules.transforms.normalize import display_pixels
+from cbir_lightning.pixels import display_pixels
 
 GREEN, RED, BLUE, GREY, WHITE = (25, 204, 25), (230, 25, 25), (25, 76, 230), (128, 128, 128), (255, 255, 255)
 ORANGE = (245, 150, 20)

@@ -1,7 +1,8 @@
 """Revisited Oxford / Paris mAP (Easy / Medium / Hard) of the model being trained, every validation epoch.
 
-The callback owns a :class:`~data_modules.landmarks.LandmarksTestDataModule`: at the end of each
-validation (and test) epoch it embeds the cropped queries and the database with the module's ``embed``
+The callback is given its test set (a :class:`~cbir_lightning.contracts.GroundTruthData`, e.g.
+``data_modules.LandmarksTestDataModule`` by ``class_path`` in a config): at the end of each validation
+(and test) epoch it embeds the queries and the database with the module's ``embed``
 (:func:`cbir_lightning.inference.embed_dataset`: each rank a shard, all-gathered), scores them with
 :func:`cbir_lightning.metrics.revisited_metrics` (or ``original_metrics`` for the original ground truth)
 and logs ``val/<dataset>/mAP_E``, ``mAP_M``, ``mAP_H`` (original: ``val/<dataset>/mAP``). Use one callback
@@ -13,17 +14,17 @@ per test set. With ``rerank`` (``aqe``, ``dba``, ``diffusion`` or a list of them
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from cbir_lightning.contracts import GroundTruthData
+from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import ItemImages, embed_dataset
 from cbir_lightning.metrics import original_metrics, revisited_metrics
 from cbir_lightning.rerank import reranked_similarity
 from cbir_lightning.rerank.rerank import check_reranker
-from data_modules.landmarks import LandmarksTestDataModule
 
 SHORT = {"easy": "E", "medium": "M", "hard": "H"}
 
@@ -48,8 +49,8 @@ def landmark_scores(embeddings: torch.Tensor, gnd, rerank: str = "none", **optio
 
 class LandmarkMetrics(Callback):
     """Args:
-    root / dataset / image_size / keep_aspect / crop_queries / num_workers / images / present_only /
-        distractors: the test set (see :class:`~data_modules.landmarks.LandmarksTestDataModule`).
+    data: the test set, a :class:`~cbir_lightning.contracts.GroundTruthData` (in a config:
+        ``{class_path: data_modules.LandmarksTestDataModule, init_args: {root: ..., dataset: roxford5k}}``).
     every_n_epochs: score every n-th validation epoch (the set can be slow to embed).
     rerank: ``none`` or a re-ranker, or a list of them: each one's scores are logged.
     rerank_options: keyword arguments of :func:`cbir_lightning.rerank.rerank_scores` (``graph_k``,
@@ -59,30 +60,17 @@ class LandmarkMetrics(Callback):
 
     def __init__(
         self,
-        root: str | Path,
-        dataset: str = "roxford5k",
-        image_size: int = 1024,
-        keep_aspect: bool = True,
-        crop_queries: bool = True,
-        num_workers: int = 2,
+        data: pl.LightningDataModule,
         every_n_epochs: int = 1,
-        images: str | Path | None = None,
-        present_only: bool = False,
-        distractors: str | Path | None = None,
         rerank: str | Sequence[str] = "none",
         rerank_options: dict | None = None,
     ) -> None:
-        self.data = LandmarksTestDataModule(
-            root,
-            dataset,
-            image_size,
-            keep_aspect,
-            crop_queries,
-            num_workers=num_workers,
-            images=images,
-            present_only=present_only,
-            distractors=distractors,
-        )
+        if not all(hasattr(type(data), name) for name in ("name", "setup", "test_dataloader")):
+            raise CbirError(
+                f"LandmarkMetrics needs a test set with ground truth (name, gnd, test_dataloader), "
+                f"not {type(data).__name__}; e.g. data_modules.LandmarksTestDataModule"
+            )
+        self.data: GroundTruthData = data  # its gnd is read after setup
         self.rerank = [rerank] if isinstance(rerank, str) else list(rerank)
         self.rerank_options = dict(rerank_options or {})
         for name in self.rerank:
@@ -94,13 +82,15 @@ class LandmarkMetrics(Callback):
         self.data.setup(stage)  # a missing file stops the run before training, with one line
 
     def score(self, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Metrics of ``pl_module`` on the set (embeds with ``pl_module.embed`` in eval mode)."""
+        """Metrics of ``pl_module`` on the set (embeds with ``pl_module.embed`` in eval mode, in the test
+        loader's batches)."""
         self.data.setup()
+        loader = self.data.test_dataloader()
         embeddings = embed_dataset(
             pl_module,
-            ItemImages(self.data.data),
-            batch_size=1 if self.data.hparams.keep_aspect else 16,
-            num_workers=self.data.hparams.num_workers,
+            ItemImages(loader.dataset),
+            batch_size=loader.batch_size or 1,
+            num_workers=loader.num_workers,
         )
         out = {}
         for name in self.rerank:

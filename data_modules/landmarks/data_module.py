@@ -54,7 +54,22 @@ class LandmarksTestDataModule(RetrievalDataModule):
         distractors: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # named, not read from the caller's frame: built inside a callback's init_args (LandmarkMetrics),
+        # jsonargparse's frames are not this constructor's
+        self.save_hyperparameters(
+            {
+                "root": root,
+                "dataset": dataset,
+                "image_size": image_size,
+                "keep_aspect": keep_aspect,
+                "crop_queries": crop_queries,
+                "batch_size": batch_size,
+                "num_workers": num_workers,
+                "images": images,
+                "present_only": present_only,
+                "distractors": distractors,
+            }
+        )
         self.transform = PhotoTransform(image_size, keep_aspect)
         self.mean, self.std = self.transform.mean, self.transform.std
         self.gnd: GroundTruth | None = None

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.pixels import display_pixels
 from data_modules.base import RetrievalDataModule
 from data_modules.datasets.indexed_images import IndexedImages
 from data_modules.omniglot.download import download_omniglot
@@ -26,7 +27,6 @@ from data_modules.sampling.pairs import check_sampling, training_samples
 from data_modules.sampling.samplers import EpochLoader, EpochSampler
 from data_modules.transforms.augment import AffineRanges
 from data_modules.transforms.images import resize_uint8
-from data_modules.transforms.normalize import display_pixels
 
 
 class OmniglotDataModule(RetrievalDataModule):

@@ -21,21 +21,6 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images - m) / s
 
 
-def display_pixels(
-    image: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-) -> torch.Tensor:
-    """The original pixels of one evaluation tensor ``[C, H, W]``: ``x * std + mean`` per channel (when
-    ``mean``/``std`` are set), clamped to [0, 1], as uint8 RGB ``[3, H, W]`` (``round(255 x)``; one channel
-    repeated). Inverts :func:`normalize` up to rounding."""
-    x = image.detach().float().cpu()
-    if mean is not None:
-        m = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1)
-        s = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1)
-        x = x * s + m
-    x = x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3]
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 class NormalizedItems(Dataset):
     """``dataset[i]`` with every float tensor of 3 or more dims (an image or a batch of them) normalised."""
 

@@ -3,6 +3,8 @@ the paper config parses."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from helpers.cli import last_json, run_cli
 from helpers.paths import REPO
@@ -30,12 +32,13 @@ def test_cli_fit_tiny_config_with_short_root(release, tmp_path):
     ]
     landmarks = [
         "--trainer.callbacks+=cbir_lightning.callbacks.LandmarkMetrics",
-        "--trainer.callbacks.root",
-        str(tmp_path / "oxford"),
-        "--trainer.callbacks.image_size",
-        "48",
-        "--trainer.callbacks.num_workers",
-        "0",
+        "--trainer.callbacks.data",
+        json.dumps(
+            {
+                "class_path": "data_modules.LandmarksTestDataModule",
+                "init_args": {"root": str(tmp_path / "oxford"), "image_size": 48, "num_workers": 0},
+            }
+        ),
     ]
     proc = run_cli(args + landmarks, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -25,10 +25,11 @@ from cbir_lightning.callbacks.example_grids import (
     retrieval_grid,
     tile,
 )
+from cbir_lightning.pixels import display_pixels
 from cbir_lightning.wandb_offline import read_offline_run
 from data_modules import CIFAR10DataModule
 from data_modules.sampling.episodes import Episodes
-from data_modules.transforms.normalize import IMAGENET_MEAN, IMAGENET_STD, display_pixels, normalize
+from data_modules.transforms.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from data_modules.transforms.photos import PhotoTransform
 
 

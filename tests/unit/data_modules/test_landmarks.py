@@ -46,7 +46,7 @@ def test_queries_are_cropped_and_items_ordered(layout):
 
 def test_callback_scores_match_revisitop(layout):
     root, gnd = layout
-    callback = LandmarkMetrics(root, "roxford5k", image_size=64, num_workers=0)
+    callback = LandmarkMetrics(LandmarksTestDataModule(root, "roxford5k", image_size=64, num_workers=0))
     net = ColourNet()
     scores = callback.score(net)
     dm = callback.data
