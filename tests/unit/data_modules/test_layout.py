@@ -73,12 +73,6 @@ def test_package_level_class_path_is_trusted_before_data_modules_is_imported(tmp
     assert out.stdout.strip() == "data_modules.omniglot.data_module"
 
 
-def test_data_error_is_cbir_error():
-    from data_modules.errors import DataError
-
-    assert DataError is CbirError and data_modules.DataError is CbirError
-
-
 def test_errors_module_does_not_import_data_modules():
     code = "import sys, cbir_lightning.errors; assert 'data_modules' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
