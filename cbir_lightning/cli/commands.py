@@ -198,7 +198,9 @@ def tool_function(name: str):
 def run_tool_command(args: list[str]) -> None:
     from cbir_lightning.cli import TOOL_COMMANDS
 
-    commands = {name: tool_function(name) for name in TOOL_COMMANDS}
+    # only the command run is imported (``index``/``search`` need neither data sets nor Lightning's CLI)
+    names = [args[0]] if args and args[0] in TOOL_COMMANDS else list(TOOL_COMMANDS)
+    commands = {name: tool_function(name) for name in names}
     if args and args[0] in commands:
         args = [args[0], *normalize_flags(args[1:], commands[args[0]])]
     result = CLI(commands, args=args, as_positional=False, exit_on_error=False)

@@ -26,7 +26,8 @@ def index(
     """Embed every jpg/png/webp below --images into the index folder --out (incremental, atomic).
 
     Args:
-        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is applied).
+        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is applied), or a
+            model file (``best.model`` of a fit, ``cbir-lightning convert``: no DataModule is rebuilt).
         model: instead of ``--ckpt``, an ONNX file written by ``cbir-lightning export``, run with ONNX
             Runtime on the CPU (no checkpoint needed; ``--devices``/``--strategy`` do not apply).
         images: folder searched recursively.
@@ -112,7 +113,7 @@ def search(
             ``diffusion``, applied to the first 100 results.
         sheet: also write a contact sheet (query + results with scores; ``.jpg``/``.jpeg``: JPEG, otherwise
             PNG).
-        ckpt: the index's checkpoint at another path (must be the same model).
+        ckpt: the index's checkpoint at another path, or its model file (must be the same model).
         model: the index's ONNX model (``cbir-lightning export``) at another path, or an export of the
             index's checkpoint (same whitening), run with ONNX Runtime.
     """
@@ -149,7 +150,7 @@ def recommend(
         image: the item to recommend for.
         top_k: number of recommendations (``--top-k``).
         duplicate_threshold: results scoring at least this are near duplicates (``--duplicate-threshold``).
-        ckpt: the index's checkpoint at another path (must be the same model).
+        ckpt: the index's checkpoint at another path, or its model file (must be the same model).
         model: the index's ONNX model at another path, or an export of its checkpoint (see ``search``).
         sheet: also write a contact sheet (the image + its recommendations with scores; ``.jpg``/``.jpeg``:
             JPEG, otherwise PNG).
