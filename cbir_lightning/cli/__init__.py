@@ -31,6 +31,7 @@ TOOL_COMMANDS = {
     "recommend": "cbir_lightning.cli.search_commands:recommend",
     "serve": "cbir_lightning.cli.search_commands:serve",
     "export": "cbir_lightning.cli.commands:export",
+    "convert": "cbir_lightning.cli.commands:convert",
     "evaluate": "cbir_lightning.cli.evaluate:evaluate",
     "oneshot": "cbir_lightning.cli.commands:oneshot",
     "ensemble": "cbir_lightning.cli.commands:ensemble",

@@ -167,6 +167,32 @@ def export(ckpt: str, out: str, opset: int = 17) -> dict:
     return export_onnx(ckpt, out, opset)
 
 
+def convert(ckpt: str, out: str) -> dict:
+    """Convert a checkpoint and its whitening file to one model file for index/search (no DataModule).
+
+    The model file holds the module's class, arguments and weights, the preprocessing as data, the
+    whitening, the similarity and the checkpoint's identity (indexes built from the checkpoint stay
+    valid); ``fit`` writes one itself (``checkpoints/best.model``). Prints JSON (model_file, checkpoint,
+    dim, similarity, whitening).
+
+    Args:
+        ckpt: checkpoint written by ``cbir-lightning fit`` (older ones too: their DataModule gives the
+            preprocessing).
+        out: the model file to write (e.g. ``model.cbir``).
+    """
+    from cbir_lightning.model_file import ModelFile
+
+    model_file = ModelFile.from_checkpoint(ckpt)
+    written = model_file.save(out)
+    return {
+        "model_file": str(written),
+        "checkpoint": str(Path(ckpt).resolve()),
+        "dim": model_file.dim,
+        "similarity": model_file.similarity,
+        "whitening": model_file.whitening is not None,
+    }
+
+
 def normalize_flags(args: list[str], function) -> list[str]:
     """Accept ``--query-labels`` for ``--query_labels``, a bare ``--exclude-self`` for
     ``--exclude_self true``, and ``--config`` for evaluate's ``--config_file``."""
