@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from cbir_lightning.errors import CbirError
 from cbir_lightning.model_file import RECORD_KEY, ModelFile
 
 
@@ -38,12 +39,16 @@ class ModelFileWriter(Callback):
 
     def write(self, trainer: pl.Trainer) -> None:
         """Write the best checkpoint's model file on rank 0 (with its whitening file, if one is beside
-        it: ``FitWhitening`` calls this again once it has written one)."""
+        it: ``FitWhitening`` calls this again once it has written one); a model that cannot be written
+        (no preprocessing spec) is a warning, not a failed fit."""
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best or trainer.interrupted:
             rank_zero_info("ModelFileWriter: no best checkpoint, no model file written")
             return
         if trainer.is_global_zero:
-            self.written = ModelFile.from_checkpoint(best).save(Path(best).parent / self.filename)
-            rank_zero_info(f"ModelFileWriter: {self.written}")
+            try:
+                self.written = ModelFile.from_checkpoint(best).save(Path(best).parent / self.filename)
+                rank_zero_info(f"ModelFileWriter: {self.written}")
+            except CbirError as err:  # e.g. a DataModule that cannot describe its preprocessing
+                rank_zero_warn(f"ModelFileWriter: no model file written ({err})")
         trainer.strategy.barrier("model_file")
