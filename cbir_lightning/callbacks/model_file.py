@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
@@ -46,8 +47,10 @@ class ModelFileWriter(Callback):
             rank_zero_info("ModelFileWriter: no best checkpoint, no model file written")
             return
         if trainer.is_global_zero:
-            try:
-                self.written = ModelFile.from_checkpoint(best).save(Path(best).parent / self.filename)
+            try:  # rebuilding the module draws initial weights: the run's generator is left as it was
+                with torch.random.fork_rng(devices=[]):
+                    model_file = ModelFile.from_checkpoint(best)
+                self.written = model_file.save(Path(best).parent / self.filename)
                 rank_zero_info(f"ModelFileWriter: {self.written}")
             except CbirError as err:  # e.g. a DataModule that cannot describe its preprocessing
                 rank_zero_warn(f"ModelFileWriter: no model file written ({err})")
