@@ -1,5 +1,6 @@
-"""``index``, ``search``, ``recommend``, ``serve``: image search over a folder with a trained checkpoint
-(or its ONNX export, ``--model``, or a config's own model, ``--config``)."""
+"""``index``, ``search``, ``recommend``, ``serve``: image search over a folder with a trained checkpoint or
+model file (or its ONNX export, ``--model``, or a config's own model, ``--config``); ``convert``: a
+checkpoint to a model file."""
 
 from __future__ import annotations
 
@@ -270,3 +271,29 @@ def serve_token(token: str | None, token_file: str | None) -> str | None:
             raise CbirError(f"--token-file {token_file} is empty; put the token on its first line")
         return lines[0].strip()
     return os.environ.get(TOKEN_ENV) or None
+
+
+def convert(ckpt: str, out: str) -> dict:
+    """Convert a checkpoint and its whitening file to one model file for index/search (no DataModule).
+
+    The model file holds the module's class, arguments and weights, the preprocessing as data, the
+    whitening, the similarity and the checkpoint's identity (indexes built from the checkpoint stay
+    valid); ``fit`` writes one itself (``checkpoints/best.model``). Prints JSON (model_file, checkpoint,
+    dim, similarity, whitening).
+
+    Args:
+        ckpt: checkpoint written by ``cbir-lightning fit`` (older ones too: their DataModule gives the
+            preprocessing).
+        out: the model file to write (e.g. ``model.cbir``).
+    """
+    from cbir_lightning.model_file import ModelFile
+
+    model_file = ModelFile.from_checkpoint(ckpt)
+    written = model_file.save(out)
+    return {
+        "model_file": str(written),
+        "checkpoint": str(Path(ckpt).resolve()),
+        "dim": model_file.dim,
+        "similarity": model_file.similarity,
+        "whitening": model_file.whitening is not None,
+    }
