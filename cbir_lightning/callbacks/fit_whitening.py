@@ -40,5 +40,5 @@ class FitWhitening(Callback):
             rank_zero_info(f"FitWhitening: {self.summary}")
         trainer.strategy.barrier("fit_whitening")
         for callback in trainer.callbacks:  # a model file written before the whitening: again, with it
-            if isinstance(callback, ModelFileWriter) and callback.written is not None:
+            if isinstance(callback, ModelFileWriter) and callback.ran:
                 callback.write(trainer)

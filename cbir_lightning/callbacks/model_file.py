@@ -23,7 +23,8 @@ class ModelFileWriter(Callback):
 
     def __init__(self, filename: str = "best.model") -> None:
         self.filename = filename
-        self.written: Path | None = None
+        self.written: Path | None = None  # on rank 0
+        self.ran = False  # on every rank: FitWhitening asks it to write again (a DDP barrier)
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
@@ -46,6 +47,7 @@ class ModelFileWriter(Callback):
         if not best or trainer.interrupted:
             rank_zero_info("ModelFileWriter: no best checkpoint, no model file written")
             return
+        self.ran = True
         if trainer.is_global_zero:
             try:  # rebuilding the module draws initial weights: the run's generator is left as it was
                 with torch.random.fork_rng(devices=[]):
