@@ -34,24 +34,34 @@ CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 def model_files(model, ckpt=None, onnx=None) -> tuple:
     """``(ckpt, onnx)`` paths of a model given as a file (a checkpoint or a model file, by suffix or the
     model file's marker; ONNX by suffix) or an Embedder; ``ckpt``/``onnx`` name the kind explicitly
-    instead (``ckpt`` also takes a model file)."""
+    instead (both also take a model file, told apart by its marker)."""
     if model is None:
+        if ckpt is None and onnx is not None and _is_model_file(onnx):  # --model best.model: as --ckpt
+            return onnx, None
         return ckpt, onnx
     if ckpt is not None or onnx is not None:
         raise CbirError("pass the model once: as model=, ckpt= or onnx=")
     if isinstance(model, Embedder):
         return (None, model.path) if model.is_onnx else (model.path, None)
-    from cbir_lightning.model_file import is_model_file  # Lightning, only when a file is named
-
     path = Path(model)
     if path.suffix.lower() == ".onnx":
         return None, path
-    if path.suffix.lower() in CHECKPOINT_SUFFIXES or is_model_file(path):
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES or _is_model_file(path):
         return path, None
     raise CbirError(
         f"model file {path} must be a checkpoint (.ckpt), a model file (`cbir-lightning convert`) or an "
         "ONNX export (.onnx, `cbir-lightning export`)"
     )
+
+
+def _is_model_file(path) -> bool:
+    """Whether ``path`` is a model file (by its marker); an ``.onnx`` file is not looked into, so the ONNX
+    path never imports Lightning."""
+    if Path(path).suffix.lower() == ".onnx":
+        return False
+    from cbir_lightning.model_file import is_model_file
+
+    return is_model_file(path)
 
 
 class Embedder:

@@ -30,7 +30,8 @@ def index(
         ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is applied), or a
             model file (``best.model`` of a fit, ``cbir-lightning convert``: no DataModule is rebuilt).
         model: instead of ``--ckpt``, an ONNX file written by ``cbir-lightning export``, run with ONNX
-            Runtime on the CPU (no checkpoint needed; ``--devices``/``--strategy`` do not apply).
+            Runtime on the CPU (no checkpoint needed; ``--devices``/``--strategy`` do not apply); a model
+            file given here is used as with ``--ckpt``.
         images: folder searched recursively.
         out: index folder: new, empty or an existing index (any other folder, or one inside ``images``, is
             refused; only version folders written by this command are ever deleted, and the previous
@@ -57,6 +58,7 @@ def index(
     """
     from cbir_lightning.api import Index
     from cbir_lightning.errors import CbirError
+    from cbir_lightning.model_file import is_model_file
 
     if config_file is not None:
         if ckpt is not None or model is not None:
@@ -66,6 +68,8 @@ def index(
         ckpt = str(config_checkpoint(config_file))
         print(f"model of {config_file}: {ckpt}")
     options = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
+    if model is not None and is_model_file(model):  # a model file: as --ckpt, Lightning's loop
+        ckpt, model = model, None
     if model is not None:
         if (devices, strategy, num_nodes) != (1, "auto", 1) or accelerator not in ("auto", "cpu"):
             raise CbirError(

@@ -93,19 +93,11 @@ def test_an_index_of_the_checkpoint_is_reused_with_its_model_file(tiny_run, best
     build_index(tiny_run["ckpt"], photos, out, trainer_options=CPU)
     result = build_index(best_model, photos, out, trainer_options=CPU)
     assert (result["reused"], result["embedded"]) == (6, 0)
-    proc = run_without_data_modules(
-        [
-            "search",
-            "--index",
-            str(out),
-            "--ckpt",
-            str(best_model),
-            "--query",
-            str(next(photos.rglob("*.jpg"))),
-        ],
-        tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    query = str(next(photos.rglob("*.jpg")))
+    for option in ("--ckpt", "--model"):  # --model takes a model file as well as an ONNX export
+        args = ["search", "--index", str(out), option, str(best_model), "--query", query]
+        proc = run_without_data_modules(args, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_convert_writes_the_same_model_and_refuses_a_foreign_file(tiny_run, tmp_path):
