@@ -4,7 +4,7 @@ A thin layer over what the ``index`` / ``search`` / ``recommend`` commands run (
 
     from cbir_lightning import Embedder, Index
 
-    embedder = Embedder.load("model.ckpt")          # or "model.onnx" (cbir-lightning export)
+    embedder = Embedder.load("model.ckpt")          # or "best.model" (a model file), "model.onnx"
     vectors = embedder.embed(["a.jpg", "b.jpg"])    # torch.Tensor [2, embedder.dim]
     index = Index.build("photos/", "photos.idx", "model.ckpt")
     hits = Index.open("photos.idx").search("a.jpg", k=5)   # [Result(rank=1, path=..., score=...), ...]
@@ -32,9 +32,12 @@ CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 
 def model_files(model, ckpt=None, onnx=None) -> tuple:
-    """``(ckpt, onnx)`` paths of a model given as a file (checkpoint or ONNX, by suffix) or an Embedder;
-    ``ckpt``/``onnx`` name the kind explicitly instead."""
+    """``(ckpt, onnx)`` paths of a model given as a file (a checkpoint or a model file, by suffix or the
+    model file's marker; ONNX by suffix) or an Embedder; ``ckpt``/``onnx`` name the kind explicitly
+    instead (both also take a model file, told apart by its marker)."""
     if model is None:
+        if ckpt is None and onnx is not None and _is_model_file(onnx):  # --model best.model: as --ckpt
+            return onnx, None
         return ckpt, onnx
     if ckpt is not None or onnx is not None:
         raise CbirError("pass the model once: as model=, ckpt= or onnx=")
@@ -43,11 +46,22 @@ def model_files(model, ckpt=None, onnx=None) -> tuple:
     path = Path(model)
     if path.suffix.lower() == ".onnx":
         return None, path
-    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES or _is_model_file(path):
         return path, None
     raise CbirError(
-        f"model file {path} must be a checkpoint (.ckpt) or an ONNX export (.onnx, `cbir-lightning export`)"
+        f"model file {path} must be a checkpoint (.ckpt), a model file (`cbir-lightning convert`) or an "
+        "ONNX export (.onnx, `cbir-lightning export`)"
     )
+
+
+def _is_model_file(path) -> bool:
+    """Whether ``path`` is a model file (by its marker); an ``.onnx`` file is not looked into, so the ONNX
+    path never imports Lightning."""
+    if Path(path).suffix.lower() == ".onnx":
+        return False
+    from cbir_lightning.model_file import is_model_file
+
+    return is_model_file(path)
 
 
 class Embedder:
@@ -58,13 +72,15 @@ class Embedder:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Embedder:
-        """The model of a checkpoint (``.ckpt``, on ``device``) or an ONNX export (``.onnx``, CPU)."""
+        """The model of a checkpoint (``.ckpt``) or a model file (``cbir-lightning convert``, or
+        ``best.model`` of a fit), on ``device``, or of an ONNX export (``.onnx``, CPU)."""
         ckpt, onnx = model_files(path)
         return cls.from_onnx(onnx) if onnx is not None else cls.from_checkpoint(ckpt, device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Embedder:
-        """A checkpoint of ``cbir-lightning fit``: its module and its DataModule's ``eval_transform``."""
+        """A checkpoint of ``cbir-lightning fit`` or a model file: its module and its preprocessing
+        (:class:`~cbir_lightning.model_file.ModelFile`)."""
         from cbir_lightning.search.model import SearchModel
 
         model = SearchModel.load(path)

@@ -112,17 +112,23 @@ class Checkpoint:
 
     ``hyper_parameters`` / ``module_class``: the module's arguments and class (trusted, see
     ``_trusted_class``); ``datamodule_class`` / ``datamodule_args``: the DataModule's class (or None) and
-    its init arguments; ``identity``: ``{"hparams": sha256 of the hyperparameters, "weights": sha256 of
-    the state dict}`` (what an index records); ``whitening_file``: ``<ckpt>.whitening.pt`` if it exists.
+    its init arguments (the class is imported when first asked); ``identity``: ``{"hparams": sha256 of
+    the hyperparameters, "weights": sha256 of the state dict}`` (what an index records);
+    ``whitening_file``: ``<ckpt>.whitening.pt`` if it exists.
     """
 
     path: Path
     contents: dict = field(repr=False)
     hyper_parameters: dict
     module_class: type[pl.LightningModule]
-    datamodule_class: type[pl.LightningDataModule] | None
     datamodule_args: dict
     whitening_file: Path | None
+
+    @cached_property
+    def datamodule_class(self) -> type[pl.LightningDataModule] | None:
+        """The recorded DataModule's class (imported when first asked: a model file or an index needs
+        only the module, and must not import the DataModule's package)."""
+        return datamodule_class(self.path, self.datamodule_args)
 
     @cached_property
     def identity(self) -> dict:
@@ -186,8 +192,8 @@ class Checkpoint:
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read checkpoint ``path`` once (``torch.load(weights_only=True)``: an unsafe pickle is refused) and
-    check it: a missing or truncated file, an unreadable one, or a class outside the trusted packages
-    gives one CbirError line naming the file."""
+    check it: a missing or truncated file, an unreadable one, or a module class outside the trusted
+    packages gives one CbirError line naming the file (the DataModule's class: when first asked)."""
     from pytorch_lightning.utilities.migration import pl_legacy_patch
 
     path = check_checkpoint(path)
@@ -216,7 +222,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         contents=contents,
         hyper_parameters=hyper_parameters,
         module_class=module_class(path, hyper_parameters),
-        datamodule_class=datamodule_class(path, datamodule_args),
         datamodule_args=datamodule_args,
         whitening_file=wfile if wfile.is_file() else None,
     )
@@ -279,7 +284,9 @@ def checkpoint_datamodule_args(path: str | Path) -> dict:
     """The DataModule arguments the checkpoint was trained with (empty if none were saved); a recorded
     ``_class_path`` has been checked by ``datamodule_class`` (trusted package or already imported), so
     callers may instantiate it."""
-    return read_checkpoint(path).datamodule_args
+    checkpoint = read_checkpoint(path)
+    checkpoint.datamodule_class  # noqa: B018 (the check of the recorded class)
+    return checkpoint.datamodule_args
 
 
 def last_checkpoint(dirpaths: list[str | Path]) -> Path | None:

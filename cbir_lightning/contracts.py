@@ -196,6 +196,8 @@ class RetrievalData(Protocol):
     (the loaders' normalisation, ``mean``/``std`` or None, undone; for W&B grids). ``class_names``: the
     name of each label (``class_names[label]``), or None. ``num_classes``: how many classes the
     training batches' labels run over (``0..num_classes-1``), or None (unknown, or not set up yet).
+    ``preprocess_spec()``: ``eval_transform`` as data (a dict of :mod:`cbir_lightning.export.preprocess`,
+    what a model file and an ONNX export record), or None if it cannot be described.
     """
 
     mean: Sequence[float] | None
@@ -214,6 +216,8 @@ class RetrievalData(Protocol):
     def eval_transform(self, image: Image.Image) -> torch.Tensor: ...
 
     def whitening_data(self) -> tuple[Dataset, torch.Tensor] | None: ...
+
+    def preprocess_spec(self) -> dict | None: ...
 
     def display_image(self, image: torch.Tensor) -> torch.Tensor: ...
 

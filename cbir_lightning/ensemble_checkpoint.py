@@ -14,6 +14,7 @@ import torch
 from cbir_lightning.atomic import atomic_file
 from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
 from cbir_lightning.errors import CbirError
+from cbir_lightning.model_file import RECORD_KEY
 from cbir_lightning.models.siamese_module import SiameseModule
 
 ENSEMBLE_NET = "cbir_lightning.models.EnsembleNet"
@@ -80,6 +81,8 @@ def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = Fa
         "datamodule_hyper_parameters": dict(first.datamodule_args),
         "ensemble_members": [{"path": os.path.relpath(m.path, out.parent), **m.identity} for m in members],
     }
+    if RECORD_KEY in first.contents:  # the members read images alike: the first's preprocessing
+        contents[RECORD_KEY] = first.contents[RECORD_KEY]
     with atomic_file(out) as tmp:
         torch.save(contents, tmp)
     return out

@@ -57,6 +57,11 @@ class RetrievalDataModule(pl.LightningDataModule, ABC):
         """Images and matching pairs for learning whitening; None: this data set has none."""
         return None
 
+    def preprocess_spec(self) -> dict | None:
+        """``eval_transform`` as data (a spec of ``cbir_lightning.export.preprocess``), so a model file or
+        an ONNX export embeds without this DataModule; None: it cannot be described (the default)."""
+        return None
+
     # cached features (``cbir_lightning.callbacks.FeatureCache``): a DataModule that can serve them
     # implements ``view_source`` and asks ``cached(split)`` in its loaders (``contracts.FeatureData``)
     features = None  # what gives the cached views (``CachedFeatures``), or None: images

@@ -99,6 +99,19 @@ class LabelledImagesDataModule(RetrievalDataModule):
         x = to_uint8(image.convert(self.mode), hp.image_size, self.resize).float().div(255)
         return normalize(x, hp.mean, hp.std) if hp.mean is not None else x
 
+    def preprocess_spec(self) -> dict:
+        """``eval_transform`` as data: ``mode``, ``resize`` to ``image_size``, ``mean``/``std`` if set."""
+        hp = self.hparams
+        normalised = hp.mean is not None
+        return {
+            "mode": self.mode,
+            "invert": False,
+            "resize": self.resize,
+            "size": int(hp.image_size),
+            "mean": [float(v) for v in hp.mean] if normalised else None,
+            "std": [float(v) for v in hp.std] if normalised else None,
+        }
+
     def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
         """Training images (evaluation transform) and up to ``whitening_pairs`` same-class pairs."""
         self.setup("fit")

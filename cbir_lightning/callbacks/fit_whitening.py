@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 
+from cbir_lightning.callbacks.model_file import ModelFileWriter
+
 
 class FitWhitening(Callback):
     """Args:
@@ -37,3 +39,6 @@ class FitWhitening(Callback):
             )
             rank_zero_info(f"FitWhitening: {self.summary}")
         trainer.strategy.barrier("fit_whitening")
+        for callback in trainer.callbacks:  # a model file written before the whitening: again, with it
+            if isinstance(callback, ModelFileWriter) and callback.ran:
+                callback.write(trainer)

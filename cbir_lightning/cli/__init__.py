@@ -31,6 +31,7 @@ TOOL_COMMANDS = {
     "recommend": "cbir_lightning.cli.search_commands:recommend",
     "serve": "cbir_lightning.cli.search_commands:serve",
     "export": "cbir_lightning.cli.commands:export",
+    "convert": "cbir_lightning.cli.search_commands:convert",
     "evaluate": "cbir_lightning.cli.evaluate:evaluate",
     "oneshot": "cbir_lightning.cli.commands:oneshot",
     "ensemble": "cbir_lightning.cli.commands:ensemble",
@@ -86,7 +87,7 @@ def _main(args: list[str]) -> None:
 
             args = as_validate(args)
         if args[0] in TOOL_COMMANDS:
-            from cbir_lightning.cli.commands import run_tool_command
+            from cbir_lightning.cli.dispatch import run_tool_command
 
             interruptible()
             run_tool_command(args)

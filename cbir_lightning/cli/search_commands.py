@@ -1,5 +1,6 @@
-"""``index``, ``search``, ``recommend``, ``serve``: image search over a folder with a trained checkpoint
-(or its ONNX export, ``--model``, or a config's own model, ``--config``)."""
+"""``index``, ``search``, ``recommend``, ``serve``: image search over a folder with a trained checkpoint or
+model file (or its ONNX export, ``--model``, or a config's own model, ``--config``); ``convert``: a
+checkpoint to a model file."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def index(
     """Embed every jpg/png/webp below --images into the index folder --out (incremental, atomic).
 
     Args:
-        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is applied).
+        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is applied), or a
+            model file (``best.model`` of a fit, ``cbir-lightning convert``: no DataModule is rebuilt).
         model: instead of ``--ckpt``, an ONNX file written by ``cbir-lightning export``, run with ONNX
-            Runtime on the CPU (no checkpoint needed; ``--devices``/``--strategy`` do not apply).
+            Runtime on the CPU (no checkpoint needed; ``--devices``/``--strategy`` do not apply); a model
+            file given here is used as with ``--ckpt``.
         images: folder searched recursively.
         out: index folder: new, empty or an existing index (any other folder, or one inside ``images``, is
             refused; only version folders written by this command are ever deleted, and the previous
@@ -55,6 +58,7 @@ def index(
     """
     from cbir_lightning.api import Index
     from cbir_lightning.errors import CbirError
+    from cbir_lightning.model_file import is_model_file
 
     if config_file is not None:
         if ckpt is not None or model is not None:
@@ -64,6 +68,8 @@ def index(
         ckpt = str(config_checkpoint(config_file))
         print(f"model of {config_file}: {ckpt}")
     options = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
+    if model is not None and is_model_file(model):  # a model file: as --ckpt, Lightning's loop
+        ckpt, model = model, None
     if model is not None:
         if (devices, strategy, num_nodes) != (1, "auto", 1) or accelerator not in ("auto", "cpu"):
             raise CbirError(
@@ -112,7 +118,7 @@ def search(
             ``diffusion``, applied to the first 100 results.
         sheet: also write a contact sheet (query + results with scores; ``.jpg``/``.jpeg``: JPEG, otherwise
             PNG).
-        ckpt: the index's checkpoint at another path (must be the same model).
+        ckpt: the index's checkpoint at another path, or its model file (must be the same model).
         model: the index's ONNX model (``cbir-lightning export``) at another path, or an export of the
             index's checkpoint (same whitening), run with ONNX Runtime.
     """
@@ -149,7 +155,7 @@ def recommend(
         image: the item to recommend for.
         top_k: number of recommendations (``--top-k``).
         duplicate_threshold: results scoring at least this are near duplicates (``--duplicate-threshold``).
-        ckpt: the index's checkpoint at another path (must be the same model).
+        ckpt: the index's checkpoint at another path, or its model file (must be the same model).
         model: the index's ONNX model at another path, or an export of its checkpoint (see ``search``).
         sheet: also write a contact sheet (the image + its recommendations with scores; ``.jpg``/``.jpeg``:
             JPEG, otherwise PNG).
@@ -269,3 +275,29 @@ def serve_token(token: str | None, token_file: str | None) -> str | None:
             raise CbirError(f"--token-file {token_file} is empty; put the token on its first line")
         return lines[0].strip()
     return os.environ.get(TOKEN_ENV) or None
+
+
+def convert(ckpt: str, out: str) -> dict:
+    """Convert a checkpoint and its whitening file to one model file for index/search (no DataModule).
+
+    The model file holds the module's class, arguments and weights, the preprocessing as data, the
+    whitening, the similarity and the checkpoint's identity (indexes built from the checkpoint stay
+    valid); ``fit`` writes one itself (``checkpoints/best.model``). Prints JSON (model_file, checkpoint,
+    dim, similarity, whitening).
+
+    Args:
+        ckpt: checkpoint written by ``cbir-lightning fit`` (older ones too: their DataModule gives the
+            preprocessing).
+        out: the model file to write (e.g. ``model.cbir``).
+    """
+    from cbir_lightning.model_file import ModelFile
+
+    model_file = ModelFile.from_checkpoint(ckpt)
+    written = model_file.save(out)
+    return {
+        "model_file": str(written),
+        "checkpoint": str(Path(ckpt).resolve()),
+        "dim": model_file.dim,
+        "similarity": model_file.similarity,
+        "whitening": model_file.whitening is not None,
+    }

@@ -1,16 +1,25 @@
-"""``cbir-lightning whiten``: fit learned (Lw) or PCA whitening for a checkpoint and save it beside it."""
+"""``cbir-lightning whiten``: fit learned (Lw) or PCA whitening for a checkpoint, save it beside it and
+write the checkpoint's model file with the whitening inside."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def whiten(
-    ckpt: str, config_file: str, kind: str = "lw", dim: int | None = None, batch_size: int = 128
+    ckpt: str,
+    config_file: str,
+    kind: str = "lw",
+    dim: int | None = None,
+    batch_size: int = 128,
+    out: str | None = None,
 ) -> dict:
-    """Fit learned (Lw) or PCA whitening for a checkpoint, saved beside it as CKPT.whitening.pt.
+    """Fit learned (Lw) or PCA whitening for a checkpoint: CKPT.whitening.pt and a model file with it.
 
     The descriptors are the checkpoint's embeddings of the config DataModule's ``whitening_data()``
-    (training images and matching pairs); the file is applied at evaluation. Prints JSON (whitening,
-    kind, dim, input_dim, images, pairs).
+    (training images and matching pairs); the file is applied at evaluation, and a model file with the
+    whitening inside is written for index/search. Prints JSON (whitening, model_file, kind, dim,
+    input_dim, images, pairs).
 
     Args:
         ckpt: checkpoint written by ``cbir-lightning fit``.
@@ -19,10 +28,12 @@ def whiten(
         kind: ``lw`` (learned from matching pairs) or ``pca``.
         dim: output dimension (leading components); default: the descriptor size.
         batch_size: images embedded at a time.
+        out: the model file to write; default: the checkpoint's path with the suffix ``.model``.
     """
     from cbir_lightning.checkpoints import load_module
     from cbir_lightning.cli.evaluate import datamodule_from_config
     from cbir_lightning.errors import CbirError
+    from cbir_lightning.model_file import ModelFile
     from cbir_lightning.whitening.fit import fit_and_save
     from cbir_lightning.whitening.functional import KINDS
 
@@ -30,4 +41,6 @@ def whiten(
         raise CbirError(f"unknown whitening kind {kind!r}; choose lw or pca")
     module = load_module(ckpt)
     datamodule = datamodule_from_config(config_file)
-    return {**fit_and_save(module, ckpt, datamodule, kind, dim, batch_size), "checkpoint": ckpt}
+    summary = fit_and_save(module, ckpt, datamodule, kind, dim, batch_size)
+    model_file = ModelFile.from_checkpoint(ckpt).save(out or Path(ckpt).with_suffix(".model"))
+    return {**summary, "model_file": str(model_file), "checkpoint": ckpt}

@@ -11,8 +11,9 @@ A spec is ``{"mode": "L"|"RGB", "invert": bool, "resize": "area"|"bilinear"|"cen
 * ``fit``: PIL LANCZOS thumbnail within ``S x S``, aspect kept (``PhotoTransform(keep_aspect=True)``:
   landmarks, SfM), so the tensor's height and width vary.
 
-``spec_of_datamodule`` derives the spec from a DataModule and ``check_spec`` proves, on synthetic images,
-that ``preprocess`` gives exactly what the DataModule's ``eval_transform`` gives.
+A DataModule gives its spec (``preprocess_spec()``, read by ``spec_of_datamodule``) and ``check_spec``
+proves, on synthetic images, that ``preprocess`` gives exactly what the DataModule's ``eval_transform``
+gives.
 """
 
 from __future__ import annotations
@@ -28,48 +29,15 @@ RESIZES = ("area", "bilinear", "centre_square", "fit")
 
 
 def spec_of_datamodule(datamodule) -> dict:
-    """The preprocessing spec of a DataModule's ``eval_transform``; CbirError if there is no recipe for it."""
-    from data_modules.labelled_images import LabelledImagesDataModule
-    from data_modules.landmarks import LandmarksTestDataModule
-    from data_modules.omniglot import OmniglotDataModule
-    from data_modules.photo_collection import PhotoCollectionDataModule
-    from data_modules.sfm import SfMPairsDataModule
-    from data_modules.transforms.photos import PhotoTransform
-
-    def photo(transform: PhotoTransform, resize: str) -> dict:
-        return {
-            "mode": "RGB",
-            "invert": False,
-            "resize": resize,
-            "size": int(transform.image_size),
-            "mean": [float(v) for v in transform.mean],
-            "std": [float(v) for v in transform.std],
-        }
-
-    if isinstance(datamodule, OmniglotDataModule):
-        size = int(datamodule.hparams.image_size)
-        return {"mode": "L", "invert": True, "resize": "area", "size": size, "mean": None, "std": None}
-    if isinstance(datamodule, LabelledImagesDataModule):
-        hp = datamodule.hparams
-        mean = None if hp.mean is None else [float(v) for v in hp.mean]
-        std = None if hp.mean is None else [float(v) for v in hp.std]
-        return {
-            "mode": datamodule.mode,
-            "invert": False,
-            "resize": datamodule.resize,
-            "size": int(hp.image_size),
-            "mean": mean,
-            "std": std,
-        }
-    if isinstance(datamodule, PhotoCollectionDataModule):
-        return photo(datamodule.view.to_tensor, "centre_square")
-    if isinstance(datamodule, (LandmarksTestDataModule, SfMPairsDataModule)):
-        transform = datamodule.transform
-        return photo(transform, "fit" if transform.keep_aspect else "bilinear")
-    raise CbirError(
-        f"no ONNX preprocessing recipe for {type(datamodule).__name__}.eval_transform; export supports the "
-        "Omniglot, CIFAR-10, Stanford Dogs, photo collection, landmarks and SfM DataModules"
-    )
+    """The preprocessing spec of a DataModule's ``eval_transform`` (its ``preprocess_spec()``, see
+    :class:`~cbir_lightning.contracts.RetrievalData`); CbirError if it has none."""
+    spec = getattr(datamodule, "preprocess_spec", lambda: None)()
+    if spec is None:
+        raise CbirError(
+            f"{type(datamodule).__name__} does not describe its eval_transform (preprocess_spec() is None); "
+            "it cannot be exported or written to a model file"
+        )
+    return spec
 
 
 def _area_uint8(pixels: torch.Tensor, size: int) -> torch.Tensor:

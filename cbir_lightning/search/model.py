@@ -12,7 +12,8 @@ from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
 from cbir_lightning.contracts import RetrievalData
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import model_device
-from cbir_lightning.whitening import apply_whitening, load_whitening
+from cbir_lightning.model_file import ModelFile, is_model_file
+from cbir_lightning.whitening import apply_whitening
 
 
 def whiten(x: Tensor, whitening: dict | None) -> Tensor:
@@ -38,7 +39,8 @@ def datamodule_from_checkpoint(ckpt: str | Path | Checkpoint):
 
 @dataclass
 class SearchModel:
-    """What embedding an image needs, and how the index scores it."""
+    """What embedding an image needs, and how the index scores it: a model file's module, preprocessing
+    and whitening (a checkpoint is converted in memory, ``ModelFile.from_checkpoint``)."""
 
     checkpoint: Path
     module: torch.nn.Module
@@ -47,20 +49,36 @@ class SearchModel:
     whitening_file: Path | None
     identity: dict
     is_onnx: bool = field(default=False, init=False)  # OnnxSearchModel says True
-    decode_size: int | None = None  # the DataModule's image_size: large JPEGs are decoded reduced to it
+    decode_size: int | None = None  # the preprocessing's size: large JPEGs are decoded reduced to it
+    whitening_sha256: str | None = None  # of the whitening file it came from (what an index records)
 
     @classmethod
-    def load(cls, ckpt: str | Path | Checkpoint) -> SearchModel:
-        """The model of checkpoint ``ckpt`` (a path, or a checkpoint already read), read once."""
-        checkpoint = ckpt if isinstance(ckpt, Checkpoint) else read_checkpoint(Path(ckpt).resolve())
-        module = checkpoint.module()
-        datamodule = datamodule_from_checkpoint(checkpoint)
-        wfile = checkpoint.whitening_file
-        whitening = load_whitening(wfile) if wfile is not None else None
-        size = getattr(datamodule, "hparams", {}).get("image_size")
-        size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
-        model = cls(checkpoint.path, module, datamodule.eval_transform, whitening, wfile, checkpoint.identity)
-        model.decode_size = size
+    def load(cls, model: str | Path | Checkpoint | ModelFile) -> SearchModel:
+        """The model of a model file or a checkpoint (a path, told apart by the model file's marker, or
+        one already read); no DataModule is rebuilt when the file or checkpoint records the
+        preprocessing."""
+        if isinstance(model, (str, Path)):
+            path = Path(model).resolve()
+            model = ModelFile.load(path) if is_model_file(path) else read_checkpoint(path)
+        if isinstance(model, Checkpoint):
+            model = ModelFile.from_checkpoint(model)
+        return cls.from_model_file(model)
+
+    @classmethod
+    def from_model_file(cls, model_file: ModelFile) -> SearchModel:
+        """The search model of a model file (its path is what an index records)."""
+        wfile = model_file.provenance.get("whitening_file") if model_file.whitening is not None else None
+        path = model_file.path if model_file.path is not None else Path("<model file>")
+        model = cls(
+            path,
+            model_file.module(),
+            model_file.transform,
+            model_file.whitening,
+            Path(wfile) if wfile else path,
+            model_file.identity,
+        )
+        model.decode_size = model_file.decode_size
+        model.whitening_sha256 = model_file.whitening_sha256
         return model
 
     def describe_whitening(self) -> dict | None:
@@ -68,11 +86,10 @@ class SearchModel:
             return None
         from cbir_lightning.search.files import file_sha256
 
-        return {
-            "file": str(self.whitening_file),
-            "kind": str(self.whitening.get("kind")),
-            "sha256": file_sha256(self.whitening_file),
-        }
+        sha256 = self.whitening_sha256
+        if sha256 is None:
+            sha256 = file_sha256(self.whitening_file)
+        return {"file": str(self.whitening_file), "kind": str(self.whitening.get("kind")), "sha256": sha256}
 
     def post_process(self, embeddings: Tensor) -> Tensor:
         """Raw module embeddings -> index vectors (whitened if a whitening file is beside the checkpoint)."""

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cbir_lightning.checkpoints import read_checkpoint
 from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import check_reranker, rerank_scores
 from cbir_lightning.retrieval.approximate import set_params
@@ -113,7 +112,7 @@ class SearchIndex:
                 f"checkpoint {ckpt} of index {self.path} not found; pass the index's checkpoint with --ckpt "
                 "or rebuild the index"
             )
-        return self.check_model(SearchModel.load(read_checkpoint(ckpt.resolve())))
+        return self.check_model(SearchModel.load(ckpt.resolve()))
 
     def check_model(self, model):
         """``model`` (a :class:`SearchModel` or an ONNX export's model) if it is the one the index was built

@@ -82,6 +82,10 @@ class LandmarksTestDataModule(RetrievalDataModule):
     def eval_transform(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 
+    def preprocess_spec(self) -> dict:
+        """``eval_transform`` as data: the photo transform's resize and ImageNet normalisation."""
+        return self.transform.preprocess_spec()
+
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return

@@ -188,6 +188,11 @@ class OmniglotDataModule(RetrievalDataModule):
         gray = torch.from_numpy(np.invert(np.asarray(image.convert("L"))))[None, None]
         return resize_uint8(gray, self.hparams.image_size)[0].float().div(255)
 
+    def preprocess_spec(self) -> dict:
+        """``eval_transform`` as data: grayscale, inverted, area-resized, unnormalised."""
+        size = int(self.hparams.image_size)
+        return {"mode": "L", "invert": True, "resize": "area", "size": size, "mean": None, "std": None}
+
     def display_image(self, image: torch.Tensor) -> torch.Tensor:
         """An evaluation tensor (ink bright) -> uint8 RGB ``[3, S, S]``, ink dark on white as drawn."""
         return display_pixels(1 - image)

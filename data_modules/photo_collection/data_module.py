@@ -223,6 +223,10 @@ class PhotoCollectionDataModule(RetrievalDataModule):
         """Any photo as the evaluation loader gives it: centre square of ``image_size``, normalised."""
         return self.view(image)
 
+    def preprocess_spec(self) -> dict:
+        """``eval_transform`` as data: centre square of ``image_size``, normalised."""
+        return self.view.to_tensor.preprocess_spec("centre_square")
+
     def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
         """Training photos (evaluation view) and up to ``whitening_pairs`` same-class pairs."""
         paths, labels, boxes = self._subset(False)

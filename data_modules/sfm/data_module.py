@@ -82,6 +82,10 @@ class SfMPairsDataModule(RetrievalDataModule):
         """The tensor the validation loader gives for ``image`` (resize, ImageNet normalisation)."""
         return self.transform(image)
 
+    def preprocess_spec(self) -> dict:
+        """``eval_transform`` as data: the photo transform's resize and ImageNet normalisation."""
+        return self.transform.preprocess_spec()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_split is not None:
             return

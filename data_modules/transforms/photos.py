@@ -43,6 +43,18 @@ class PhotoTransform:
         self.image_size, self.keep_aspect = int(image_size), keep_aspect
         self.mean, self.std = tuple(mean), tuple(std)
 
+    def preprocess_spec(self, resize: str | None = None) -> dict:
+        """This transform as a preprocessing spec (``cbir_lightning.export.preprocess``): ``resize`` names
+        the resize (default ``fit`` when the aspect is kept, else ``bilinear``)."""
+        return {
+            "mode": "RGB",
+            "invert": False,
+            "resize": resize or ("fit" if self.keep_aspect else "bilinear"),
+            "size": int(self.image_size),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+        }
+
     def resize(self, image: Image.Image) -> Image.Image:
         image = image.convert("RGB")
         if self.keep_aspect:

@@ -8,6 +8,7 @@ import contextlib
 import io
 import re
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -132,7 +133,8 @@ def test_an_embedder_opens_an_index_as_loaded_and_another_model_is_refused(work,
     reads = []
     for path in (work / "model.ckpt", work / "model.onnx"):
         embedder = Embedder.load(path)
-        monkeypatch.setattr(query_module, "read_checkpoint", lambda *a: reads.append(a))  # must not be called
+        not_loaded = SimpleNamespace(load=lambda *a: reads.append(a))  # the model must not be read again
+        monkeypatch.setattr(query_module, "SearchModel", not_loaded)
         index = Index.open(cli_index, embedder)
         assert index.embedder is embedder and not reads
         assert index.search(work / "photos" / "a.jpg", k=1)[0].path.endswith("a.jpg")

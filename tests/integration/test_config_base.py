@@ -144,7 +144,7 @@ def test_run_folder_config_is_the_whole_config(tiny_run):
     assert trainer["logger"]["init_args"]["project"] == "cbir_lightning"
     assert trainer["logger"]["init_args"]["save_dir"] == "runs/omniglot_koch"
     filenames = [c["init_args"].get("filename") for c in trainer["callbacks"]]
-    assert filenames == [None, "best-{epoch:02d}", "last", "metrics.jsonl"]
+    assert filenames == [None, "best-{epoch:02d}", "last", "metrics.jsonl", "best.model"]
 
 
 @pytest.mark.parametrize(

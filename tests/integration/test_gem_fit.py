@@ -1,7 +1,10 @@
 """One tiny end-to-end ``fit`` of configs/omniglot_gem.yaml through the CLI (GeM net, PML loss, learned
-whitening fitted after training and applied by the final validation), then ``whiten --kind pca``."""
+whitening fitted after training and applied by the final validation, and inside ``best.model``), then
+``whiten --kind pca`` (and its model file)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli import main
 from cbir_lightning.cli.config_files import read_config
 from cbir_lightning.metrics import retrieval_metrics
+from cbir_lightning.model_file import ModelFile
 from cbir_lightning.whitening import apply_whitening, load_whitening, whitening_path
 from data_modules import OmniglotDataModule
 
@@ -47,6 +51,9 @@ def test_omniglot_gem_fit_whitening_and_whiten_command(tmp_path, omniglot_root, 
     assert whitening_path(ckpt).is_file()
     lw = load_whitening(whitening_path(ckpt))
     assert lw["kind"] == "lw" and lw["projection"].shape == (512, 512)
+    written = ModelFile.load(Path(ckpt).parent / "best.model")  # written again once the Lw file was
+    assert written.whitening is not None and torch.equal(written.whitening["projection"], lw["projection"])
+    assert written.similarity == "dot" and written.dim == 512
 
     # the final validation applied the Lw file: recompute its mAP here with and without it
     module = load_module(ckpt)
@@ -64,6 +71,8 @@ def test_omniglot_gem_fit_whitening_and_whiten_command(tmp_path, omniglot_root, 
     assert out["kind"] == "pca" and out["dim"] == 16 and out["input_dim"] == 512
     pca = load_whitening(whitening_path(ckpt))
     assert pca["projection"].shape == (16, 512)
+    assert out["model_file"] == str(Path(ckpt).with_suffix(".model"))
+    assert torch.equal(ModelFile.load(out["model_file"]).whitening["projection"], pca["projection"])
     # PCA whitening of the training descriptors: identity covariance (before the L2 normalisation)
     datamodule = OmniglotDataModule(**{k: v for k, v in data_args.items() if k != "seed"})
     train, _ = datamodule.whitening_data()

@@ -112,3 +112,24 @@ def test_legacy_checkpoint_evaluates_as_before(name, tmp_path):
             pytest.skip(f"shared data {path.format(shared=SHARED)} not found")
     for command in entry["commands"]:  # in order: search reads the index written before it
         check(command, run(substitute(command["args"], tmp_path), cwd=tmp_path), tmp_path)
+
+
+def test_legacy_checkpoint_converted_to_a_model_file_indexes_and_searches_as_before(tmp_path):
+    """``cbir-lightning convert`` of the GeM fixture (whitening file beside it); ``index --ckpt`` of the
+    model file gives the recorded vectors and ``search`` the recorded results, without its DataModule."""
+    entry = CHECKPOINTS["gem_wikiart"]
+    needed = {a for c in entry["commands"] for a in c["args"] if a.startswith("{shared}/")}
+    if not all(Path(p.format(shared=SHARED)).exists() for p in needed):
+        pytest.skip("shared data for gem_wikiart not found")
+    model_file = tmp_path / "gem.cbir"
+    proc = run(
+        ["convert", "--ckpt", str(FIXTURES / "gem_wikiart" / "model.ckpt"), "--out", str(model_file)],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert last_json(proc.stdout)["whitening"] is True
+    ckpt = "{fixtures}/gem_wikiart/model.ckpt"
+    for command in entry["commands"]:
+        if command["kind"] in ("index", "search"):
+            args = [str(model_file) if a == ckpt else a for a in command["args"]]
+            check(command, run(substitute(args, tmp_path), cwd=tmp_path), tmp_path)

@@ -74,7 +74,8 @@ def test_bad_embedder_input_is_one_line(embedder, tmp_path):
     one_line_error(lambda: Embedder.load(tmp_path / "none.ckpt"), "not found")
     one_line_error(lambda: Embedder.load(tmp_path / "none.onnx"), "not found")
     one_line_error(
-        lambda: Embedder.load(tmp_path / "model.bin"), r"must be a checkpoint \(\.ckpt\) or an ONNX"
+        lambda: Embedder.load(tmp_path / "model.bin"),
+        r"must be a checkpoint \(\.ckpt\), a model file .* or an ONNX",
     )
     c, h, w = embedder.input_shape
     assert (c, h, w) == (3, 64, 64)

@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from cbir_lightning.cli import LIGHTNING_COMMANDS, TOOL_COMMANDS
-from cbir_lightning.cli.commands import tool_function
+from cbir_lightning.cli.dispatch import tool_function
 from cbir_lightning.cli.overview import command_lines, overview, unknown_command
 
 
