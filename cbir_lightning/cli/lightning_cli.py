@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 import yaml
 from jsonargparse import set_parsing_settings
 from lightning_fabric.plugins import CheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 
@@ -221,8 +221,13 @@ class CbirCLI(LightningCLI):
         """Every ``fit`` stops at its first non-finite training loss (``StopOnNonFinite``) and keeps the
         global random generators in its checkpoints (``RandomState``: a resumed run draws what the
         uninterrupted one drew); every checkpoint is written atomically in its folder, a failed write is
-        one line (``AtomicCheckpointIO``, unless the config names another CheckpointIO)."""
+        one line (``AtomicCheckpointIO``, unless the config names another CheckpointIO); the progress bar
+        is tqdm's unless the config names one."""
         listed = [*_as_list(config.get("callbacks")), *callbacks]
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in listed
+        ):  # tqdm's bar whether or not `rich` is installed (Lightning picks Rich's when it is)
+            callbacks = [*callbacks, TQDMProgressBar()]
         if self.subcommand == "fit":
             for kind in (StopOnNonFinite, RandomState):
                 if not any(isinstance(c, kind) for c in listed):

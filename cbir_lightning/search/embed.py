@@ -115,6 +115,9 @@ def predict_embeddings(
         "enable_checkpointing": False,
         **(trainer_options or {}),
     }
+    if options.get("enable_progress_bar", True) and "callbacks" not in options:
+        # tqdm's bar whether or not `rich` is installed (Lightning picks Rich's when it is): the same output
+        options["callbacks"] = [pl.callbacks.TQDMProgressBar()]
     trainer = pl.Trainer(**options)
     outputs = trainer.predict(module, loader) or []
     parts = [(o["embeddings"].float().cpu(), o["labels"].cpu(), o["indices"].cpu()) for o in outputs]
