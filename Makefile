@@ -99,7 +99,7 @@ TEST_WORKERS ?= 2
 test: venv chromium docs
 	@$(BIN)/lint-imports --no-cache > .lint-imports.log 2>&1 || { cat .lint-imports.log; echo "lint-imports: a layer contract is broken (pyproject.toml [tool.importlinter])"; exit 1; }
 	@echo "lint-imports: $$(grep -c KEPT .lint-imports.log) layer contracts kept"; rm -f .lint-imports.log
-	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15; rc=$$?; \
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$rc
 
 # The fast tier: every test outside tests/integration/ (no CLI subprocesses, fits, DDP, notebook, benchmarks).
@@ -126,6 +126,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 bench: venv data
+	$(BIN)/python -m pytest -q -m slow  # the benchmark scripts' slow end-to-end checks (kept out of make test)
 	$(BIN)/python benchmarks/lightning_overhead.py
 
 clean:

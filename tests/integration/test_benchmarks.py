@@ -91,6 +91,7 @@ def test_rerank_map_prints_emh_map_per_reranker(tmp_path):
         assert all(0 < v <= 1 for v in result[name].values())
 
 
+@pytest.mark.slow
 def test_oneshot_loao_prints_a_line_per_fold_and_the_summary(omniglot_root, tmp_path):
     from helpers.cli import TINY_ARGS
 
