@@ -7,8 +7,9 @@ held-out classes against all the others (relevant = same label), the metric-lear
 classes never seen in training (:mod:`data_modules.photo_collection.files` for the split).
 
 Photos are seen square: for evaluation the shorter side is resized to ``image_size`` and the centre
-cropped; for training a random resized crop and a flip. Tensors are normalised with ``mean``/``std``
-(ImageNet's by default, what pretrained backbones expect).
+cropped (``resize: crop``), or the whole photo (its box where it has one) is resized to the square
+(``resize: squash``, nothing cut off); for training a random resized crop and a flip. Tensors are
+normalised with ``mean``/``std`` (ImageNet's by default, what pretrained backbones expect).
 """
 
 from __future__ import annotations
@@ -48,15 +49,32 @@ def centre_square(image: Image.Image, size: int) -> Image.Image:
     return image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, box=box)
 
 
-class SquareView:
-    """PIL image -> ``centre_square`` -> normalised tensor (picklable for DataLoader workers)."""
+def squashed(image: Image.Image, size: int) -> Image.Image:
+    """The whole image resized to ``size`` x ``size`` (bilinear; the aspect ratio is not kept)."""
+    return image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.image_size = int(image_size)
+
+RESIZES = {"crop": (centre_square, "centre_square"), "squash": (squashed, "bilinear")}
+
+
+class SquareView:
+    """PIL image -> square (``resize``: ``crop`` the centre square, or ``squash`` the whole image) ->
+    normalised tensor (picklable for DataLoader workers)."""
+
+    def __init__(
+        self, image_size: int, mean: Sequence[float], std: Sequence[float], resize: str = "crop"
+    ) -> None:
+        if resize not in RESIZES:
+            raise CbirError(f"resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+        self.image_size, self.resize = int(image_size), resize
         self.to_tensor = PhotoTransform(image_size, keep_aspect=False, mean=mean, std=std)
 
     def view(self, image: Image.Image) -> Image.Image:
-        return centre_square(image, self.image_size)
+        return RESIZES[self.resize][0](image, self.image_size)
+
+    def preprocess_spec(self) -> dict:
+        """``__call__`` as a preprocessing spec (``cbir_lightning.export.preprocess``)."""
+        return self.to_tensor.preprocess_spec(RESIZES[self.resize][1])
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.to_tensor(self.view(image))
@@ -76,6 +94,9 @@ class PhotoCollectionDataModule(RetrievalDataModule):
     held_out_classes: evaluation classes (groups): a count, a fraction in (0, 1), or a list of names.
     split_seed: which classes are held out; null: the last ones in sorted order.
     image_size: side of the square photos.
+    resize: how a photo (or its box) becomes the evaluation square: ``crop``, the shorter side to
+        ``image_size`` and the centre square; ``squash``, the whole photo resized to the square (aspect not
+        kept, nothing cut off: better where a box frames the object, as the Stanford Dogs boxes).
     classes_per_batch / samples_per_class / epoch_length / augment: training class batches.
     mean / std: normalisation (ImageNet's by default).
     whitening_pairs: same-class training pairs offered for learned whitening.
@@ -95,6 +116,7 @@ class PhotoCollectionDataModule(RetrievalDataModule):
         held_out_classes: float | list[str] = 0.25,
         split_seed: int | None = 0,
         image_size: int = 224,
+        resize: str = "crop",
         classes_per_batch: int = 16,
         samples_per_class: int = 2,
         epoch_length: int = 100,
@@ -115,7 +137,7 @@ class PhotoCollectionDataModule(RetrievalDataModule):
         check_sampling("class_batches", classes_per_batch, samples_per_class)
         if (len(mean), len(std)) != (3, 3):
             raise CbirError("mean and std must be 3 numbers each (R, G, B)")
-        self.view = SquareView(image_size, mean, std)
+        self.view = SquareView(image_size, mean, std, resize)
         self.mean, self.std = mean, std
         self.collection: Collection | None = None
         self.is_eval: torch.Tensor | None = None
@@ -172,7 +194,7 @@ class PhotoCollectionDataModule(RetrievalDataModule):
         paths, labels, boxes = self._subset(split == "eval")
         hp = self.hparams
         recipe = {
-            "photos": "centre_square",
+            "photos": RESIZES[hp.resize][1],
             "size": hp.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -220,12 +242,12 @@ class PhotoCollectionDataModule(RetrievalDataModule):
         return self.val_dataloader()
 
     def eval_transform(self, image: Image.Image) -> torch.Tensor:
-        """Any photo as the evaluation loader gives it: centre square of ``image_size``, normalised."""
+        """Any photo as the evaluation loader gives it: its ``image_size`` square (``resize``), normalised."""
         return self.view(image)
 
     def preprocess_spec(self) -> dict:
-        """``eval_transform`` as data: centre square of ``image_size``, normalised."""
-        return self.view.to_tensor.preprocess_spec("centre_square")
+        """``eval_transform`` as data: the ``image_size`` square (``resize``), normalised."""
+        return self.view.preprocess_spec()
 
     def whitening_data(self) -> tuple[Dataset, torch.Tensor]:
         """Training photos (evaluation view) and up to ``whitening_pairs`` same-class pairs."""
