@@ -137,6 +137,12 @@ class SearchModel:
         with torch.no_grad():
             return self.module.similarity(queries.float(), database.float()).double()
 
+    @property
+    def embedding_model(self) -> torch.nn.Module:
+        """What :func:`~cbir_lightning.inference.embed_dataset` embeds batches with: the module (its
+        ``embed``; ``post_process`` then gives the index vectors)."""
+        return self.module
+
     def embed(self, images: Tensor) -> Tensor:
         """Preprocessed images ``[n, C, H, W]`` (on any device) -> index vectors ``[n, D]`` on the CPU: the
         module's ``embed`` on its own device, then ``post_process``."""
