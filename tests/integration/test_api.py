@@ -89,7 +89,7 @@ def test_checkpoint_and_onnx_embed_alike_and_as_the_index_does(work, cli_index):
     a, b = by_ckpt.embed(files, batch_size=7), by_onnx.embed(files, batch_size=5)
     assert a.shape == (20, 32) and a.dtype == torch.float32
     assert (a - b).abs().max() <= 1e-4
-    # the vectors `index` stores (Lightning's predict loop, whitening applied)
+    # the vectors `index` stores (inference.embed_dataset, whitening applied)
     index = Index.open(cli_index)
     stored = torch.from_numpy(index.searcher.embeddings)
     assert (by_ckpt.embed(index.paths) - stored).abs().max() <= 1e-5
