@@ -1,6 +1,7 @@
-"""Image search: indexing throughput (images/s through the Lightning predict loop) and search latency
-p50/p95 of ``SearchIndex.search_vectors`` + result paths vs faiss ``IndexFlatIP.search`` directly, on a
-synthetic index of ``--database`` unit vectors (one query at a time, as the CLI and web page search).
+"""Image search: indexing throughput (images/s through ``index``'s route, ``inference.embed_dataset``) and
+search latency p50/p95 of ``SearchIndex.search_vectors`` + result paths vs faiss ``IndexFlatIP.search``
+directly, on a synthetic index of ``--database`` unit vectors (one query at a time, as the CLI and web
+page search).
 
 Prints the measurements, then one JSON line (``ratio_p95`` = ours / faiss; goal <= 1.10).
 

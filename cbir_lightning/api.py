@@ -122,17 +122,17 @@ class Embedder:
 
     def embed(self, images, batch_size: int = 32) -> Tensor:
         """Images (one or a list: paths, PIL images, preprocessed ``[C, H, W]`` / ``[N, C, H, W]`` tensors)
-        -> vectors ``[N, D]`` (float32, CPU), ``batch_size`` images per forward pass."""
-        from cbir_lightning.inference import embed_grouped
+        -> vectors ``[N, D]`` (float32, CPU), ``batch_size`` images per forward pass (grouped by size),
+        through the toolkit's one embedding route (:func:`~cbir_lightning.inference.embed_dataset`) with
+        the model's module or ONNX Runtime session, then its whitening."""
+        from cbir_lightning.inference import embed_dataset
 
         items = self._items(images)
         if not items:
             return torch.zeros(0, self.dim)
-        out = []
-        for start in range(0, len(items), batch_size):
-            tensors = [self._input(item) for item in items[start : start + batch_size]]
-            out.append(embed_grouped(self.model.embed, tensors))
-        return torch.cat(out)
+        inputs = _Inputs(items, self._input)
+        raw = embed_dataset(self.model.embedding_model, inputs, batch_size=batch_size, distributed=False)
+        return self.model.post_process(raw.cpu())
 
     def _items(self, images) -> list:
         """``images`` as a list of single images (a 4-D tensor gives its rows)."""
@@ -171,6 +171,19 @@ class Embedder:
 
     def _input(self, item) -> Tensor:
         return item if isinstance(item, Tensor) else self.preprocess(item)
+
+
+class _Inputs(torch.utils.data.Dataset):
+    """The model inputs ``[C, H, W]`` of a list of images (preprocessed when read)."""
+
+    def __init__(self, items: list, to_input) -> None:
+        self.items, self.to_input = items, to_input
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.to_input(self.items[i])
 
 
 class Result(NamedTuple):
@@ -220,8 +233,9 @@ class Index:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Index | None:
         """Index every jpg/png/webp below ``images`` into the folder ``out`` (as ``cbir-lightning index``:
-        incremental, atomic); ``model`` as in ``open``. ``trainer_options``: Lightning Trainer arguments of
-        the predict loop (checkpoints). ``approximate``: a faiss HNSW / IVF index tuned to reach
+        incremental, atomic); ``model`` as in ``open``. ``trainer_options``: the devices of a checkpoint's or
+        model file's module (Lightning Fabric's ``accelerator``, ``devices``, ``strategy``, ``num_nodes``)
+        and ``enable_progress_bar``. ``approximate``: a faiss HNSW / IVF index tuned to reach
         ``target_recall`` at 10 (``index --approximate``; exact below 10000 images). ``max_pixels``: larger
         images are skipped (``index --max-pixels``). ``index.report`` is the command's JSON; None in a DDP
         worker."""

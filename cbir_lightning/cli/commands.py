@@ -147,17 +147,30 @@ def download(dataset: str, root: str, sets: list[str] | None = None, images: boo
     return {"dataset": dataset, "root": str(Path(root))}
 
 
-def export(ckpt: str, out: str, opset: int = 17) -> dict:
-    """Export a checkpoint's embedder to ONNX, checked against PyTorch (index/search --model).
+def export(out: str, ckpt: str | None = None, model: str | None = None, opset: int = 17) -> dict:
+    """Export a model file's (or a checkpoint's) embedder to ONNX, parity-checked (index/search --model).
 
-    Dynamic batch axis; input size, preprocessing, scoring and whitening in its metadata. Prints JSON with
-    ``max_abs_diff``.
+    Dynamic batch axis; input size, preprocessing (the model file's), scoring and whitening in its
+    metadata. Prints JSON with ``max_abs_diff``.
 
     Args:
-        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is folded in).
         out: the ``.onnx`` file to write (``index``/``search``/``recommend --model``).
+        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is folded in),
+            converted in memory to a model file, or a model file.
+        model: instead of ``--ckpt``, a model file (``best.model`` of a fit, ``cbir-lightning convert``,
+            ``whiten``): exported with its preprocessing and whitening, no DataModule rebuilt.
         opset: ONNX opset version.
     """
     from cbir_lightning.export.onnx_export import export_onnx
+    from cbir_lightning.model_file import is_model_file
 
-    return export_onnx(ckpt, out, opset)
+    if (ckpt is None) == (model is None):
+        raise CbirError("pass exactly one of --ckpt CKPT (a checkpoint) and --model MODEL (a model file)")
+    if model is not None and not is_model_file(model):
+        if not Path(model).is_file():
+            raise CbirError(f"model file {model} not found; write one with `cbir-lightning convert`")
+        raise CbirError(
+            f"--model {model} is not a model file (`cbir-lightning convert` writes one); pass a checkpoint "
+            "as --ckpt"
+        )
+    return export_onnx(ckpt if ckpt is not None else model, out, opset)

@@ -38,8 +38,8 @@ def index(
             version is kept for readers). Unchanged files keep their vectors, deleted ones are dropped;
             files that vanish or change during the run and symlinks out of ``images`` are skipped and listed.
         batch_size: images embedded at a time (grouped by size); a positive number.
-        accelerator: Lightning accelerator for the predict loop (``auto``, ``cpu``, ``gpu``).
-        devices / strategy / num_nodes: Lightning Trainer settings; ``--devices 4 --strategy ddp`` shards
+        accelerator: where the module embeds (``auto``, ``cpu``, ``gpu``; Lightning Fabric).
+        devices / strategy / num_nodes: Lightning Fabric settings; ``--devices 4 --strategy ddp`` shards
             the images over 4 processes (GPUs), and rank 0 gathers the vectors and writes the index.
         approximate: write an approximate faiss index (HNSW below 10^6 images, IVF-Flat above) whose search
             parameter is tuned on a held-out sample of the index to reach ``--target-recall`` at 10; the
@@ -68,7 +68,7 @@ def index(
         ckpt = str(config_checkpoint(config_file))
         print(f"model of {config_file}: {ckpt}")
     options = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
-    if model is not None and is_model_file(model):  # a model file: as --ckpt, Lightning's loop
+    if model is not None and is_model_file(model):  # a model file: as --ckpt (devices apply)
         ckpt, model = model, None
     if model is not None:
         if (devices, strategy, num_nodes) != (1, "auto", 1) or accelerator not in ("auto", "cpu"):

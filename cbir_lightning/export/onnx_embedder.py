@@ -1,8 +1,10 @@
 """``OnnxSearchModel``: an ONNX file written by ``cbir-lightning export``, run by ONNX Runtime on the CPU,
 with what ``index`` / ``search`` / ``recommend`` need from a model (the interface of
 :class:`cbir_lightning.search.model.SearchModel`): ``transform`` (the recorded preprocessing),
-``embed_image``, ``embed_files``, ``post_process``, ``scoring``, ``similarity``, ``identity`` (the file's
-SHA-256) and ``describe_whitening`` (the whitening folded into the graph)."""
+``embed_image``, ``embedding_model`` (what the one embedding route,
+:func:`cbir_lightning.inference.embed_dataset`, runs: this model's ``embed``), ``post_process``,
+``scoring``, ``similarity``, ``identity`` (the file's SHA-256) and ``describe_whitening`` (the whitening
+folded into the graph)."""
 
 from __future__ import annotations
 
@@ -108,6 +110,12 @@ class OnnxSearchModel:
         """The whitening file folded into the graph at export (file, kind, SHA-256), or None."""
         return self.meta.get("whitening")
 
+    @property
+    def embedding_model(self) -> OnnxSearchModel:
+        """What :func:`~cbir_lightning.inference.embed_dataset` embeds batches with: this model's ``embed``
+        (the ONNX Runtime session), the one thing an export changes on the toolkit's embedding route."""
+        return self
+
     def embed(self, images: Tensor) -> Tensor:
         """Preprocessed images ``[n, C, H, W]`` -> index vectors ``[n, D]`` (DSH: the sign of the codes)."""
         x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
@@ -135,18 +143,3 @@ class OnnxSearchModel:
     def embed_image(self, image) -> Tensor:
         """One PIL image -> its index vector ``[1, D]``."""
         return self.embed(self.transform(image)[None])
-
-    def embed_files(
-        self, paths: list[Path], headers: list, batch_size: int = 32, decoding=None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(embeddings [n, D], labels [n] (0 ok, -1 unreadable), indices [n])`` of image files, in order;
-        images of one tensor shape are embedded ``batch_size`` at a time (decoded as ``decoding``, a
-        ``search.files.Decoding``, says; default Pillow's pixel limit, in full)."""
-        from cbir_lightning.search.embed import ImageBatches
-        from cbir_lightning.search.files import FULL
-
-        batches = ImageBatches(paths, headers, self.transform, batch_size, decoding or FULL)
-        parts = [(self.embed(images), labels, indices) for images, labels, indices in batches]
-        embeddings, labels, indices = (torch.cat([p[k] for p in parts]) for k in range(3))
-        order = torch.argsort(indices, stable=True)
-        return embeddings[order], labels[order], indices[order]

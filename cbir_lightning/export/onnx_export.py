@@ -1,17 +1,18 @@
-"""``export_onnx``: a checkpoint's evaluation embedder as an ONNX file that needs neither the checkpoint nor
-its DataModule.
+"""``export_onnx``: a model file's (or a checkpoint's) evaluation embedder as an ONNX file that needs
+neither the model file nor Lightning.
 
 The graph maps images ``[batch, C, H, W]`` (preprocessed as the metadata's ``preprocess`` spec says, see
-:mod:`cbir_lightning.export.preprocess`) to the index vectors the checkpoint gives in ``cbir-lightning
-index``: the module's eval-mode ``embed`` (GeM: its multi-scale combination at ``eval_scales``, pooling and
-whitening layer), then the whitening file beside the checkpoint when there is one. DSH models output their
-relaxed codes (before the sign); the metadata says ``"post": "sign"`` and the embedder applies it. The batch
-axis is dynamic; so are height and width when the preprocessing keeps the aspect ratio (photos).
+:mod:`cbir_lightning.export.preprocess`) to the index vectors the model gives in ``cbir-lightning index``:
+the module's eval-mode ``embed`` (GeM: its multi-scale combination at ``eval_scales``, pooling and
+whitening layer), then the model file's whitening when it has one (a checkpoint's: the whitening file
+beside it). DSH models output their relaxed codes (before the sign); the metadata says ``"post": "sign"``
+and the embedder applies it. The batch axis is dynamic; so are height and width when the preprocessing
+keeps the aspect ratio (photos). The preprocessing is the model file's spec (as data): no DataModule.
 
 The metadata (``metadata_props`` key ``cbir_lightning``, JSON) records: the preprocessing spec, input
 size, channels, dimension, ``post``, ``scoring`` (``{"kind": "dot"}``, ``{"kind": "weighted_l1", "weight",
 "bias"}`` for the Koch net's learned L1 head, or ``{"kind": "hamming", "bits"}`` for DSH codes), the
-whitening file applied, and the source checkpoint with its identity hash.
+whitening applied, and the source model file or checkpoint with its identity hash.
 """
 
 from __future__ import annotations
@@ -136,35 +137,35 @@ def export_graph(
     embedder.eval()  # the exporter restores the mode it found; keep evaluation mode for the checks
 
 
-def export_onnx(ckpt: str | Path, out: str | Path, opset: int = 17, samples: list | None = None) -> dict:
-    """Write the ONNX embedder of checkpoint ``ckpt`` to ``out`` and check it.
+def export_onnx(model, out: str | Path, opset: int = 17, samples: list | None = None) -> dict:
+    """Write the ONNX embedder of ``model`` to ``out`` and check it.
 
-    Guarantees: the preprocessing spec equals the DataModule's ``eval_transform`` on synthetic images; ONNX
-    Runtime's outputs equal PyTorch's to ``PARITY_TOLERANCE`` on random inputs (batches of 1 and 3, a
-    second image size when the spatial axes are dynamic) and on ``samples`` (PIL images, preprocessed),
-    else CbirError and no file is left at ``out``. Returns ``{"onnx", "input_size", "channels",
-    "dimension", "scoring", "max_abs_diff", ...}``.
+    ``model``: a model file (``best.model``, ``cbir-lightning convert``) or a Lightning checkpoint (a path,
+    told apart by the model file's marker; converted in memory by ``ModelFile.from_checkpoint``), or a
+    :class:`~cbir_lightning.model_file.ModelFile`. The preprocessing and the whitening are the model
+    file's: no DataModule is rebuilt (but for a checkpoint that does not record its preprocessing).
+
+    Guarantees: ONNX Runtime's outputs equal PyTorch's to ``PARITY_TOLERANCE`` on random inputs (batches of
+    1 and 3, a second image size when the spatial axes are dynamic) and on ``samples`` (PIL images,
+    preprocessed), else CbirError and no file is left at ``out``. Returns ``{"onnx", "input_size",
+    "channels", "dimension", "scoring", "max_abs_diff", ...}``.
     """
     import onnx
 
-    from cbir_lightning.checkpoints import read_checkpoint
-    from cbir_lightning.export.preprocess import check_spec, preprocess, spec_of_datamodule
-    from cbir_lightning.search.files import file_sha256
-    from cbir_lightning.search.model import datamodule_from_checkpoint
-    from cbir_lightning.whitening import load_whitening
+    from cbir_lightning.export.preprocess import preprocess
+    from cbir_lightning.search.model import describe_whitening, read_model_file, whitening_file_of
 
-    ckpt, out = Path(ckpt).resolve(), Path(out)
+    out = Path(out)
     if out.suffix != ".onnx":
         raise CbirError(f"--out {out} must end in .onnx")
     if not out.parent.is_dir():
         raise CbirError(f"folder {out.parent} of --out does not exist; create it or pass another --out")
-    checkpoint = read_checkpoint(ckpt)
-    module = checkpoint.module()
-    datamodule = datamodule_from_checkpoint(checkpoint)
-    spec = spec_of_datamodule(datamodule)
-    check_spec(spec, datamodule.eval_transform)
-    wfile = checkpoint.whitening_file
-    whitening = load_whitening(wfile) if wfile is not None else None
+    model_file = read_model_file(model)
+    source = model_file.path or Path("<model file>")
+    module = model_file.module()
+    spec = model_file.preprocess
+    whitening = model_file.whitening
+    wfile = whitening_file_of(model_file)
     codes = is_dsh(module)
     embedder = ExportedEmbedder(module, whitening, codes).eval()
     channels, height, width = _input_shape(spec)
@@ -185,7 +186,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = 17, samples: lis
         max_abs_diff = parity(tmp, embedder, inputs)
         if not max_abs_diff <= PARITY_TOLERANCE:
             raise CbirError(
-                f"the ONNX export of {ckpt} differs from PyTorch by {max_abs_diff:.3g} "
+                f"the ONNX export of {source} differs from PyTorch by {max_abs_diff:.3g} "
                 f"(> {PARITY_TOLERANCE}); try another --opset (got {opset})"
             )
         metadata = {
@@ -198,12 +199,10 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = 17, samples: lis
             "post": "sign" if codes else "none",
             "scoring": scoring,
             "eval_scales": eval_scales(module),
-            "whitening": None
-            if whitening is None
-            else {"file": str(wfile), "kind": str(whitening.get("kind")), "sha256": file_sha256(wfile)},
+            "whitening": describe_whitening(whitening, wfile, model_file.whitening_sha256),
             "source": {
-                "checkpoint": str(ckpt),
-                "identity": checkpoint.identity,
+                "checkpoint": str(source),
+                "identity": model_file.identity,
                 "module": f"{type(module).__module__}.{type(module).__name__}",
             },
             "max_abs_diff": max_abs_diff,
@@ -225,7 +224,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, opset: int = 17, samples: lis
         tmp.unlink(missing_ok=True)
     return {
         "onnx": str(out),
-        "checkpoint": str(ckpt),
+        "checkpoint": str(source),
         "input_size": metadata["input_size"] or f"aspect kept, longer side {height}",
         "channels": channels,
         "dimension": metadata["dimension"],

@@ -1,9 +1,13 @@
-"""Embedding image files through Lightning's predict loop (so devices, DDP and progress bars work).
+"""Embedding image files: decoding (``search.files.Decoding``) and the one embedding route,
+:func:`cbir_lightning.inference.embed_dataset`, with the model's module (checkpoint, model file) or its
+ONNX Runtime session (export): the two differ only in the function that maps a batch to vectors.
 
-Files are grouped by the tensor shape the evaluation transform gives for their header's mode and size,
-so every batch stacks; one dataset item is one batch (``batch_size=None`` loader), which
-DistributedSampler shards unchanged; under DDP the shards are gathered on every rank. A file that
-fails to decode yields a blank image and label -1.
+Files are put in order of the tensor shape the preprocessing gives for their header's mode and size, so
+nearly every batch stacks into one forward pass (``embed_dataset`` splits a batch across two shapes); a
+file that fails to decode yields a blank image and label -1. Devices and DDP come from Lightning Fabric
+(``accelerator``, ``devices``, ``strategy``, ``num_nodes``: its launcher starts the worker processes as
+Lightning's Trainer does); under DDP each rank embeds a shard and ``embed_dataset`` all-gathers the rows in
+order on every rank.
 """
 
 from __future__ import annotations
@@ -13,12 +17,18 @@ import os
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor
+from torch.utils.data import Dataset
 
 from cbir_lightning.errors import CbirError
-from cbir_lightning.inference import in_index_order
+from cbir_lightning.inference import embed_dataset
 from cbir_lightning.search.files import FULL, Decoding, open_image, reduce_for
+
+DEVICE_OPTIONS = ("accelerator", "devices", "strategy", "num_nodes")  # Lightning Fabric's arguments
+OPTIONS = (*DEVICE_OPTIONS, "enable_progress_bar")
+PROGRESS = "Embedding"  # the progress bar's title
 
 
 def image_header(path: Path, decoding: Decoding = FULL) -> tuple[str, int, int] | str:
@@ -37,106 +47,103 @@ def image_header(path: Path, decoding: Decoding = FULL) -> tuple[str, int, int] 
         return " ".join(f"{type(err).__name__}: {err}".split())[:200]
 
 
-class ImageBatches(Dataset):
-    """Batches ``(images [b, C, H, W], labels [b] (0 ok, -1 unreadable), indices [b])`` of files."""
+class ImageFiles(Dataset):
+    """Items ``(image [C, H, W], label)`` of files: label 0, or -1 (a blank image of the header's size)
+    when the file cannot be decoded as its header said (corrupt, vanished or changed since)."""
 
-    def __init__(
-        self,
-        paths: list[Path],
-        headers: list[tuple[str, int, int]],
-        transform,
-        batch_size: int,
-        decoding: Decoding = FULL,
-    ):
+    def __init__(self, paths: list[Path], headers: list, transform, decoding: Decoding = FULL) -> None:
         self.paths, self.headers, self.transform, self.decoding = paths, headers, transform, decoding
-        shapes: dict[tuple, tuple] = {}  # header -> transformed shape (of a blank image of that header)
-        groups: dict[tuple, list[int]] = {}
-        for i, header in enumerate(headers):
-            if header not in shapes:
-                shapes[header] = tuple(transform(Image.new(header[0], header[1:])).shape)
-            groups.setdefault(shapes[header], []).append(i)
-        self.batches = [
-            members[start : start + batch_size]
-            for members in groups.values()
-            for start in range(0, len(members), batch_size)
-        ]
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.paths)
 
     def _decode(self, i: int) -> Image.Image:
         """File ``i`` decoded as its header said; CbirError if it cannot be, or changed since."""
-        limit, size = self.decoding.max_pixels, self.decoding.size
-        image = open_image(self.paths[i], None, limit, size)
+        image = open_image(self.paths[i], None, self.decoding.max_pixels, self.decoding.size)
         if (image.mode, *image.size) != tuple(self.headers[i]):
             raise CbirError(f"{self.paths[i]} changed while being indexed")
         return image
 
-    def __getitem__(self, b: int):
-        images, labels = [], []
-        for i in self.batches[b]:
-            mode, width, height = self.headers[i]
-            try:
-                image, label = self._decode(i), 0
-            except CbirError:
-                image, label = Image.new(mode, (width, height)), -1
-            images.append(self.transform(image))
-            labels.append(label)
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
         try:
-            stacked = torch.stack(images)
-        except RuntimeError as err:
-            raise CbirError(
-                f"the DataModule's eval_transform gave different tensor sizes for images of one size "
-                f"({self.paths[self.batches[b][0]]}...): {err}"
-            ) from err
-        return stacked, torch.tensor(labels), torch.tensor(self.batches[b])
+            return self.transform(self._decode(i)), 0
+        except CbirError:
+            mode, width, height = self.headers[i]
+            return self.transform(Image.new(mode, (width, height))), -1
 
 
-def predict_embeddings(
-    module,
+def shape_order(headers: list, transform) -> list[int]:
+    """Positions of the files grouped by the tensor shape ``transform`` gives for their header (that of a
+    blank image of the header's mode and size): groups in order of first appearance, positions ascending."""
+    shapes: dict[tuple, tuple] = {}
+    groups: dict[tuple, list[int]] = {}
+    for i, header in enumerate(headers):
+        header = tuple(header)
+        if header not in shapes:
+            shapes[header] = tuple(transform(Image.new(header[0], header[1:])).shape)
+        groups.setdefault(shapes[header], []).append(i)
+    return [i for members in groups.values() for i in members]
+
+
+def check_options(options: dict | None) -> dict:
+    """``options`` (``index``'s device settings) with the defaults; CbirError for any other key."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise CbirError(f"unknown option {unknown[0]!r} for embedding files; known: {', '.join(OPTIONS)}")
+    defaults = {"accelerator": "auto", "devices": 1, "strategy": "auto", "num_nodes": 1}
+    return {**defaults, "enable_progress_bar": True, **options}
+
+
+def launch(options: dict):
+    """A launched Lightning Fabric of ``options`` (``DEVICE_OPTIONS``): under DDP it starts the worker
+    processes (which run the same command) and initialises the process group."""
+    from lightning_fabric import Fabric
+
+    fabric = Fabric(**{key: options[key] for key in DEVICE_OPTIONS})
+    fabric.launch()
+    return fabric
+
+
+def embed_files(
+    model,
     paths: list[Path],
-    headers,
-    transform,
+    headers: list,
     batch_size: int = 32,
-    trainer_options: dict | None = None,
     decoding: Decoding = FULL,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(embeddings [n, D], labels [n], indices [n])`` of the files (decoded as ``decoding`` says, as
-    their ``headers`` from :func:`image_header` with it), in index order."""
-    import pytorch_lightning as pl
+    options: dict | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(vectors [n, D], labels [n] (0 ok, -1 unreadable))`` of the files, in order, on the CPU:
+    ``model``'s index vectors (a ``SearchModel``: its module on the device ``options`` name, then its
+    whitening; an ``OnnxSearchModel``: its session on the CPU, no devices) of the files decoded as
+    ``decoding`` says, as their ``headers`` from :func:`image_header` with it. Under DDP (``options``)
+    every rank returns all the rows."""
+    options = check_options(options)
+    progress = PROGRESS if options["enable_progress_bar"] else None
+    runner = model.embedding_model
+    if isinstance(runner, torch.nn.Module):  # ONNX Runtime runs in this process, on the CPU
+        runner.to(launch(options).device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        check_same_files(paths, headers)
+    files = ImageFiles(paths, headers, model.transform, decoding)
+    order = torch.tensor(shape_order(headers, model.transform), dtype=torch.long)
+    raw, labels = embed_dataset(runner, files, order, batch_size=batch_size, progress=progress, labels=True)
+    vectors = torch.empty_like(raw)
+    vectors[order.to(raw.device)] = raw
+    found = torch.empty_like(labels)
+    found[order.to(labels.device)] = labels
+    return model.post_process(vectors.cpu()), found.cpu()
 
-    batches = ImageBatches(paths, headers, transform, batch_size, decoding)
-    loader = DataLoader(batches, batch_size=None, num_workers=0)
-    options = {
-        "accelerator": "auto",
-        "devices": 1,
-        "logger": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        **(trainer_options or {}),
-    }
-    if options.get("enable_progress_bar", True) and "callbacks" not in options:
-        # tqdm's bar whether or not `rich` is installed (Lightning picks Rich's when it is): the same output
-        options["callbacks"] = [pl.callbacks.TQDMProgressBar()]
-    trainer = pl.Trainer(**options)
-    outputs = trainer.predict(module, loader) or []
-    parts = [(o["embeddings"].float().cpu(), o["labels"].cpu(), o["indices"].cpu()) for o in outputs]
-    if trainer.world_size > 1:
-        # each rank predicted a shard of the batches (DistributedSampler may repeat a few): collect all,
-        # with each rank's file list, since the indices mean something only if every rank had the same
-        import torch.distributed as dist
 
-        gathered: list = [None] * trainer.world_size
-        dist.all_gather_object(gathered, (file_list_digest(paths, headers), parts))
-        if len({digest for digest, _ in gathered}) > 1:
-            raise CbirError(
-                "the DDP processes of `cbir-lightning index` saw different image files (the folder changed "
-                "while they started); run the same command again"
-            )
-        parts = [part for _, rank_parts in gathered for part in rank_parts]
-    embeddings, labels, indices = (torch.cat([p[k] for p in parts]) for k in range(3))
-    keep = in_index_order(indices)
-    return embeddings[keep], labels[keep], indices[keep]
+def check_same_files(paths: list[Path], headers: list) -> None:
+    """CbirError on every rank unless every DDP rank embeds the same files (gathered digests)."""
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, file_list_digest(paths, headers))
+    if len(set(gathered)) > 1:
+        raise CbirError(
+            "the DDP processes of `cbir-lightning index` saw different image files (the folder changed "
+            "while they started); run the same command again"
+        )
 
 
 def file_list_digest(paths: list[Path], headers: list) -> str:

@@ -26,7 +26,7 @@ from cbir_lightning.errors import CbirError
 from cbir_lightning.retrieval import approximate as tuning
 from cbir_lightning.retrieval.approximate import Tuned, tune_approximate
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
-from cbir_lightning.search.embed import image_header, is_launched_worker, predict_embeddings
+from cbir_lightning.search.embed import check_options, embed_files, image_header, is_launched_worker
 from cbir_lightning.search.files import (
     DEFAULT_MAX_PIXELS,
     DRAFT_ABOVE_PIXELS,
@@ -264,16 +264,16 @@ def _embed_in_worker(
     ckpt: str | Path, batch_size: int, trainer_options: dict | None, max_pixels: int
 ) -> None:
     """A DDP worker process: embed its shard of exactly rank 0's file list (read from the file named by
-    ``CBIR_INDEX_FILE_LIST``) and hand it to rank 0 in ``predict_embeddings``."""
+    ``CBIR_INDEX_FILE_LIST``) and hand it to rank 0 in ``embed_files``."""
     model = SearchModel.load(ckpt)
     listed = json.loads(Path(os.environ[FILE_LIST_ENV]).read_text())
     paths, headers = [Path(p) for p, _ in listed], [tuple(h) for _, h in listed]
     decoding = Decoding(max_pixels, model.decode_size)
-    predict_embeddings(model.module, paths, headers, model.transform, batch_size, trainer_options, decoding)
+    embed_files(model, paths, headers, batch_size, decoding, trainer_options)
 
 
-def _predict(
-    model: SearchModel,
+def _embed_listed(
+    model,
     paths: list[Path],
     headers: list,
     batch_size: int,
@@ -281,8 +281,8 @@ def _predict(
     out: Path,
     decoding: Decoding,
 ):
-    """``predict_embeddings`` on rank 0, with the file list written to a private file (0600) in the index
-    folder ``out`` named in the environment, so the DDP workers Lightning launches embed exactly these
+    """``embed_files`` on rank 0, with the file list written to a private file (0600) in the index folder
+    ``out`` named in the environment, so the DDP workers Lightning Fabric launches embed exactly these
     files (not their own scan); removed afterwards (a killed run's by the next run)."""
     with disk_errors(out):
         fd, listing = tempfile.mkstemp(dir=out, prefix=FILE_LIST_PREFIX, suffix=".json")
@@ -294,9 +294,8 @@ def _predict(
         raise
     os.environ[FILE_LIST_ENV] = listing
     try:
-        return predict_embeddings(
-            model.module, paths, headers, model.transform, batch_size, options, decoding
-        )
+        print(f"embedding {len(paths)} images", flush=True)
+        return embed_files(model, paths, headers, batch_size, decoding, options)
     finally:
         os.environ.pop(FILE_LIST_ENV, None)
         Path(listing).unlink(missing_ok=True)
@@ -344,7 +343,10 @@ def build_index(
     twice the model's ``image_size`` (``search.files.reduce_for``), as ``serve`` decodes uploads.
 
     ``onnx_model`` (with ``ckpt`` None): embed with a file written by ``cbir-lightning export`` on ONNX
-    Runtime (CPU, no Lightning predict loop, no DDP); the manifest records that file and its SHA-256.
+    Runtime (CPU, no DDP); the manifest records that file and its SHA-256. Either way the files go through
+    :func:`~cbir_lightning.search.embed.embed_files` (``inference.embed_dataset``); ``trainer_options``:
+    its device settings (Lightning Fabric's ``accelerator``, ``devices``, ``strategy``, ``num_nodes``) and
+    ``enable_progress_bar``.
 
     Unchanged files (same path, size and mtime, same model and whitening) keep their vectors; new or
     changed ones are embedded; deleted ones are dropped; unreadable files, files that vanish or change
@@ -355,6 +357,7 @@ def build_index(
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise CbirError(f"--max-pixels must be a positive number of pixels, got {max_pixels!r}")
     check_model_args(ckpt, onnx_model)
+    check_options(trainer_options)
     if approximate and not 0 < target_recall <= 1:
         raise CbirError(f"--target-recall must lie in (0, 1], got {target_recall}")
     if onnx_model is not None:  # a missing or foreign file is refused before the index folder is touched
@@ -375,9 +378,7 @@ def build_index(
         todo = plan["todo"]
         if todo:
             paths, headers = [images / rel for rel, _, _ in todo], [h for _, _, h in todo]
-            predict_embeddings(
-                model.module, paths, headers, model.transform, batch_size, trainer_options, decoding
-            )
+            embed_files(model, paths, headers, batch_size, decoding, trainer_options)
         return None
     created = not out.exists()
     with disk_errors(out):
@@ -409,13 +410,10 @@ def _embed_todo(model: SearchModel, images: Path, out: Path, plan: dict, job: di
     could not be decoded meanwhile go to its ``skipped``."""
     items, rows, todo, skipped = plan["items"], plan["rows"], plan["todo"], plan["skipped"]
     paths, headers = [images / rel for rel, _, _ in todo], [h for _, _, h in todo]
-    if job["onnx_model"] is not None:
-        raw, labels, _ = model.embed_files(paths, headers, job["batch_size"], decoding)
-    else:
-        raw, labels, _ = _predict(
-            model, paths, headers, job["batch_size"], job["trainer_options"], out, decoding
-        )
-    vectors = model.post_process(raw).numpy()
+    vectors, labels = _embed_listed(
+        model, paths, headers, job["batch_size"], job["trainer_options"], out, decoding
+    )
+    vectors = vectors.numpy()
     slots = [i for i, item in enumerate(items) if item is None]
     for j, (slot, (rel, stat, _)) in enumerate(zip(slots, todo, strict=True)):
         path = images / rel

@@ -37,6 +37,38 @@ def datamodule_from_checkpoint(ckpt: str | Path | Checkpoint):
     return datamodule
 
 
+def read_model_file(model: str | Path | Checkpoint | ModelFile) -> ModelFile:
+    """The model file of a model file or a Lightning checkpoint (a path, told apart by the model file's
+    marker, or one already read); a checkpoint goes through ``ModelFile.from_checkpoint``, which rebuilds
+    no DataModule when the checkpoint records its preprocessing."""
+    if isinstance(model, (str, Path)):
+        path = Path(model).resolve()
+        model = ModelFile.load(path) if is_model_file(path) else read_checkpoint(path)
+    if isinstance(model, Checkpoint):
+        model = ModelFile.from_checkpoint(model)
+    return model
+
+
+def whitening_file_of(model_file: ModelFile) -> Path | None:
+    """The file a model file's whitening came from (the whitening file beside the checkpoint, else the
+    model file itself), or None without a whitening."""
+    if model_file.whitening is None:
+        return None
+    wfile = model_file.provenance.get("whitening_file")
+    return Path(wfile) if wfile else (model_file.path or Path("<model file>"))
+
+
+def describe_whitening(whitening: dict | None, file: Path | None, sha256: str | None = None) -> dict | None:
+    """``{"file", "kind", "sha256"}`` of a whitening (``sha256`` of ``file`` unless given), or None."""
+    if whitening is None:
+        return None
+    if sha256 is None:
+        from cbir_lightning.search.files import file_sha256
+
+        sha256 = file_sha256(file)
+    return {"file": str(file), "kind": str(whitening.get("kind")), "sha256": sha256}
+
+
 @dataclass
 class SearchModel:
     """What embedding an image needs, and how the index scores it: a model file's module, preprocessing
@@ -54,27 +86,19 @@ class SearchModel:
 
     @classmethod
     def load(cls, model: str | Path | Checkpoint | ModelFile) -> SearchModel:
-        """The model of a model file or a checkpoint (a path, told apart by the model file's marker, or
-        one already read); no DataModule is rebuilt when the file or checkpoint records the
-        preprocessing."""
-        if isinstance(model, (str, Path)):
-            path = Path(model).resolve()
-            model = ModelFile.load(path) if is_model_file(path) else read_checkpoint(path)
-        if isinstance(model, Checkpoint):
-            model = ModelFile.from_checkpoint(model)
-        return cls.from_model_file(model)
+        """The model of a model file or a checkpoint (see :func:`read_model_file`)."""
+        return cls.from_model_file(read_model_file(model))
 
     @classmethod
     def from_model_file(cls, model_file: ModelFile) -> SearchModel:
         """The search model of a model file (its path is what an index records)."""
-        wfile = model_file.provenance.get("whitening_file") if model_file.whitening is not None else None
         path = model_file.path if model_file.path is not None else Path("<model file>")
         model = cls(
             path,
             model_file.module(),
             model_file.transform,
             model_file.whitening,
-            Path(wfile) if wfile else path,
+            whitening_file_of(model_file) or path,
             model_file.identity,
         )
         model.decode_size = model_file.decode_size
@@ -82,14 +106,8 @@ class SearchModel:
         return model
 
     def describe_whitening(self) -> dict | None:
-        if self.whitening is None:
-            return None
-        from cbir_lightning.search.files import file_sha256
-
-        sha256 = self.whitening_sha256
-        if sha256 is None:
-            sha256 = file_sha256(self.whitening_file)
-        return {"file": str(self.whitening_file), "kind": str(self.whitening.get("kind")), "sha256": sha256}
+        """The whitening applied (file, kind, SHA-256; what an index manifest records), or None."""
+        return describe_whitening(self.whitening, self.whitening_file, self.whitening_sha256)
 
     def post_process(self, embeddings: Tensor) -> Tensor:
         """Raw module embeddings -> index vectors (whitened if a whitening file is beside the checkpoint)."""
@@ -118,6 +136,12 @@ class SearchModel:
             return queries.double() @ database.double().T
         with torch.no_grad():
             return self.module.similarity(queries.float(), database.float()).double()
+
+    @property
+    def embedding_model(self) -> torch.nn.Module:
+        """What :func:`~cbir_lightning.inference.embed_dataset` embeds batches with: the module (its
+        ``embed``; ``post_process`` then gives the index vectors)."""
+        return self.module
 
     def embed(self, images: Tensor) -> Tensor:
         """Preprocessed images ``[n, C, H, W]`` (on any device) -> index vectors ``[n, D]`` on the CPU: the

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from helpers.cli import last_json
 from helpers.paths import REPO
@@ -88,7 +89,7 @@ def test_checkpoint_and_onnx_embed_alike_and_as_the_index_does(work, cli_index):
     a, b = by_ckpt.embed(files, batch_size=7), by_onnx.embed(files, batch_size=5)
     assert a.shape == (20, 32) and a.dtype == torch.float32
     assert (a - b).abs().max() <= 1e-4
-    # the vectors `index` stores (Lightning's predict loop, whitening applied)
+    # the vectors `index` stores (inference.embed_dataset, whitening applied)
     index = Index.open(cli_index)
     stored = torch.from_numpy(index.searcher.embeddings)
     assert (by_ckpt.embed(index.paths) - stored).abs().max() <= 1e-5
@@ -142,3 +143,79 @@ def test_an_embedder_opens_an_index_as_loaded_and_another_model_is_refused(work,
     other = Embedder.load(REPO / "tests" / "fixtures" / "legacy" / "koch_omniglot" / "model.ckpt")
     with pytest.raises(CbirError, match="is not the model index .* was built with"):
         Index.open(cli_index, other).embedder  # noqa: B018
+
+
+class KeepOutputs(pl.Callback):
+    """The validation step's outputs, batch by batch."""
+
+    def __init__(self) -> None:
+        self.outputs = []
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.outputs.append(outputs)
+
+
+def validation_vectors(ckpt, files) -> torch.Tensor:
+    """What ``validate --ckpt_path`` computes for ``files``: the module (the whitening file beside the
+    checkpoint attached at validation start) in Lightning's validation loop on the DataModule's
+    ``eval_transform``, rows in file order."""
+    from torch.utils.data import DataLoader
+
+    from cbir_lightning.checkpoints import load_module
+    from cbir_lightning.search.model import datamodule_from_checkpoint
+
+    transform = datamodule_from_checkpoint(ckpt).eval_transform
+    items = [(transform(Image.open(f)), 0, i) for i, f in enumerate(files)]
+    keep = KeepOutputs()
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, callbacks=[keep],
+    )  # fmt: skip
+    loader = DataLoader(items, batch_size=1)
+    trainer.validate(load_module(ckpt), loader, ckpt_path=str(ckpt), verbose=False)  # validate --ckpt_path
+    vectors = torch.cat([o["embeddings"] for o in keep.outputs])
+    return vectors[torch.cat([o["indices"] for o in keep.outputs]).argsort()]
+
+
+def test_every_entry_point_embeds_through_embed_dataset_to_the_same_vectors(work, cli_index, monkeypatch):
+    """Validation's embedding, ``index`` (checkpoint and ONNX), ``Embedder`` (checkpoint, model file, ONNX):
+    the same vectors of real photos (GeM at two test-time scales, whitening file), 1e-5 apart (an ONNX
+    export: its parity tolerance, 1e-4); ``Embedder`` and ``index`` go through ``inference.embed_dataset``
+    (its local loop) with the module or the ONNX Runtime session."""
+    import cbir_lightning.inference as inference
+    from cbir_lightning.export.onnx_export import PARITY_TOLERANCE
+    from cbir_lightning.model_file import ModelFile
+
+    files = sorted((work / "photos").rglob("*.jpg"))
+    expected = validation_vectors(work / "model.ckpt", files)
+    routed = []
+    local = inference._embed_local
+
+    def counted(embed, *args):
+        routed.append(getattr(embed, "__self__", embed))
+        return local(embed, *args)
+
+    monkeypatch.setattr(inference, "_embed_local", counted)
+    model_file = ModelFile.from_checkpoint(work / "model.ckpt").save(work / "model.model")
+    for path in (work / "model.ckpt", model_file):
+        assert (Embedder.load(path).embed(files, batch_size=6) - expected).abs().max() <= 1e-5
+    by_onnx = Embedder.load(work / "model.onnx").embed(files, batch_size=6)
+    assert (by_onnx - expected).abs().max() <= PARITY_TOLERANCE
+    assert len(routed) == 3 and type(routed[-1]).__name__ == "OnnxSearchModel"
+
+    def stored(index_dir) -> torch.Tensor:
+        index = Index.open(index_dir)
+        rows = {p: i for i, p in enumerate(index.paths)}
+        return torch.from_numpy(index.searcher.embeddings)[[rows[str(f)] for f in files]]
+
+    assert (stored(cli_index) - expected).abs().max() <= 1e-5  # `index --ckpt` (before the patch)
+    routed.clear()
+    onnx_index = work / "onnx_route.idx"
+    photos = ["--images", str(work / "photos")]
+    run(["index", "--model", str(work / "model.onnx"), *photos, "--out", str(onnx_index)])
+    assert (stored(onnx_index) - expected).abs().max() <= PARITY_TOLERANCE
+    assert len(routed) == 1 and type(routed[0]).__name__ == "OnnxSearchModel"
+    torch_index = work / "torch_route.idx"
+    run(["index", "--ckpt", str(model_file), *photos, "--out", str(torch_index), "--accelerator", "cpu"])
+    assert (stored(torch_index) - expected).abs().max() <= 1e-5
+    assert len(routed) == 2 and type(routed[1]).__name__ == "GeMSiameseModule"

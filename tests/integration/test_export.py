@@ -229,6 +229,44 @@ def test_dsh_export_gives_codes_before_the_sign(exported, photos, which):
     assert torch.equal(model.similarity(codes, codes, "model"), reference.similarity(codes, codes, "model"))
 
 
+def test_export_takes_a_model_file_and_rebuilds_no_datamodule(
+    tiny_run, gem_ckpt, exported, photos, tmp_path, monkeypatch, capsys
+):
+    """``export --model X.model`` exports with the model file's preprocessing and whitening: the same graph
+    and numbers as ``export --ckpt`` of its checkpoint, no DataModule rebuilt (nor for a checkpoint that
+    records its preprocessing, as every ``fit`` checkpoint does)."""
+    from cbir_lightning.checkpoints import Checkpoint
+    from cbir_lightning.export.onnx_embedder import read_metadata
+    from cbir_lightning.model_file import ModelFile
+
+    model_file = ModelFile.from_checkpoint(gem_ckpt).save(tmp_path / "gem.model")
+
+    def no_datamodule(self):
+        raise AssertionError("export rebuilt a DataModule")
+
+    monkeypatch.setattr(Checkpoint, "datamodule", no_datamodule)
+    out = tmp_path / "gem.onnx"
+    result = run(["export", "--model", str(model_file), "--out", str(out)])
+    _, by_ckpt, ckpt_result = exported["gem"]
+    assert result["max_abs_diff"] == ckpt_result["max_abs_diff"] <= 1e-4
+    assert result["checkpoint"] == str(model_file.resolve()) and result["whitening"]
+    ours, theirs = read_metadata(out), read_metadata(by_ckpt)
+    for key in ("preprocess", "input_size", "max_side", "dimension", "scoring", "eval_scales", "whitening"):
+        assert ours[key] == theirs[key], key
+    model, reference = OnnxSearchModel.load(out), OnnxSearchModel.load(by_ckpt)
+    for f in image_files(photos)[:4]:
+        image = Image.open(f)
+        assert torch.equal(model.embed_image(image), reference.embed_image(image))
+    koch = run(["export", "--ckpt", str(tiny_run["ckpt"]), "--out", str(tmp_path / "koch.onnx")])
+    assert koch["max_abs_diff"] == exported["koch"][2]["max_abs_diff"]
+    wrong = ["export", "--out", str(tmp_path / "x.onnx")]
+    assert "not a model file" in fail([*wrong, "--model", str(tiny_run["ckpt"])], capsys)
+    assert "not found" in fail([*wrong, "--model", str(tmp_path / "missing.model")], capsys)
+    assert "exactly one of" in fail(wrong, capsys)
+    assert "exactly one of" in fail([*wrong, "--model", str(model_file), "--ckpt", str(gem_ckpt)], capsys)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def top10(index: Path, queries: list[Path], **model) -> list[list[str]]:
     opened = SearchIndex.open(index)
     loaded = opened.load_model(**model)

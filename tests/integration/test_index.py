@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from helpers.search import other_checkpoint, photo_folder, reference_vectors
 from PIL import Image
@@ -153,7 +152,7 @@ def test_killed_run_leaves_the_previous_index_intact(tiny_run, tmp_path):
         text=True,
     )
     seen = ""
-    while "Predicting DataLoader" not in seen and proc.poll() is None:  # killed while embedding
+    while "Embedding" not in seen and proc.poll() is None:  # killed while embedding (its progress bar)
         seen += proc.stdout.read(1)
     assert proc.poll() is None and (out / ".lock").exists(), seen[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
@@ -362,22 +361,20 @@ def test_symlinks_out_of_the_collection_are_skipped_and_listed(tiny_run, tmp_pat
     }
 
 
-class ChangeFilesWhenEmbedded(pl.Callback):
-    """Deletes one image and rewrites another once the predict loop has embedded them all."""
-
-    def __init__(self, vanish: Path, change: Path):
-        self.vanish, self.change = vanish, change
-
-    def on_predict_end(self, trainer, module):
-        self.vanish.unlink()
-        Image.open(self.change).rotate(90).save(self.change)
-
-
-def test_files_that_vanish_or_change_while_indexed_are_skipped_and_listed(tiny_run, tmp_path):
+def test_files_that_vanish_or_change_while_indexed_are_skipped_and_listed(tiny_run, tmp_path, monkeypatch):
     photos = photo_folder(tmp_path / "photos", count=5)
     vanish, change = photos / "bodleian_000132.jpg", photos / "oxford_002904.jpg"
-    options = {**CPU, "callbacks": [ChangeFilesWhenEmbedded(vanish, change)]}
-    result = build_index(tiny_run["ckpt"], photos, tmp_path / "idx", trainer_options=options)
+    embed_files = index_module.embed_files
+
+    def then_change_files(*args, **kwargs):  # once every file is embedded: delete one, rewrite another
+        embedded = embed_files(*args, **kwargs)
+        vanish.unlink()
+        Image.open(change).rotate(90).save(change)
+        return embedded
+
+    with monkeypatch.context() as patched:
+        patched.setattr(index_module, "embed_files", then_change_files)
+        result = build_index(tiny_run["ckpt"], photos, tmp_path / "idx", trainer_options=CPU)
     assert result["count"] == 3 and {s["path"]: s["reason"] for s in result["skipped"]} == {
         vanish.name: "vanished while being indexed",
         change.name: "changed while being indexed; run `cbir-lightning index` again to add it",
@@ -390,8 +387,8 @@ def test_files_that_vanish_or_change_while_indexed_are_skipped_and_listed(tiny_r
 
 
 def test_ddp_workers_embed_rank_0s_file_list(tiny_run, tmp_path):
-    """A file added after rank 0 listed the folder (once its Trainer exists, before the worker processes
-    start) is not seen by the workers either: the index holds rank 0's files with their own vectors."""
+    """A file added after rank 0 listed the folder (it says so, before Lightning Fabric starts the worker
+    processes) is not seen by the workers either: the index holds rank 0's files with their own vectors."""
     photos = photo_folder(tmp_path / "photos", count=7)
     build_index(tiny_run["ckpt"], photos, tmp_path / "single", batch_size=2, trainer_options=CPU)
     args = ["--ckpt", str(tiny_run["ckpt"]), "--images", str(photos), "--out", str(tmp_path / "ddp")]
@@ -404,7 +401,7 @@ def test_ddp_workers_embed_rank_0s_file_list(tiny_run, tmp_path):
     seen = []
     for line in proc.stdout:  # rank 0 has listed the folder and is about to launch the workers
         seen.append(line)
-        if line.startswith("GPU available"):
+        if line.startswith("embedding 7 images"):
             break
     Image.open(photos / "bodleian_000132.jpg").rotate(45).save(photos / "000_added.png")  # sorts first
     seen += proc.stdout.readlines()

@@ -119,6 +119,30 @@ def test_identical_to_a_plain_loop():
     assert torch.equal(embed_dataset(model, ItemImages(items), batch_size=4), plain)
 
 
+def test_any_embedding_function_labels_and_a_progress_bar(capsys):
+    """The one route takes what maps a batch to vectors (a module, an object with ``embed`` such as an
+    ONNX Runtime session's, a function), gives the items' labels in row order, and shows a titled bar."""
+    model = Stub().eval()
+    data = images(9)
+    idx = torch.tensor([8, 1, 4, 0])
+    expected = embed_dataset(model, data, idx, batch_size=3)
+
+    class Session:  # as OnnxSearchModel: no nn.Module, CPU tensors in and out
+        def embed(self, x):
+            assert not torch.is_grad_enabled()
+            with torch.no_grad():
+                return model.embed(x)
+
+    assert torch.equal(embed_dataset(Session(), data, idx, batch_size=3), expected)
+    assert torch.equal(embed_dataset(model.embed, data, idx, batch_size=3), expected)
+    labelled = [(image, -1 if i % 4 == 0 else 0) for i, image in enumerate(data)]
+    vectors, labels = embed_dataset(Session(), labelled, idx, batch_size=3, progress="Embedding", labels=True)
+    assert torch.equal(vectors, expected) and labels.tolist() == [-1, 0, -1, -1]
+    assert "Embedding: 100%" in capsys.readouterr().out
+    embed_dataset(model, data, batch_size=3)
+    assert capsys.readouterr().out == ""  # no bar unless asked
+
+
 def test_whitening_is_applied_once_by_the_model_and_set_aside_on_request():
     torch.manual_seed(0)
     module = GeMSiameseModule(backbone="resnet18", weights=None)
@@ -160,7 +184,12 @@ def _ddp_worker(rank, world, port, out):
     init_gloo(rank, world, port)
     data = images(7)
     idx = torch.tensor([6, 2, 4, 0, 5])  # 5 rows over 2 ranks: one padded row dropped
-    out[rank] = (embed_dataset(Means(), data, batch_size=2), embed_dataset(Means(), data, idx))
+    labelled = [(image, 10 * i) for i, image in enumerate(data)]
+    out[rank] = (
+        embed_dataset(Means(), data, batch_size=2),
+        embed_dataset(Means(), data, idx),
+        embed_dataset(Means(), labelled, idx, labels=True)[1],
+    )
     if rank == 0:  # this process alone (no collective): must not wait for rank 1
         out["alone"] = embed_dataset(Means(), data, distributed=False)
     dist.barrier()
@@ -179,4 +208,5 @@ def test_ddp_gather_gives_every_rank_the_full_set_in_order():
     for rank in (0, 1):
         assert torch.equal(out[rank][0], single)
         assert torch.equal(out[rank][1], single[idx])
+        assert out[rank][2].tolist() == (10 * idx).tolist()  # labels gathered in row order too
     assert torch.equal(out["alone"], single)
