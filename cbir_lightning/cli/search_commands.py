@@ -183,7 +183,6 @@ def search(
 def _where(index: str | None, store: str | None) -> str:
     """The index to open: ``--index`` or ``--store`` (one of them)."""
     from cbir_lightning.errors import CbirError
-
     from cbir_lightning.search.store import parse_store
 
     if (index is None) == (store is None):

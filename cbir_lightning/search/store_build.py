@@ -99,9 +99,10 @@ def _stored_items(client, address: StoreAddress, columns: dict) -> dict:
     return found
 
 
-def _same_build(old: dict | None, new: dict) -> bool:
+def _changed_key(old: dict | None, new: dict) -> str | None:
+    """The first of what makes stored rows unusable that differs between two builds, or None."""
     keys = ("images_root", "model", "whitening", "decoding", "columns", "text_columns")
-    return old is not None and all(old.get(k) == new.get(k) for k in keys)
+    return next((k for k in keys if old is not None and old.get(k) != new.get(k)), None)
 
 
 def _check_places(address: StoreAddress, images: Path) -> bool:
@@ -165,11 +166,10 @@ def build_store_index(
             "columns": table.columns,
             "text_columns": texts,
         }
-        same = _same_build(old, manifest)
-        if old is not None and not same:
-            print(
-                f"{address}: built by another model, folder or metadata columns; embedding every image again"
-            )
+        changed_key = _changed_key(old, manifest)
+        same = old is not None and changed_key is None
+        if changed_key is not None:
+            print(f"{address}: its {changed_key} differs from this run's; embedding every image again")
         if same:
             client.load_collection(address.collection)
         stored = _stored_items(client, address, table.columns) if same else {}

@@ -19,7 +19,7 @@ def test_default_is_unweighted_k60_and_ties_keep_first_met_order():
     fused = dict(reciprocal_rank_fusion([["x", "y"], ["y", "x"]]))
     assert fused["x"] == fused["y"] == pytest.approx(1 / 61 + 1 / 62)
     assert [item for item, _ in reciprocal_rank_fusion([["x", "y"], ["y", "x"]])] == ["x", "y"]
-    assert reciprocal_rank_fusion([["x"], ["y"]], [0.0, 1.0])[0][0] == "y"  # weight 0: that ranking is ignored
+    assert reciprocal_rank_fusion([["x"], ["y"]], [0.0, 1.0])[0][0] == "y"  # weight 0: ignored
 
 
 def test_bad_weights_are_refused():

@@ -48,7 +48,12 @@ def test_bad_tables_are_one_line(tmp_path, text, message):
 
 def test_store_addresses():
     lite = parse_store("milvus:./art.db")
-    assert (lite.uri, lite.local, lite.collection, str(lite)) == ("./art.db", True, "images", "milvus:./art.db")
+    assert (lite.uri, lite.local, lite.collection, str(lite)) == (
+        "./art.db",
+        True,
+        "images",
+        "milvus:./art.db",
+    )
     server = parse_store("milvus://db.lan:19530#paintings")
     assert (server.uri, server.local, server.collection) == ("http://db.lan:19530", False, "paintings")
     assert str(server) == "milvus://db.lan:19530#paintings"

@@ -57,7 +57,9 @@ def store(tmp_path_factory):
     }
     create_collection(client, address, DIM, meta.columns, manifest)
     items = [{"path": p, "size": 1, "mtime_ns": 1, "sha256": "0" * 64} for p in table.path]
-    client.upsert(address.collection, [_row(it, v, meta, ["title"]) for it, v in zip(items, vectors)])
+    client.upsert(
+        address.collection, [_row(it, v, meta, ["title"]) for it, v in zip(items, vectors, strict=True)]
+    )
     client.close()
     opened = MilvusStore.open(address)
     yield opened, vectors, table
