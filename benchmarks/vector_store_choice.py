@@ -4,6 +4,8 @@ on the same synthetic clustered unit vectors (as ``index_scale.py``): insert + i
 children (milvus-lite runs its engine in a child process). One JSON line per engine and index kind.
 
     .venv/bin/python benchmarks/vector_store_choice.py [--size 100000] [--dim 128] [--queries 200]
+
+Qdrant is not a dependency of the toolkit: ``pip install qdrant-client`` to measure it.
 """
 
 from __future__ import annotations
@@ -12,51 +14,19 @@ import argparse
 import json
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from knn import clustered
+from peak_memory import PeakMemory
 from timing import significant
 
 from cbir_lightning.retrieval import knn_recall
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
 
 BATCH = 1000  # rows per insert call
-
-
-class TreePeak:
-    """``with TreePeak() as peak:``; ``peak.bytes``: the largest RSS of this process plus its children seen
-    inside, sampled every 5 ms, minus the RSS at entry."""
-
-    def __enter__(self) -> TreePeak:
-        self.me, self.bytes = psutil.Process(), 0
-        self.start = self.rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def rss(self) -> int:
-        total = self.me.memory_info().rss
-        for child in self.me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.bytes = max(self.bytes, self.rss() - self.start)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.bytes = max(self.bytes, self.rss() - self.start)
 
 
 def milvus(folder: Path, database: np.ndarray, kind: str):
@@ -118,7 +88,7 @@ def main() -> None:
         engine, _, kind = spec.partition(":")
         folder = Path(tempfile.mkdtemp(prefix="store-choice-"))
         try:
-            with TreePeak() as peak:
+            with PeakMemory(tree=True) as peak:
                 start = time.perf_counter()
                 query, close = (milvus if engine == "milvus" else qdrant)(folder, database, kind)
                 build_s = time.perf_counter() - start

@@ -270,7 +270,9 @@ def serve(
     Error responses carry an error id, never a server path; the details go to the log (stderr).
 
     Args:
-        index: an index folder, or several as ``--index "[A, B]"`` (chosen in the page).
+        index: an index folder or a database store (``milvus:art.db``), or several as ``--index "[A, B]"``
+            (chosen in the page). A store indexed with ``--metadata`` shows its columns under each result
+            and takes a filter and a text (hybrid search) beside the upload.
         host: interface to listen on (loopback by default; ``0.0.0.0`` exposes it to the network and then
             needs ``--token`` or ``--insecure``).
         port: TCP port.
@@ -302,9 +304,11 @@ def serve(
         )
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cbir_lightning.web").setLevel(logging.INFO)  # reloads, errors with their ids
+    from cbir_lightning.search.store import is_store_address
+
     index = [index] if isinstance(index, str) else list(index)
     app = create_app(
-        [Path(p) for p in index],
+        [p if is_store_address(p) else Path(p) for p in index],
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_upload_pixels=max_upload_pixels,
         max_concurrent=max_concurrent,

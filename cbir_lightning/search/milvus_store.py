@@ -206,6 +206,13 @@ class MilvusStore:
             self.address.collection, ids=list(paths), output_fields=fields or [*OWN_FIELDS, *self.columns]
         )
 
+    def page(self, offset: int, limit: int) -> list[str]:
+        """``limit`` stored paths from the ``offset``-th, in the engine's order (the web page's picker)."""
+        found = self.client.query(
+            self.address.collection, filter="", output_fields=["path"], offset=offset, limit=limit
+        )
+        return [row["path"] for row in found]
+
     def open_item(self, item: str) -> BinaryIO:
         """The file of the row ``item`` (its relative path) if it is still the indexed file: inside the
         indexed folder (no symlink out of it followed), with the recorded size and mtime; CbirError else."""

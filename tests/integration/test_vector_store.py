@@ -118,3 +118,28 @@ def _plain(value):
     if isinstance(value, float):
         return None if pd.isna(value) else int(value)
     return value
+
+
+def test_web_page_filters_and_searches_by_text_on_a_store(built):
+    from fastapi.testclient import TestClient
+
+    from cbir_lightning.web.app import create_app
+
+    work, store, table = built
+    client = TestClient(create_app([store], reload_s=0.0), base_url="http://127.0.0.1")
+    described = client.get("/api/indexes").json()[0]
+    assert described["columns"] == {"style": "str", "artist": "str", "title": "str", "year": "int"}
+    assert described["text"] and described["count"] == len(list((work / "art").rglob("*.jpg")))
+    picked = client.get("/api/indexes/0/items?limit=3").json()
+    assert len(picked) == 3 and client.get(f"/api/indexes/0/images/{picked[0]['id']}").status_code == 200
+    form = {"index": "0", "text": "grand canal venice", "where": WHERE, "item": picked[0]["id"]}
+    answer = client.post("/api/search", data=form)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    allowed = set(table.query(WHERE).path)
+    assert results and all(r["metadata"]["artist"] != "francois-boucher" for r in results)
+    assert all(r["url"].split("/images/", 1)[1] in allowed for r in results)
+    assert client.get(results[0]["url"]).content[:2] == b"\xff\xd8"  # the JPEG itself
+    bad = client.post("/api/search", data={"index": "0", "text": "canal", "where": "colour == 'red'"})
+    assert bad.status_code == 422 and "unknown field 'colour'" in bad.json()["detail"]
+    assert str(work) not in bad.text
