@@ -30,7 +30,7 @@ BATCH = 1000  # rows per insert call
 
 
 def milvus(folder: Path, database: np.ndarray, kind: str):
-    from pymilvus import DataType, MilvusClient
+    from pymilvus import DataType, MilvusClient  # optional: the store extra
 
     client = MilvusClient(str(folder / "bench.db"))
     schema = MilvusClient.create_schema(auto_id=False)
@@ -55,7 +55,7 @@ def milvus(folder: Path, database: np.ndarray, kind: str):
 
 
 def qdrant(folder: Path, database: np.ndarray, kind: str):
-    from qdrant_client import QdrantClient, models
+    from qdrant_client import QdrantClient, models  # optional: only this comparison needs it
 
     client = QdrantClient(path=str(folder / "qdrant"))
     client.create_collection(

@@ -43,7 +43,8 @@ def milvus_module():
         import pymilvus  # optional: the database backend (the `store` extra)
     except ImportError as err:
         raise CbirError(f"--store milvus needs pymilvus and milvus-lite; {INSTALL}") from err
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its RPC errors become one CbirError line
+    for name in ("pymilvus", "milvus_lite"):  # their errors become one CbirError line
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return pymilvus
 
 
@@ -78,7 +79,8 @@ def connect(address: StoreAddress, create: bool = False):
     try:
         return pymilvus.MilvusClient(address.uri)
     except Exception as err:  # server down, a held lock: pymilvus raises various types
-        raise CbirError(f"cannot open store {address} ({short(err)})") from err
+        held = "; Milvus Lite serves one process at a time: is another index, search or serve using it?"
+        raise CbirError(f"cannot open store {address} ({short(err)}{held if path else ''})") from err
 
 
 def read_manifest_property(client, address: StoreAddress) -> dict | None:

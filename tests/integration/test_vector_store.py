@@ -77,6 +77,9 @@ def test_store_top10_equals_the_index_folder_and_reruns_are_incremental(built, f
         a, b = folder.search(work / "art" / path, 10), opened.search(work / "art" / path, 10)
         assert [r.path for r in a] == [r.path for r in b]
         assert [r.score for r in a] == pytest.approx([r.score for r in b], abs=2e-6)
+    recommended = opened.recommend(work / "art" / table.path[0], k=3)  # same file hash: an exact duplicate
+    assert [r.path for r in recommended["exact_duplicates"]] == [str(work / "art" / table.path[0])]
+    assert len(recommended["results"]) == 3
     (work / "art" / table.path[1]).unlink()
     rows = [{k: _plain(v) for k, v in r.items()} for r in table.to_dict("records")]
     rows[2]["title"] = "a new title"
