@@ -8,7 +8,10 @@ average precision of the first ``--depth`` results (the query itself removed), d
 other paintings by that artist (capped at the depth). Prints one JSON line per method.
 
     .venv/bin/python benchmarks/hybrid_map.py --config configs/wikiart_pretrained.yaml \\
-        --root ../shared/data/wikiart_pd [--weights 0.5 1 2]
+        --root ../shared/data/wikiart_pd [--weights 0.5 1 2] [--every 2] [--db paintings.db]
+
+The queries' vectors are read back from the store (what embedding the paintings again gives); ``--db`` keeps
+the store, and a re-run with the same ``--ckpt`` reuses its vectors (the index is incremental).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +49,9 @@ def main() -> None:
     model.add_argument("--config", help="a fit config whose model is used with its own weights")
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.0, 2.0])
-    parser.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    parser.add_argument("--every", type=int, default=1, help="every N-th painting is a query (1: all)")
+    parser.add_argument("--offset", type=int, default=0, help="the first query (with --every: a split)")
+    parser.add_argument("--db", type=Path, help="keep the store there (a re-run reuses its vectors)")
     args = parser.parse_args()
     ckpt = args.ckpt
     if args.config:
@@ -55,11 +61,12 @@ def main() -> None:
     rows = painting_rows(args.root)
     artist_of = {str(args.root.resolve() / r["path"]): r["artist"] for r in rows}
     work = Path(tempfile.mkdtemp(prefix="hybrid-map-"))
+    db = args.db or work / "paintings.db"
     try:
         start = time.perf_counter()
         index = Index.build(
             args.root,
-            f"milvus:{work / 'paintings.db'}",
+            f"milvus:{db}",
             ckpt,
             metadata=write_tsv(rows, work / "paintings.tsv"),
             text_columns=["title"],
@@ -67,8 +74,12 @@ def main() -> None:
         )
         build_s = time.perf_counter() - start
         index = Index.open(index.path)
-        vectors = {}
-        queries = rows[: args.limit] if args.limit else rows
+        queries = rows[args.offset :: args.every]
+        store = index.searcher  # the stored vectors are the query vectors (what embedding them again gives)
+        vectors = {
+            str(args.root.resolve() / r["path"]): torch.tensor([r["vector"]])
+            for r in store.rows([q["path"] for q in queries], ["path", "vector"])
+        }
         scores: dict[str, list[float]] = {
             "image": [],
             "text": [],
@@ -76,7 +87,8 @@ def main() -> None:
         }
         for row in queries:
             path = str(args.root.resolve() / row["path"])
-            vectors[path] = index.embedder.embed(path)
+            if len(scores["image"]) % 50 == 0:
+                print(f"{len(scores['image'])}/{len(queries)} queries", file=sys.stderr, flush=True)
             n = args.depth + 1
             image = [r.path for r in index.search(vectors[path], n)]
             scores["image"].append(ap_at(image, path, artist_of, args.depth))

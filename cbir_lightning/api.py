@@ -312,7 +312,7 @@ class Index:
         *,
         where: str | None = None,
         text: str | None = None,
-        text_weight: float = 1.0,
+        text_weight: float = 0.5,
     ) -> list[Result]:
         """The ``k`` most similar items to ``query``: an image (file, PIL image, preprocessed ``[C, H, W]``
         tensor) or a vector ``[D]`` / ``[1, D]``. ``crop``: ``(x0, y0, x1, y1)`` of an image in pixels;

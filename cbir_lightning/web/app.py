@@ -41,7 +41,7 @@ from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import RERANKERS
 from cbir_lightning.search.files import parse_crop
 from cbir_lightning.search.manifest import current_version
-from cbir_lightning.search.query import SearchIndex, embed_query, hybrid_search, search_image
+from cbir_lightning.search.query import TEXT_WEIGHT, SearchIndex, embed_query, hybrid_search, search_image
 from cbir_lightning.search.store import is_store_address
 from cbir_lightning.web.access import LOOPBACK_HOSTS, TokenMiddleware
 from cbir_lightning.web.gate import Gate
@@ -165,7 +165,7 @@ def run_search(
     max_pixels: int,
     where: str = "",
     text: str = "",
-    text_weight: float = 1.0,
+    text_weight: float = TEXT_WEIGHT,
 ) -> list[dict]:
     """Decode the query (an upload's or an indexed item's bytes, capped at ``max_pixels``), embed it and
     search (a worker thread); with a filter or a text (a database store), the engine's filtered, text or
@@ -294,7 +294,7 @@ def create_app(
         file: Annotated[UploadFile | None, File()] = None,
         where: Annotated[str, Form()] = "",
         text: Annotated[str, Form()] = "",
-        text_weight: Annotated[float, Form()] = 1.0,
+        text_weight: Annotated[float, Form()] = TEXT_WEIGHT,
     ) -> dict:
         chosen = await run_in_threadpool(catalogue.index, index)
         box, rerank = check_crop(crop), check_rerank(chosen, rerank)
