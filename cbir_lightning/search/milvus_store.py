@@ -54,6 +54,13 @@ def short(err: BaseException) -> str:
     return " ".join(str(message).split("\n", 1)[0].split())[:300]
 
 
+def paths_filter(paths: list[str]) -> str:
+    """The filter expression matching exactly ``paths``: each a double-quoted literal with ``"`` and ``\\``
+    escaped (pymilvus's ``get``/``delete`` by id quote without escaping: a file named ``x' or 1==1 or
+    path in ['`` would match every row)."""
+    return "path in [" + ", ".join(json.dumps(p, ensure_ascii=False) for p in paths) + "]"
+
+
 def is_lite_database(path: Path) -> bool:
     """Whether ``path`` is a Milvus Lite database (the folder it writes: ``collections/``, ``databases/``)."""
     return path.is_dir() and not path.is_symlink() and (path / "collections").is_dir()
@@ -204,9 +211,14 @@ class MilvusStore:
         """The stored rows of ``paths`` (relative), with ``fields`` (default: all but the vectors)."""
         if not paths:
             return []
-        return self.client.get(
-            self.address.collection, ids=list(paths), output_fields=fields or [*OWN_FIELDS, *self.columns]
-        )
+        try:
+            return self.client.query(
+                self.address.collection,
+                filter=paths_filter(list(paths)),
+                output_fields=fields or [*OWN_FIELDS, *self.columns],
+            )
+        except Exception as err:  # e.g. a path the engine cannot quote: the item is not there
+            raise CbirError(f"cannot read {len(paths)} item(s) of store {self.path} ({short(err)})") from err
 
     def page(self, offset: int, limit: int) -> list[str]:
         """``limit`` stored paths from the ``offset``-th, in the engine's order (the web page's picker)."""
@@ -218,7 +230,7 @@ class MilvusStore:
     def open_item(self, item: str) -> BinaryIO:
         """The file of the row ``item`` (its relative path) if it is still the indexed file: inside the
         indexed folder (no symlink out of it followed), with the recorded size and mtime; CbirError else."""
-        found = self.rows([item])
+        found = [row for row in self.rows([item]) if row["path"] == item]  # exactly this row, nothing else
         if not found:
             raise CbirError(f"{item} is not in store {self.path}")
         fd = open_inside(self.manifest["images_root"], item)

@@ -34,6 +34,7 @@ from cbir_lightning.search.milvus_store import (
     TEXT_MAX,
     connect,
     milvus_module,
+    paths_filter,
     read_manifest_property,
     short,
 )
@@ -201,12 +202,12 @@ def build_store_index(
             i for i in keep if rows[i] is None and _row_changed(stored[items[i]["path"]], table, texts)
         ]
         if changed:
-            vectors = {
-                r["path"]: r["vector"]
-                for r in client.get(
-                    address.collection, ids=[items[i]["path"] for i in changed], output_fields=["vector"]
-                )
-            }
+            found = client.query(
+                address.collection,
+                filter=paths_filter([items[i]["path"] for i in changed]),
+                output_fields=["path", "vector"],
+            )
+            vectors = {r["path"]: r["vector"] for r in found}
             for i in changed:
                 rows[i] = np.asarray(vectors[items[i]["path"]], dtype=np.float32)
         if old is not None and not same:
@@ -222,7 +223,7 @@ def build_store_index(
             client.upsert(address.collection, [_row(items[i], rows[i], table, texts) for i in chunk])
         removed = sorted(set(stored) - {items[i]["path"] for i in keep})
         for start in range(0, len(removed), BATCH):
-            client.delete(address.collection, ids=removed[start : start + BATCH])
+            client.delete(address.collection, filter=paths_filter(removed[start : start + BATCH]))
         manifest.update(
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             count=len(keep),

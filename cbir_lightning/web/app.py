@@ -268,7 +268,7 @@ def create_app(
         try:
             return index.open_item(j)
         except CbirError as err:
-            log.warning("index %s: item %d not served: %s", index.path, j, err)
+            log.warning("index %s: item %s not served: %s", index.path, j, err)
             raise HTTPException(404, f"item {j} is no longer the indexed file on disk; re-index") from None
 
     def item_bytes(index, i: int, j: int | str) -> bytes:

@@ -137,3 +137,23 @@ def test_bad_filters_and_foreign_collections_are_one_line(store, tmp_path):
     with pytest.raises(CbirError, match="is not a Milvus Lite database"):
         MilvusStore.open(f"milvus:{tmp_path / 'plain.db'}")
     assert json.loads((tmp_path / "plain.db").read_text().replace("not a database", "0")) == 0  # untouched
+
+
+def test_rows_and_deletes_match_exact_paths_even_with_quotes(tmp_path):
+    from cbir_lightning.search.milvus_store import paths_filter
+
+    address = parse_store(f"milvus:{tmp_path / 'quotes.db'}")
+    client = connect(address, create=True)
+    manifest = {"magic": MAGIC, "format_version": FORMAT_VERSION, "images_root": "/p", "model": {}}
+    manifest.update(dimension=4, scoring="dot", columns={}, text_columns=[], count=3)
+    create_collection(client, address, 4, {}, manifest)
+    names = ["plain.jpg", "it's.jpg", 'say "hi"\\.jpg']
+    items = [{"path": p, "size": 1, "mtime_ns": 1, "sha256": ""} for p in names]
+    client.upsert(address.collection, [_row(it, np.ones(4), Metadata({}, {}), []) for it in items])
+    opened = MilvusStore(address, client, manifest)
+    injection = "x' or path != 'x"  # pymilvus's own get-by-id would match every row with it
+    assert opened.rows([injection]) == []
+    assert sorted(r["path"] for r in opened.rows([names[1], names[2]])) == sorted(names[1:])
+    client.delete(address.collection, filter=paths_filter([injection, names[1]]))
+    assert sorted(r["path"] for r in opened.rows(names)) == sorted([names[0], names[2]])
+    client.close()
