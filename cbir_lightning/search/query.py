@@ -216,9 +216,14 @@ def check_index_model(manifest: dict, where, model):
         raise CbirError(
             f"{kind} {model.checkpoint} is not the model index {where} "
             f"was built with ({recorded['checkpoint']}); query with that model or re-index with "
-            f"`cbir-lightning index {option} {model.checkpoint} --out {where}`"
+            f"`cbir-lightning index {option} {model.checkpoint} {_destination(where)}`"
         )
     return model
+
+
+def _destination(where) -> str:
+    """The ``index`` flag that rebuilds the index ``where``: ``--store ADDRESS`` or ``--out FOLDER``."""
+    return f"--store {where}" if str(where).startswith("milvus") else f"--out {where}"
 
 
 def _no_metadata(path, given, flag: str) -> None:
