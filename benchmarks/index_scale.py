@@ -7,14 +7,24 @@ as ``cbir-lightning search`` runs it), recall@10 of the approximate index on new
 against the exact one, and the speed-up (exact p95 / approximate p95; the JSON line also has the ratio of
 the means). One JSON line per size.
 
+``--store``: also the database backend (``index --store milvus:PATH.db``: Milvus Lite, the toolkit's own
+collection schema and ``MilvusStore.vector_search``, exact ``FLAT`` inner product) against the folder's
+faiss flat index on the same vectors: insert seconds, peak RSS of the process and its children (the engine
+runs in one), p95 / mean ms of ``--store-queries`` single queries, recall@10 against faiss exact. One more
+JSON line per size (``"benchmark": "index_scale_store"``).
+
     .venv/bin/python benchmarks/index_scale.py [--sizes 10000 100000 1000000] [--dim 128] [--queries 500]
+    .venv/bin/python benchmarks/index_scale.py --sizes 100000 1000000 --store --store-queries 100
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -59,6 +69,73 @@ def measure(build, queries: np.ndarray, batch: int, k: int) -> dict:
     }
 
 
+def store_rows(vectors: np.ndarray, start: int) -> list[dict]:
+    """Rows of the toolkit's store schema for synthetic vectors (no metadata, no text)."""
+    return [
+        {"path": f"{start + i:08d}.jpg", "vector": v, "size": 1, "mtime_ns": 1, "sha256": "", "text": ""}
+        for i, v in enumerate(vectors.tolist())
+    ]
+
+
+def measure_store(database: np.ndarray, queries: np.ndarray, k: int) -> dict:
+    """Build a Milvus Lite store of ``database`` (timed, peak RSS of the process tree), then search each
+    query alone through ``MilvusStore.vector_search``: p95 / mean ms and the rows found."""
+    from cbir_lightning.search.milvus_store import FORMAT_VERSION, MAGIC, MilvusStore, connect
+    from cbir_lightning.search.store import parse_store
+    from cbir_lightning.search.store_build import BATCH, create_collection
+
+    folder = Path(tempfile.mkdtemp(prefix="index-scale-store-"))
+    try:
+        address = parse_store(f"milvus:{folder / 'scale.db'}")
+        manifest = {"magic": MAGIC, "format_version": FORMAT_VERSION, "images_root": "", "model": {}}
+        manifest.update(dimension=database.shape[1], scoring="dot", columns={}, count=len(database))
+        with PeakMemory(tree=True) as peak:
+            start = time.perf_counter()
+            client = connect(address, create=True)
+            create_collection(client, address, database.shape[1], {}, manifest)
+            for first in range(0, len(database), BATCH * 4):
+                client.insert(address.collection, store_rows(database[first : first + BATCH * 4], first))
+            client.flush(address.collection)
+            store = MilvusStore.open(address)
+            build_s = time.perf_counter() - start
+            times, found = [], []
+            for q in queries:
+                begin = time.perf_counter()
+                hits = store.vector_search(torch.from_numpy(q[None]), k)
+                times.append((time.perf_counter() - begin) * 1000)
+                found.append([int(h["id"][:8]) for h in hits])
+        store.close()
+        client.close()
+        ms = np.array(times)
+        return {
+            "build_s": significant(build_s, 4),
+            "peak_rss_bytes": int(peak.bytes),
+            "p95_ms": significant(float(np.percentile(ms, 95)), 4),
+            "mean_ms": significant(float(ms.mean()), 4),
+            "found": np.array(found),
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def compare_store(n: int, database, queries: np.ndarray, args) -> None:
+    """The folder backend's exact faiss index vs the database backend on the same vectors: one JSON line."""
+    queries = queries[: args.store_queries]
+    with PeakMemory(tree=True) as peak:
+        exact = measure(lambda: FaissKnn(database, "dot"), queries, 1, args.k)
+    exact["peak_rss_bytes"] = int(peak.bytes)
+    store = measure_store(database.numpy(), queries, args.k)
+    recall = knn_recall(torch.from_numpy(store["found"]), torch.from_numpy(exact["found"]))
+    row = {"benchmark": "index_scale_store", "size": n, "dim": args.dim, "queries": len(queries), "k": args.k}
+    row["threads"] = torch.get_num_threads()
+    row[f"store_recall@{args.k}"] = round(recall, 5)
+    for name, measured in (("folder_faiss", exact), ("milvus_lite", store)):
+        row.update(
+            {f"{name}_{key}": measured[key] for key in ("build_s", "peak_rss_bytes", "p95_ms", "mean_ms")}
+        )
+    print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -71,6 +148,9 @@ def main() -> None:
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--min-size", type=int, default=10_000, help="below it the index stays exact")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", action="store_true", help="also the Milvus Lite store vs faiss exact")
+    parser.add_argument("--store-only", action="store_true", help="only that comparison")
+    parser.add_argument("--store-queries", type=int, default=100, help="single queries of that comparison")
     args = parser.parse_args()
     faiss.omp_set_num_threads(torch.get_num_threads())
     print(
@@ -83,6 +163,10 @@ def main() -> None:
         noise = args.noise / args.dim**0.5
         database = clustered(n, centers, noise, g)
         queries = clustered(args.queries, centers, noise, g).numpy()
+        if args.store or args.store_only:
+            compare_store(n, database, queries, args)
+        if args.store_only:
+            continue
         exact = measure(lambda database=database: FaissKnn(database, "dot"), queries, args.batch, args.k)
         approx = measure(
             lambda database=database: tune_approximate(

@@ -14,6 +14,20 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def tree_rss_bytes() -> int:
+    """RSS of this process and its descendants (Milvus Lite runs its engine in a child process)."""
+    import psutil  # only for the tree: wandb's dependency, present in the dev environment
+
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
 def release_freed_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS, so the next measurement starts clean."""
     gc.collect()
@@ -26,12 +40,13 @@ def release_freed_memory() -> None:
 class PeakMemory:
     """``with PeakMemory() as peak: ...``; then ``peak.bytes`` is the largest RSS growth seen inside."""
 
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval, self.bytes = interval, 0
+    def __init__(self, interval: float = 0.002, tree: bool = False) -> None:
+        self.interval, self.bytes = (max(interval, 0.01) if tree else interval), 0
+        self.rss = tree_rss_bytes if tree else rss_bytes
 
     def __enter__(self) -> PeakMemory:
         release_freed_memory()
-        self.start = rss_bytes()
+        self.start = self.rss()
         self._peak, self._stop = self.start, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -39,11 +54,11 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self._peak = max(self._peak, rss_bytes())
+            self._peak = max(self._peak, self.rss())
             time.sleep(self.interval)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, rss_bytes())
+        self._peak = max(self._peak, self.rss())
         self.bytes = self._peak - self.start

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.search.files import DEFAULT_MAX_PIXELS
+from cbir_lightning.search.store import is_store_address
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
@@ -188,22 +189,25 @@ class _Inputs(torch.utils.data.Dataset):
 
 class Result(NamedTuple):
     """One hit of a search: ``rank`` 1 is the most similar; ``score`` as the model scores it (6 decimals,
-    as ``cbir-lightning search`` prints it)."""
+    as ``cbir-lightning search`` prints it; a hybrid search's fused score); ``metadata``: the item's
+    columns (an index built with ``--metadata``), else None."""
 
     rank: int
     path: str
     score: float
+    metadata: dict | None = None
 
 
 def _results(found: list[dict]) -> list[Result]:
-    return [Result(rank, r["path"], r["score"]) for rank, r in enumerate(found, 1)]
+    return [Result(rank, r["path"], r["score"], r.get("metadata")) for rank, r in enumerate(found, 1)]
 
 
 class Index:
-    """An index folder written by ``cbir-lightning index`` / ``Index.build``, with its model."""
+    """An index written by ``cbir-lightning index`` / ``Index.build``, with its model: an index folder, or a
+    database store (``"milvus:PATH.db"``, ``"milvus://HOST:PORT"``: :mod:`cbir_lightning.search.store`)."""
 
     def __init__(self, path: str | Path, model=None, *, ckpt=None, onnx=None) -> None:
-        self.path = Path(path)
+        self.path = path if is_store_address(path) else Path(path)
         self._ckpt, self._onnx = model_files(model, ckpt, onnx)
         self._loaded = model if isinstance(model, Embedder) else None  # used as is, not read again
         self._searcher = None
@@ -231,6 +235,8 @@ class Index:
         approximate: bool = False,
         target_recall: float = 0.95,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        metadata: str | Path | None = None,
+        text_columns: list[str] | None = None,
     ) -> Index | None:
         """Index every jpg/png/webp below ``images`` into the folder ``out`` (as ``cbir-lightning index``:
         incremental, atomic); ``model`` as in ``open``. ``trainer_options``: the devices of a checkpoint's or
@@ -238,10 +244,28 @@ class Index:
         and ``enable_progress_bar``. ``approximate``: a faiss HNSW / IVF index tuned to reach
         ``target_recall`` at 10 (``index --approximate``; exact below 10000 images). ``max_pixels``: larger
         images are skipped (``index --max-pixels``). ``index.report`` is the command's JSON; None in a DDP
-        worker."""
+        worker. ``out`` may be a database store (``"milvus:art.db"``): then ``metadata`` (a TSV/CSV with
+        a ``path`` column) is stored with the vectors and ``text_columns`` (default: its text columns)
+        are what ``search(text=...)`` ranks by."""
         from cbir_lightning.search.index import build_index
 
         ckpt, onnx = model_files(model, ckpt, onnx)
+        if is_store_address(out):
+            from cbir_lightning.search.store_build import build_store_index
+
+            if approximate:
+                raise CbirError("a database store searches exactly (FLAT); drop --approximate")
+            report = build_store_index(
+                ckpt, images, out, metadata, text_columns, batch_size, trainer_options, onnx, max_pixels
+            )
+            index = cls(out, ckpt=ckpt, onnx=onnx)
+            index.report = report
+            return index
+        if metadata is not None or text_columns is not None:
+            raise CbirError(
+                "--metadata needs a database store: index with --store milvus:PATH.db (the index folder "
+                "keeps no metadata)"
+            )
         report = build_index(
             ckpt,
             images,
@@ -261,11 +285,18 @@ class Index:
 
     @property
     def searcher(self):
-        """The loaded :class:`~cbir_lightning.search.query.SearchIndex` (vectors, faiss, manifest)."""
+        """The loaded :class:`~cbir_lightning.search.store.VectorStore`: a
+        :class:`~cbir_lightning.search.query.SearchIndex` (vectors, faiss, manifest) or a
+        :class:`~cbir_lightning.search.milvus_store.MilvusStore`."""
         if self._searcher is None:
-            from cbir_lightning.search.query import SearchIndex
+            if is_store_address(self.path):
+                from cbir_lightning.search.milvus_store import MilvusStore
 
-            self._searcher = SearchIndex.open(self.path)
+                self._searcher = MilvusStore.open(self.path)
+            else:
+                from cbir_lightning.search.query import SearchIndex
+
+                self._searcher = SearchIndex.open(self.path)
         return self._searcher
 
     @cached_property
@@ -277,23 +308,50 @@ class Index:
         return Embedder(self.searcher.load_model(self._ckpt, self._onnx))
 
     def __len__(self) -> int:
-        return len(self.searcher.items)
+        return len(self.searcher)
 
     @property
     def paths(self) -> list[str]:
-        """The indexed files, in row order."""
+        """The indexed files, in row order (index folders)."""
+        if is_store_address(self.path):
+            raise CbirError(f"{self.path} is a database store: it has no row order; search it")
         return [str(self.searcher.item_path(i)) for i in range(len(self))]
 
-    def search(self, query, k: int = 10, crop=None, rerank: str = "none") -> list[Result]:
+    def search(
+        self,
+        query=None,
+        k: int = 10,
+        crop=None,
+        rerank: str = "none",
+        *,
+        where: str | None = None,
+        text: str | None = None,
+        text_weight: float = 0.5,
+    ) -> list[Result]:
         """The ``k`` most similar items to ``query``: an image (file, PIL image, preprocessed ``[C, H, W]``
         tensor) or a vector ``[D]`` / ``[1, D]``. ``crop``: ``(x0, y0, x1, y1)`` of an image in pixels;
-        ``rerank``: ``none``, ``aqe``, ``dba`` or ``diffusion`` (on the first 100 results)."""
+        ``rerank``: ``none``, ``aqe``, ``dba`` or ``diffusion`` (on the first 100 results; index folders).
+
+        A database store also takes ``where`` (a filter on the metadata columns, e.g. ``"style ==
+        'Rococo' and year < 1800"``, evaluated by the engine) and ``text`` (ranked by BM25 over the text
+        columns; with a ``query``, the two rankings fused by reciprocal rank fusion, the text's weighted
+        ``text_weight``)."""
         from cbir_lightning.search.query import search_image
 
+        if is_store_address(self.path) or where or text:
+            return self._search_store(query, k, crop, rerank, where, text, text_weight)
         if isinstance(query, (str, Path, Image.Image)):
             return _results(search_image(self.searcher, self.embedder.model, query, k, crop, rerank))
         if crop is not None:
             raise CbirError("crop applies to image files and PIL images; crop the image before embedding")
+        query = self._vector(query)
+        searcher = self.searcher
+        model = self.embedder.model if searcher.manifest["scoring"] == "model" else None
+        scores, rows = searcher.search_vectors(query, k, model, rerank)
+        return _results(searcher.results(scores[0], rows[0]))
+
+    def _vector(self, query) -> Tensor:
+        """A query vector ``[1, D]`` of a vector or an image tensor; CbirError for anything else."""
         try:
             query = torch.as_tensor(query)
         except (TypeError, ValueError, RuntimeError) as err:
@@ -306,10 +364,22 @@ class Index:
         query = query.reshape(1, -1) if query.ndim == 1 else query
         if len(query) != 1:
             raise CbirError(f"search takes one query, got {len(query)}; search each in turn")
-        searcher = self.searcher
-        model = self.embedder.model if searcher.manifest["scoring"] == "model" else None
-        scores, rows = searcher.search_vectors(query, k, model, rerank)
-        return _results(searcher.results(scores[0], rows[0]))
+        return query
+
+    def _search_store(self, query, k, crop, rerank, where, text, text_weight) -> list[Result]:
+        from cbir_lightning.search.query import embed_query, hybrid_search
+
+        if rerank != "none":
+            raise CbirError("--rerank applies to index folders; a database store or --where/--text: none")
+        if query is None:
+            vector = None
+        elif isinstance(query, (str, Path, Image.Image)):
+            vector = embed_query(self.embedder.model, query, crop)
+        elif crop is not None:
+            raise CbirError("crop applies to image files and PIL images; crop the image before embedding")
+        else:
+            vector = self._vector(query)
+        return _results(hybrid_search(self.searcher, vector, text, k, where, text_weight))
 
     def recommend(self, image: str | Path, k: int = 10, duplicate_threshold: float = 0.98) -> dict:
         """Items similar to the image file ``image``: ``{"results": [Result], "exact_duplicates": [Result]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 def index(
     images: str,
-    out: str,
+    out: str | None = None,
     ckpt: str | None = None,
     batch_size: int = 32,
     accelerator: str = "auto",
@@ -23,8 +23,11 @@ def index(
     target_recall: float = 0.95,
     config_file: str | None = None,
     max_pixels: int = 25_000_000,
+    store: str | None = None,
+    metadata: str | None = None,
+    text_columns: list[str] | None = None,
 ) -> dict | None:
-    """Embed every jpg/png/webp below --images into the index folder --out (incremental, atomic).
+    """Embed every jpg/png/webp below --images into the index folder --out or a database --store.
 
     Args:
         ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is applied), or a
@@ -55,6 +58,15 @@ def index(
             weights (e.g. ``configs/wikiart_pretrained.yaml``: ImageNet EfficientNet-Lite0 + GeM, no
             training). It is written as the checkpoint ``<trainer.default_root_dir>/checkpoints/config.ckpt``
             (``fit``'s format), which the index records and ``search``/``recommend`` load.
+        store: instead of ``--out``, a database: ``milvus:PATH.db`` (Milvus Lite, a local database created
+            there) or ``milvus://HOST:PORT`` (a Milvus server or cluster), ``#NAME`` at the end for another
+            collection than ``images``. Incremental too: new and changed files are embedded and upserted,
+            deleted ones deleted. Exact inner-product search (dot-product models only).
+        metadata: with ``--store``, a ``.tsv``/``.csv`` with a ``path`` column (relative to ``--images``)
+            and any others, stored with each vector: ``search --where`` filters on them, results carry
+            them.
+        text_columns: the metadata columns ``search --text`` ranks by (BM25), e.g. ``"[title, artist]"``;
+            default: every text column.
     """
     from cbir_lightning.api import Index
     from cbir_lightning.errors import CbirError
@@ -67,6 +79,14 @@ def index(
 
         ckpt = str(config_checkpoint(config_file))
         print(f"model of {config_file}: {ckpt}")
+    if (out is None) == (store is None):
+        raise CbirError("pass where to index: --out FOLDER or --store milvus:PATH.db (one of them)")
+    if store is not None:
+        from cbir_lightning.search.store import parse_store
+
+        parse_store(store)  # an unknown scheme is one line, before any work
+    if store is not None and (devices, strategy, num_nodes) != (1, "auto", 1):
+        raise CbirError("--store indexes in one process; drop --devices/--strategy/--num-nodes")
     options = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
     if model is not None and is_model_file(model):  # a model file: as --ckpt (devices apply)
         ckpt, model = model, None
@@ -79,7 +99,7 @@ def index(
         options = None
     built = Index.build(
         images,
-        out,
+        out if store is None else store,
         ckpt=ckpt,
         onnx=model,
         batch_size=batch_size,
@@ -87,6 +107,8 @@ def index(
         approximate=approximate,
         target_recall=target_recall,
         max_pixels=max_pixels,
+        metadata=metadata,
+        text_columns=text_columns,
     )
     if built is None:  # a DDP worker process: rank 0 reports
         return None
@@ -96,22 +118,35 @@ def index(
 
 
 def search(
-    index: str,
-    query: str,
+    index: str | None = None,
+    query: str | None = None,
     top_k: int = 10,
     crop: str | None = None,
     rerank: str = "none",
     sheet: str | None = None,
     ckpt: str | None = None,
     model: str | None = None,
+    store: str | None = None,
+    where: str | None = None,
+    text: str | None = None,
+    text_weight: float = 0.5,
 ) -> list:
-    """The indexed images most similar to a query image (crop, re-ranking, contact sheet).
+    """The indexed images most similar to a query image or text (filters, crop, re-ranking, contact sheet).
 
-    Prints a JSON list of ``{"path", "score"}``, the ``top_k`` best first.
+    Prints a JSON list of ``{"path", "score"}`` (and ``"metadata"`` from a store indexed with
+    ``--metadata``), the ``top_k`` best first.
 
     Args:
-        index: index folder built by ``cbir-lightning index``.
+        index: index folder built by ``cbir-lightning index`` (or a store address, as ``--store``).
+        store: instead of ``--index``, the database store indexed with ``index --store``.
         query: query image file.
+        where: (a store) only items whose metadata satisfy this Milvus filter expression, e.g.
+            ``"style == 'Rococo' and year < 1800"``, ``"artist in ['canaletto', 'guardi']"``; evaluated by
+            the engine during the search.
+        text: (a store) rank by BM25 over the text columns; with ``--query`` too, the image and text
+            rankings are fused by reciprocal rank fusion.
+        text_weight: the text ranking's weight in the fusion (the image ranking's is 1; 0.5 measured best on
+            the paintings' titles, see the vector store page of the documentation).
         top_k: number of results (``--top-k``).
         crop: ``x0,y0,x1,y1`` region of the query in pixels.
         rerank: ``none``, ``aqe`` (alpha query expansion), ``dba`` (database-side augmentation) or
@@ -123,28 +158,56 @@ def search(
             index's checkpoint (same whitening), run with ONNX Runtime.
     """
     from cbir_lightning.api import Index
+    from cbir_lightning.errors import CbirError
     from cbir_lightning.search.files import crop_image, open_image, parse_crop
     from cbir_lightning.search.sheet import contact_sheet
 
     parse_crop(crop)  # a bad --crop is refused (one line) before any work
-    opened = Index.open(index, ckpt=ckpt, onnx=model)
+    opened = Index.open(_where(index, store), ckpt=ckpt, onnx=model)
+    if query is None:
+        if not text:
+            raise CbirError("pass --query IMAGE, --text WORDS or both")
+        if sheet or crop:
+            raise CbirError("--sheet and --crop need a query image (--query)")
+        found = opened.search(None, top_k, where=where, text=text, text_weight=text_weight)
+        return [_printed(r) for r in found]
     opened.embedder  # noqa: B018 (the index's model is checked before the query is read)
     image = open_image(query)
-    results = [{"path": r.path, "score": r.score} for r in opened.search(image, top_k, crop, rerank)]
+    found = opened.search(image, top_k, crop, rerank, where=where, text=text, text_weight=text_weight)
+    results = [_printed(r) for r in found]
     if sheet:
         contact_sheet(crop_image(image, parse_crop(crop)), results, sheet)
         print(f"contact sheet: {sheet}")
     return results
 
 
+def _where(index: str | None, store: str | None) -> str:
+    """The index to open: ``--index`` or ``--store`` (one of them)."""
+    from cbir_lightning.errors import CbirError
+    from cbir_lightning.search.store import parse_store
+
+    if (index is None) == (store is None):
+        raise CbirError("pass the index to search: --index FOLDER or --store milvus:PATH.db (one of them)")
+    if store is not None:
+        parse_store(store)  # an unknown scheme is one line
+    return index if store is None else store
+
+
+def _printed(result) -> dict:
+    """A result as printed: path, score, and the metadata of a store indexed with --metadata."""
+    printed = {"path": result.path, "score": result.score}
+    return printed if result.metadata is None else {**printed, "metadata": result.metadata}
+
+
 def recommend(
-    index: str,
-    image: str,
+    index: str | None = None,
+    image: str | None = None,
     top_k: int = 10,
     duplicate_threshold: float = 0.98,
     ckpt: str | None = None,
     model: str | None = None,
     sheet: str | None = None,
+    store: str | None = None,
 ) -> dict:
     """Indexed items similar to an image, without its exact and near duplicates.
 
@@ -159,12 +222,16 @@ def recommend(
         model: the index's ONNX model at another path, or an export of its checkpoint (see ``search``).
         sheet: also write a contact sheet (the image + its recommendations with scores; ``.jpg``/``.jpeg``:
             JPEG, otherwise PNG).
+        store: instead of ``--index``, the database store indexed with ``index --store``.
     """
     from cbir_lightning.api import Index
+    from cbir_lightning.errors import CbirError
     from cbir_lightning.search.files import open_image
     from cbir_lightning.search.sheet import contact_sheet
 
-    opened = Index.open(index, ckpt=ckpt, onnx=model)
+    if image is None:
+        raise CbirError("pass --image IMAGE: the item to recommend for")
+    opened = Index.open(_where(index, store), ckpt=ckpt, onnx=model)
     opened.embedder  # noqa: B018 (the index's model is checked before the image is read)
     result = opened.recommend(image, top_k, duplicate_threshold)
     results = [{"path": r.path, "score": r.score} for r in result["results"]]
@@ -204,7 +271,9 @@ def serve(
     Error responses carry an error id, never a server path; the details go to the log (stderr).
 
     Args:
-        index: an index folder, or several as ``--index "[A, B]"`` (chosen in the page).
+        index: an index folder or a database store (``milvus:art.db``), or several as ``--index "[A, B]"``
+            (chosen in the page). A store indexed with ``--metadata`` shows its columns under each result
+            and takes a filter and a text (hybrid search) beside the upload.
         host: interface to listen on (loopback by default; ``0.0.0.0`` exposes it to the network and then
             needs ``--token`` or ``--insecure``).
         port: TCP port.
@@ -236,9 +305,11 @@ def serve(
         )
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cbir_lightning.web").setLevel(logging.INFO)  # reloads, errors with their ids
+    from cbir_lightning.search.store import is_store_address
+
     index = [index] if isinstance(index, str) else list(index)
     app = create_app(
-        [Path(p) for p in index],
+        [p if is_store_address(p) else Path(p) for p in index],
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_upload_pixels=max_upload_pixels,
         max_concurrent=max_concurrent,

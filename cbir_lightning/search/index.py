@@ -198,13 +198,22 @@ def _prune(out: Path, keep: set[Path]) -> None:
             shutil.rmtree(version, ignore_errors=True)
 
 
-def _plan(images: Path, out: Path, model: SearchModel, whitening: dict | None, decoding: Decoding) -> dict:
+def _plan(
+    images: Path,
+    out: Path | None,
+    model: SearchModel,
+    whitening: dict | None,
+    decoding: Decoding,
+    previous: tuple[dict, np.ndarray | None] | None = None,
+) -> dict:
     """What a run must do: ``items``/``rows`` (None where the file is to be embedded; reused item and
-    vector otherwise), ``todo`` ``[(rel, stat, header)]``, ``skipped``, ``reused`` and the old paths."""
+    vector otherwise), ``todo`` ``[(rel, stat, header)]``, ``skipped``, ``reused`` and the old paths.
+    ``previous``: ``({path: (item, row)}, vectors)`` of an index kept elsewhere (a database store: vectors
+    None, reused rows stay where they are); default: the live version of the index folder ``out``."""
     relative, skipped = scan_collection(images)
     if not relative:
         raise CbirError(f"no jpg/png/webp images under {images}; nothing to index")
-    reuse, old = _previous(out, images, model, whitening, decoding)
+    reuse, old = previous if previous is not None else _previous(out, images, model, whitening, decoding)
     items, rows, todo, reused = [], [], [], 0
     for rel in relative:
         try:
@@ -215,7 +224,7 @@ def _plan(images: Path, out: Path, model: SearchModel, whitening: dict | None, d
         prev = reuse.get(rel)
         if prev and prev[0]["size"] == stat.st_size and prev[0]["mtime_ns"] == stat.st_mtime_ns:
             items.append(prev[0])
-            rows.append(old[prev[1]])
+            rows.append(None if old is None else old[prev[1]])
             reused += 1
             continue
         header = image_header(images / rel, decoding)

@@ -16,12 +16,17 @@ from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import check_reranker, rerank_scores
 from cbir_lightning.retrieval.approximate import set_params
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
+from cbir_lightning.retrieval.fusion import reciprocal_rank_fusion
 from cbir_lightning.search.files import crop_image, file_sha256, open_image, open_inside, parse_crop
 from cbir_lightning.search.manifest import CURRENT, EMBEDDINGS, FAISS_INDEX, read_manifest
 from cbir_lightning.search.model import SearchModel
 
 OPEN_ATTEMPTS = 4  # reads of an index whose CURRENT moved meanwhile, before giving up
 SHORTLIST = 100  # re-ranking works on the top items of the first search (Iscen et al.'s truncation)
+FUSED_CANDIDATES = 100  # items of each ranking that hybrid search fuses
+# the text ranking's weight in hybrid search (the image's is 1): the best on half of the paintings (titles
+# vs an ImageNet baseline), confirmed on the other half (docs/vector-store.md)
+TEXT_WEIGHT = 0.5
 
 
 @dataclass
@@ -87,59 +92,28 @@ class SearchIndex:
         return os.fdopen(fd, "rb")
 
     def load_model(self, ckpt: str | Path | None = None, onnx_model: str | Path | None = None):
-        """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path), checked by
-        :meth:`check_model`. An index built with an ONNX export is queried with that export (or a copy);
-        one built with a checkpoint also with an export of that checkpoint and its whitening file."""
-        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
-
-        recorded = self.manifest["model"]
-        if recorded.get("onnx") or onnx_model is not None:
-            if recorded.get("onnx") and ckpt is not None:
-                raise CbirError(
-                    f"index {self.path} was built with the ONNX model {recorded['checkpoint']}; query it "
-                    "with --model (not --ckpt), or rebuild it with `cbir-lightning index --ckpt`"
-                )
-            path = Path(onnx_model or recorded["checkpoint"])
-            if not path.is_file():
-                raise CbirError(
-                    f"ONNX model {path} of index {self.path} not found; pass the index's model with --model "
-                    "or rebuild the index"
-                )
-            return self.check_model(OnnxSearchModel.load(path))
-        ckpt = Path(ckpt or recorded["checkpoint"])
-        if not ckpt.is_file():
-            raise CbirError(
-                f"checkpoint {ckpt} of index {self.path} not found; pass the index's checkpoint with --ckpt "
-                "or rebuild the index"
-            )
-        return self.check_model(SearchModel.load(ckpt.resolve()))
+        """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path): see
+        :func:`load_index_model`."""
+        return load_index_model(self.manifest, self.path, ckpt, onnx_model)
 
     def check_model(self, model):
-        """``model`` (a :class:`SearchModel` or an ONNX export's model) if it is the one the index was built
-        with: the same checkpoint identity and whitening file, or an export of them; else CbirError."""
-        recorded = self.manifest["model"]
-        whitening = (model.describe_whitening() or {}).get("sha256")
-        same_whitening = whitening == (self.manifest.get("whitening") or {}).get("sha256")
-        onnx = model.is_onnx
-        if recorded.get("onnx"):
-            same = onnx and model.identity == recorded["identity"]
-        elif onnx:  # a checkpoint's index: an export of that checkpoint with the same whitening file
-            same = model.meta["source"]["identity"] == recorded["identity"] and same_whitening
-        else:
-            same = model.identity == recorded["identity"]
-            if same and not same_whitening:
-                raise CbirError(
-                    f"the whitening beside {model.checkpoint} differs from the one index {self.path} was "
-                    "built with; re-index with `cbir-lightning index`"
-                )
-        if not same:
-            kind, option = ("ONNX model", "--model") if onnx else ("checkpoint", "--ckpt")
-            raise CbirError(
-                f"{kind} {model.checkpoint} is not the model index {self.path} "
-                f"was built with ({recorded['checkpoint']}); query with that model or re-index with "
-                f"`cbir-lightning index {option} {model.checkpoint} --out {self.path}`"
-            )
-        return model
+        """``model`` if it is the one the index was built with: see :func:`check_index_model`."""
+        return check_index_model(self.manifest, self.path, model)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def vector_search(self, query: Tensor, top_k: int, where: str | None = None) -> list[dict]:
+        """The ``top_k`` items nearest to one query vector ``[1, D]`` (dot-product indexes; ``where``: the
+        folder format keeps no metadata, so a filter is refused)."""
+        _no_metadata(self.path, where, "--where")
+        scores, rows = self.search_vectors(query, top_k)
+        return self.results(scores[0], rows[0])
+
+    def text_search(self, text: str, top_k: int, where: str | None = None) -> list[dict]:
+        """Refused: the folder format keeps no text (index into ``--store milvus:...``, ``--metadata``)."""
+        _no_metadata(self.path, text, "--text")
+        return []
 
     def search_vectors(
         self, query: Tensor, top_k: int, model: SearchModel | None = None, rerank: str = "none"
@@ -188,6 +162,78 @@ class SearchIndex:
         ]
 
 
+def load_index_model(
+    manifest: dict, where, ckpt: str | Path | None = None, onnx_model: str | Path | None = None
+):
+    """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path), checked by
+    :func:`check_index_model`. An index built with an ONNX export is queried with that export (or a copy);
+    one built with a checkpoint also with an export of that checkpoint and its whitening file."""
+    from cbir_lightning.export.onnx_embedder import OnnxSearchModel
+
+    recorded = manifest["model"]
+    if recorded.get("onnx") or onnx_model is not None:
+        if recorded.get("onnx") and ckpt is not None:
+            raise CbirError(
+                f"index {where} was built with the ONNX model {recorded['checkpoint']}; query it "
+                "with --model (not --ckpt), or rebuild it with `cbir-lightning index --ckpt`"
+            )
+        path = Path(onnx_model or recorded["checkpoint"])
+        if not path.is_file():
+            raise CbirError(
+                f"ONNX model {path} of index {where} not found; pass the index's model with --model "
+                "or rebuild the index"
+            )
+        return check_index_model(manifest, where, OnnxSearchModel.load(path))
+    ckpt = Path(ckpt or recorded["checkpoint"])
+    if not ckpt.is_file():
+        raise CbirError(
+            f"checkpoint {ckpt} of index {where} not found; pass the index's checkpoint with --ckpt "
+            "or rebuild the index"
+        )
+    return check_index_model(manifest, where, SearchModel.load(ckpt.resolve()))
+
+
+def check_index_model(manifest: dict, where, model):
+    """``model`` (a :class:`SearchModel` or an ONNX export's model) if it is the one the index was built
+    with: the same checkpoint identity and whitening file, or an export of them; else CbirError."""
+    recorded = manifest["model"]
+    whitening = (model.describe_whitening() or {}).get("sha256")
+    same_whitening = whitening == (manifest.get("whitening") or {}).get("sha256")
+    onnx = model.is_onnx
+    if recorded.get("onnx"):
+        same = onnx and model.identity == recorded["identity"]
+    elif onnx:  # a checkpoint's index: an export of that checkpoint with the same whitening file
+        same = model.meta["source"]["identity"] == recorded["identity"] and same_whitening
+    else:
+        same = model.identity == recorded["identity"]
+        if same and not same_whitening:
+            raise CbirError(
+                f"the whitening beside {model.checkpoint} differs from the one index {where} was "
+                "built with; re-index with `cbir-lightning index`"
+            )
+    if not same:
+        kind, option = ("ONNX model", "--model") if onnx else ("checkpoint", "--ckpt")
+        raise CbirError(
+            f"{kind} {model.checkpoint} is not the model index {where} "
+            f"was built with ({recorded['checkpoint']}); query with that model or re-index with "
+            f"`cbir-lightning index {option} {model.checkpoint} {_destination(where)}`"
+        )
+    return model
+
+
+def _destination(where) -> str:
+    """The ``index`` flag that rebuilds the index ``where``: ``--store ADDRESS`` or ``--out FOLDER``."""
+    return f"--store {where}" if str(where).startswith("milvus") else f"--out {where}"
+
+
+def _no_metadata(path, given, flag: str) -> None:
+    if given:
+        raise CbirError(
+            f"{flag} needs an index with metadata: {path} is an index folder, which keeps none; index with "
+            "--store milvus:PATH.db --metadata FILE.tsv"
+        )
+
+
 def _current_text(index: Path) -> bytes | None:
     """The raw ``CURRENT`` pointer of an index folder (None if unreadable): changes on every publish."""
     try:
@@ -228,6 +274,9 @@ def recommend_image(
     above ``duplicate_threshold``)."""
     digest = file_sha256(image_path)
     vector = embed_query(model, image_path)
+    if not isinstance(index, SearchIndex):  # a database store: its results carry their sha256
+        found = index.vector_search(vector, top_k + 200)
+        return _split_duplicates(found, [r["sha256"] == digest for r in found], top_k, duplicate_threshold)
     n = len(index.items)
     scores, rows = index.search_vectors(vector, n if n <= 1000 else top_k + 200, model)
     exact, near, similar = [], [], []
@@ -242,3 +291,47 @@ def recommend_image(
         elif len(similar) < top_k:
             similar.append(item)
     return {"results": similar, "exact_duplicates": exact, "near_duplicates": near}
+
+
+def _split_duplicates(found: list[dict], same_file: list[bool], top_k: int, threshold: float) -> dict:
+    exact, near, similar = [], [], []
+    for item, same in zip(found, same_file, strict=True):
+        if same:
+            exact.append(item)
+        elif item["score"] >= threshold:
+            near.append(item)
+        elif len(similar) < top_k:
+            similar.append(item)
+    return {"results": similar, "exact_duplicates": exact, "near_duplicates": near}
+
+
+def hybrid_search(
+    store,
+    vector: Tensor | None,
+    text: str | None,
+    top_k: int = 10,
+    where: str | None = None,
+    text_weight: float = TEXT_WEIGHT,
+    candidates: int = FUSED_CANDIDATES,
+) -> list[dict]:
+    """Results of a :class:`~cbir_lightning.search.store.VectorStore` for a query vector ``[1, D]``, a text
+    (BM25 over its text columns) or both, among the items satisfying ``where`` (filtered by the engine).
+
+    Both: reciprocal rank fusion (:func:`~cbir_lightning.retrieval.fusion.reciprocal_rank_fusion`) of the
+    image ranking (weight 1) and the text ranking (weight ``text_weight``), each its first
+    ``max(candidates, top_k)`` items; a result's ``score`` is then its fused score."""
+    if vector is None and not text:
+        raise CbirError("pass a query image (--query), a text (--text) or both")
+    if text_weight < 0:
+        raise CbirError(f"--text-weight must be >= 0, got {text_weight}")
+    if vector is None:
+        return store.text_search(text, top_k, where)
+    if not text:
+        return store.vector_search(vector, top_k, where)
+    depth = max(candidates, top_k)
+    by_image, by_text = store.vector_search(vector, depth, where), store.text_search(text, depth, where)
+    found = {r["id"]: r for r in by_text} | {r["id"]: r for r in by_image}
+    fused = reciprocal_rank_fusion(
+        [[r["id"] for r in by_image], [r["id"] for r in by_text]], [1.0, text_weight]
+    )
+    return [{**found[i], "score": round(score, 6)} for i, score in fused[:top_k]]

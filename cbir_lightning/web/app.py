@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, BinaryIO
+from urllib.parse import quote
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -40,7 +41,8 @@ from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import RERANKERS
 from cbir_lightning.search.files import parse_crop
 from cbir_lightning.search.manifest import current_version
-from cbir_lightning.search.query import SearchIndex, search_image
+from cbir_lightning.search.query import TEXT_WEIGHT, SearchIndex, embed_query, hybrid_search, search_image
+from cbir_lightning.search.store import is_store_address
 from cbir_lightning.web.access import LOOPBACK_HOSTS, TokenMiddleware
 from cbir_lightning.web.gate import Gate
 from cbir_lightning.web.uploads import DEFAULT_MAX_UPLOAD_PIXELS, UploadRefused, decode_upload
@@ -60,9 +62,9 @@ class Catalogue:
     """The served indexes, each reopened when its live version changes, and their models (loaded on
     first use, reloaded only when the index's model changes)."""
 
-    def __init__(self, paths: list[Path], reload_s: float = 1.0) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.indexes = [SearchIndex.open(p) for p in self.paths]
+    def __init__(self, paths: list[Path | str], reload_s: float = 1.0) -> None:
+        self.paths = [p if is_store_address(p) else Path(p) for p in paths]
+        self.indexes = [open_index(p) for p in self.paths]
         self.checked = [time.monotonic()] * len(self.paths)
         self.reload_s = reload_s
         self.models: dict[int, tuple[tuple, object]] = {}
@@ -73,8 +75,8 @@ class Catalogue:
         """Index ``i`` at its live version (checked at most once per ``reload_s``); 404 if none."""
         if not 0 <= i < len(self.indexes):
             raise HTTPException(404, f"no index {i}")
-        if time.monotonic() - self.checked[i] >= self.reload_s:
-            self.refresh(i)
+        if time.monotonic() - self.checked[i] >= self.reload_s and isinstance(self.indexes[i], SearchIndex):
+            self.refresh(i)  # a database store has no versions: its rows change in place
         return self.indexes[i]
 
     def refresh(self, i: int) -> None:
@@ -100,6 +102,15 @@ class Catalogue:
             if cached is None or cached[0] != key:
                 self.models[i] = (key, index.load_model())
             return self.models[i][1]
+
+
+def open_index(path: Path | str):
+    """An index folder (:class:`SearchIndex`) or a database store (``milvus:...``)."""
+    if is_store_address(path):
+        from cbir_lightning.search.milvus_store import MilvusStore  # optional: pymilvus (the store extra)
+
+        return MilvusStore.open(path)
+    return SearchIndex.open(path)
 
 
 def _chunks(f: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:
@@ -130,18 +141,37 @@ def check_crop(crop: str) -> tuple[int, int, int, int] | None:
         raise HTTPException(422, "crop must be x0,y0,x1,y1 in pixels with x0 < x1 and y0 < y1") from None
 
 
-def check_rerank(index: SearchIndex, rerank: str) -> str:
-    allowed = list(RERANKERS) if index.manifest["scoring"] == "dot" else ["none"]
+def rerankers(index) -> list[str]:
+    return (
+        list(RERANKERS) if isinstance(index, SearchIndex) and index.manifest["scoring"] == "dot" else ["none"]
+    )
+
+
+def check_rerank(index, rerank: str) -> str:
+    allowed = rerankers(index)
     if rerank not in allowed:
         raise HTTPException(422, f"rerank must be one of {', '.join(allowed)} for this index")
     return rerank
 
 
 def run_search(
-    catalogue: Catalogue, i: int, index: SearchIndex, query, box, top_k: int, rerank: str, max_pixels: int
+    catalogue: Catalogue,
+    i: int,
+    index,
+    query,
+    box,
+    top_k: int,
+    rerank: str,
+    max_pixels: int,
+    where: str = "",
+    text: str = "",
+    text_weight: float = TEXT_WEIGHT,
 ) -> list[dict]:
     """Decode the query (an upload's or an indexed item's bytes, capped at ``max_pixels``), embed it and
-    search (a worker thread)."""
+    search (a worker thread); with a filter or a text (a database store), the engine's filtered, text or
+    hybrid search. A bad filter is 422 with its one-line message."""
+    if query is None:
+        return _store_search(index, None, text, top_k, where, text_weight)
     model = catalogue.model(i, index)
     try:
         image = decode_upload(query, max_pixels, None if box else getattr(model, "decode_size", None))
@@ -150,7 +180,16 @@ def run_search(
     if box and (box[2] > image.width or box[3] > image.height):
         size = f"{image.width}x{image.height}"
         raise HTTPException(422, f"crop {list(box)} lies outside the {size} query image")
+    if where or text or not isinstance(index, SearchIndex):
+        return _store_search(index, embed_query(model, image, box), text, top_k, where, text_weight)
     return search_image(index, model, image, top_k, box, rerank)
+
+
+def _store_search(index, vector, text: str, top_k: int, where: str, text_weight: float) -> list[dict]:
+    try:
+        return hybrid_search(index, vector, text or None, top_k, where or None, text_weight)
+    except CbirError as err:  # the filter's or text's own message: no server path in it
+        raise HTTPException(422, str(err)) from None
 
 
 def add_access_middleware(app: FastAPI, hosts: list[str] | None, token: str | None) -> None:
@@ -191,13 +230,16 @@ def create_app(
 
     add_access_middleware(app, allowed_hosts, token)
 
-    def describe(i: int, index: SearchIndex) -> dict:
+    def describe(i: int, index) -> dict:
+        store = not isinstance(index, SearchIndex)
         return {
             "id": i,
-            "name": index.path.name,
-            "count": len(index.items),
+            "name": index.address.collection if store else index.path.name,
+            "count": len(index),
             "checkpoint": Path(index.manifest["model"]["checkpoint"]).name,
-            "rerankers": list(RERANKERS) if index.manifest["scoring"] == "dot" else ["none"],
+            "rerankers": rerankers(index),
+            "columns": index.manifest.get("columns") or {},
+            "text": bool(index.manifest.get("text_columns")),
             "max_upload_bytes": max_upload_bytes,
             "max_upload_pixels": max_upload_pixels,
         }
@@ -209,29 +251,36 @@ def create_app(
     @app.get("/api/indexes/{i}/items")
     def items(i: int, offset: int = 0, limit: int = 60) -> list[dict]:
         index = catalogue.index(i)
+        if not isinstance(index, SearchIndex):
+            paths = index.page(max(0, offset), max(0, min(limit, 500)))
+            return [{"id": p, "name": Path(p).name} for p in paths]
         stop = min(len(index.items), offset + max(0, min(limit, 500)))
         return [{"id": j, "name": Path(index.items[j]["path"]).name} for j in range(max(0, offset), stop)]
 
-    def item_file(index: SearchIndex, i: int, j: int) -> BinaryIO:
-        """The open file of item ``j`` (``SearchIndex.open_item``: the indexed file, inside the indexed
-        folder); 404 (no path in the message) if there is none, it left the disk or it changed."""
-        if not 0 <= j < len(index.items):
-            raise HTTPException(404, f"no item {j} in index {i}")
+    def item_file(index, i: int, j: int | str) -> BinaryIO:
+        """The open file of item ``j`` (``open_item``: the indexed file, inside the indexed folder; a row
+        number of an index folder, a relative path in a store); 404 (no path in the message) if there is
+        none, it left the disk or it changed."""
+        if isinstance(index, SearchIndex):
+            j = int(j) if str(j).isdigit() else -1
+            if not 0 <= j < len(index.items):
+                raise HTTPException(404, f"no item {j} in index {i}")
         try:
             return index.open_item(j)
         except CbirError as err:
-            log.warning("index %s: item %d not served: %s", index.path, j, err)
+            log.warning("index %s: item %s not served: %s", index.path, j, err)
             raise HTTPException(404, f"item {j} is no longer the indexed file on disk; re-index") from None
 
-    def item_bytes(index: SearchIndex, i: int, j: int) -> bytes:
+    def item_bytes(index, i: int, j: int | str) -> bytes:
         with item_file(index, i, j) as f:
             return f.read()
 
-    @app.get("/api/indexes/{i}/images/{j}")
-    def image(i: int, j: int) -> StreamingResponse:
+    @app.get("/api/indexes/{i}/images/{j:path}")
+    def image(i: int, j: str) -> StreamingResponse:
         index = catalogue.index(i)
         f = item_file(index, i, j)
-        kind = mimetypes.guess_type(index.items[j]["path"])[0] or "application/octet-stream"
+        name = index.items[int(j)]["path"] if isinstance(index, SearchIndex) else j
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         length = str(os.fstat(f.fileno()).st_size)
         return StreamingResponse(_chunks(f), media_type=kind, headers={"Content-Length": length})
 
@@ -241,16 +290,23 @@ def create_app(
         top_k: Annotated[int, Form()] = 10,
         crop: Annotated[str, Form()] = "",
         rerank: Annotated[str, Form()] = "none",
-        item: Annotated[int | None, Form()] = None,
+        item: Annotated[str | None, Form()] = None,
         file: Annotated[UploadFile | None, File()] = None,
+        where: Annotated[str, Form()] = "",
+        text: Annotated[str, Form()] = "",
+        text_weight: Annotated[float, Form()] = TEXT_WEIGHT,
     ) -> dict:
         chosen = await run_in_threadpool(catalogue.index, index)
         box, rerank = check_crop(crop), check_rerank(chosen, rerank)
         upload = file is not None and bool(file.filename)
-        if not upload and item is None:
-            raise HTTPException(422, "upload an image or pick one from the collection")
+        if not upload and item is None and not text.strip():
+            raise HTTPException(422, "upload an image, pick one from the collection or type a text")
+        if isinstance(chosen, SearchIndex) and item is not None and not item.isdigit():
+            raise HTTPException(422, "item must be a row number of this index")
         async with gate.slot():  # the upload is read into memory only inside the gate
-            if upload:
+            if not upload and item is None:
+                query = None
+            elif upload:
                 query = await file.read(max_upload_bytes + 1)
                 if len(query) > max_upload_bytes:
                     raise HTTPException(
@@ -259,14 +315,15 @@ def create_app(
             else:
                 query = await run_in_threadpool(item_bytes, chosen, index, item)
             args = (catalogue, index, chosen, query, box, max(1, min(top_k, 100)), rerank, max_upload_pixels)
-            results = await run_in_threadpool(run_search, *args)
+            results = await run_in_threadpool(run_search, *args, where.strip(), text.strip(), text_weight)
         return {
             "results": [
                 {
                     "id": r["id"],
                     "name": Path(r["path"]).name,
                     "score": r["score"],
-                    "url": f"/api/indexes/{index}/images/{r['id']}",
+                    "url": f"/api/indexes/{index}/images/{quote(str(r['id']))}",
+                    **({"metadata": r["metadata"]} if "metadata" in r else {}),
                 }
                 for r in results
             ]
