@@ -168,11 +168,12 @@ def _embed_local(
     return torch.cat(vectors), torch.cat(labels).to(vectors[0].device)
 
 
-def _embedder(model) -> tuple[Embed, torch.device, bool]:
-    """``(embed, device, is_module)`` of what :func:`embed_dataset` embeds with."""
+def _embedder(model, embed: Embed | None) -> tuple[Embed, torch.device, bool]:
+    """``(embed, device, is_module)`` of what :func:`embed_dataset` embeds with: ``embed`` if given, else
+    the model's ``embed`` (a module without one, e.g. a frozen trunk, needs ``embed``)."""
     if isinstance(model, nn.Module):
-        return model.embed, model_device(model), True
-    return getattr(model, "embed", model), torch.device("cpu"), False
+        return embed or model.embed, model_device(model), True
+    return embed or getattr(model, "embed", model), torch.device("cpu"), False
 
 
 def embed_dataset(
@@ -207,8 +208,7 @@ def embed_dataset(
         labels: return ``(embeddings, labels [len(indices)])``, the items' labels gathered alike.
     """
     indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices)
-    default_embed, device, is_module = _embedder(model)
-    embed = embed or default_embed
+    embed, device, is_module = _embedder(model, embed)
     gather = distributed and dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if gather else (0, 1)
     n = len(indices)
