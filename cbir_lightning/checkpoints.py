@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import ArgumentError
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.whitening.io import whitening_path
@@ -88,24 +89,6 @@ def datamodule_class(path: str | Path, datamodule_args: dict) -> type[pl.Lightni
     return _trusted_class(path, class_path, pl.LightningDataModule, "DataModule")
 
 
-def restore_overrides(hyper_parameters: dict, state_dict: dict) -> dict:
-    """Arguments that must not be re-read when a module is rebuilt from its checkpoint: pretrained
-    backbone weights (``weights``, also in a net given by ``class_path``, e.g. DSHModule's ``net``) and a
-    whitening initialisation file (``whitening_init``) are already in the state dict, and may not exist
-    (offline, another machine)."""
-    overrides = {}
-    net = hyper_parameters.get("net")
-    if isinstance(net, dict) and (net.get("init_args") or {}).get("weights") is not None:
-        overrides["net"] = {**net, "init_args": {**net["init_args"], "weights": None}}
-    if hyper_parameters.get("weights") is not None:
-        overrides["weights"] = None
-    if hyper_parameters.get("whitening_init") is not None:
-        overrides["whitening_init"] = None
-        if "whiten.weight" in state_dict:
-            overrides["whitening"] = int(state_dict["whiten.weight"].shape[0])
-    return overrides
-
-
 @dataclass
 class Checkpoint:
     """Everything a ``cbir-lightning fit`` checkpoint records, from one read of the file.
@@ -149,15 +132,22 @@ class Checkpoint:
             contents["state_dict"] = dict(contents["state_dict"])
         try:
             contents = _pl_migrate_checkpoint(contents, checkpoint_path=self.path)
-            overrides = restore_overrides(self.hyper_parameters, contents.get("state_dict", {}))
-            overrides.update(hparams or {})
+            overrides = dict(hparams or {})
             contents["hyper_parameters"].update(overrides)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # e.g. "from scratch": the weights follow
                 module = _load_state(self.module_class, contents, **overrides)
         except CbirError:
             raise
-        except (RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError) as err:
+        except (
+            RuntimeError,
+            KeyError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            ArgumentError,
+        ) as err:  # ArgumentError: e.g. an older loss name
             raise _unloadable(self.path, err) from err
         module = module.to(map_location)
         if whitening:
@@ -178,13 +168,13 @@ class Checkpoint:
         return build_datamodule({"class_path": class_path, "init_args": init}, f"checkpoint {self.path}")
 
     def model_config(self) -> dict:
-        """The model config that rebuilds the module under LightningCLI: its hyperparameters with the
-        pretrained sources switched off (``restore_overrides``); empty if none were saved."""
+        """The model config that rebuilds the module under LightningCLI: its hyperparameters (which
+        name no pretrained source, see ``models.embedding_module.self_contained``); empty if none were
+        saved."""
         hparams = dict(self.hyper_parameters)
         hparams.pop("_instantiator", None)
         if not hparams:
             return {}
-        hparams.update(restore_overrides(hparams, self.contents.get("state_dict", {})))
         if "_class_path" in hparams:
             return {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         return hparams
@@ -265,7 +255,8 @@ def build_datamodule(config: dict, source: str) -> pl.LightningDataModule:
 def _unloadable(path: Path, err: Exception) -> CbirError:
     reason = " ".join(str(err).split())[:300]
     return CbirError(
-        f"cannot load checkpoint {path} ({reason}); use a checkpoint written by `cbir-lightning fit`"
+        f"cannot load checkpoint {path} ({reason}); use a checkpoint written by `cbir-lightning fit`, or "
+        f"convert an older one: cbir-lightning convert --ckpt {path} --out MODEL.model"
     )
 
 

@@ -46,6 +46,8 @@ from cbir_lightning.cli.config_files import (
     uses_bases,
 )
 from cbir_lightning.errors import CbirError
+from cbir_lightning.model_file import ModelFile, is_model_file
+from cbir_lightning.models.embedding_module import self_contained
 
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
 
@@ -172,9 +174,10 @@ def check_data(datamodule: pl.LightningDataModule, stage: str) -> None:
 
 
 def checkpoint_model_config(path: Path) -> dict:
-    """The model config to rebuild ``path``'s module: its saved hyperparameters, with the pretrained
-    sources (backbone ``weights``, ``whitening_init`` file) switched off, since the checkpoint holds those
-    weights and the files may be absent (offline, another machine). Empty if none were saved."""
+    """The model config to rebuild ``path``'s module (a checkpoint or a model file): its saved
+    hyperparameters, which name no pretrained source. Empty if none were saved."""
+    if is_model_file(path):
+        return ModelFile.load(path).checkpoint().model_config()
     return read_checkpoint(path).model_config()
 
 
@@ -365,7 +368,7 @@ def config_checkpoint(
         "global_step": 0,
         "pytorch-lightning_version": pl.__version__,
         "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
+        "hyper_parameters": self_contained(dict(model.hparams), model.state_dict()),
         "datamodule_hyper_parameters": dict(datamodule.hparams),
     }
     with atomic_file(out) as tmp:  # 0644, as a checkpoint `fit` writes
