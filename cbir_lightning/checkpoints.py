@@ -5,8 +5,10 @@ gives everything a caller needs (module, DataModule class and arguments, identit
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import pickle
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -15,9 +17,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, ArgumentParser
+from pytorch_lightning.core.saving import _load_state
+from pytorch_lightning.utilities.migration import pl_legacy_patch
+from pytorch_lightning.utilities.migration.utils import _pl_migrate_checkpoint
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.models.siamese_module import SiameseModule
 from cbir_lightning.whitening.io import whitening_path
 
 
@@ -46,9 +52,6 @@ def _trusted_class(path: str | Path, class_path: str, base: type, what: str) -> 
     Classes of this toolkit's packages are imported on demand; any other class must already be imported
     (so a checkpoint cannot make us import arbitrary code). CbirError naming the file otherwise.
     """
-    import importlib
-    import sys
-
     module_name, _, name = str(class_path).rpartition(".")
     if module_name not in sys.modules and not f"{module_name}.".startswith(TRUSTED_PACKAGES):
         raise CbirError(
@@ -74,8 +77,6 @@ def module_class(path: str | Path, hyper_parameters: dict) -> type[pl.LightningM
     """
     class_path = hyper_parameters.get("_class_path")
     if not class_path:
-        from cbir_lightning.models.siamese_module import SiameseModule
-
         return SiameseModule
     return _trusted_class(path, class_path, pl.LightningModule, "model")
 
@@ -124,9 +125,6 @@ class Checkpoint:
         """The module rebuilt from the checkpoint's class, arguments and weights (no second read), in
         eval mode; ``whitening=True`` attaches the whitening file (see ``load_module``); ``hparams``
         replaces saved constructor arguments that change no weight (e.g. ``test_time_scales``)."""
-        from pytorch_lightning.core.saving import _load_state
-        from pytorch_lightning.utilities.migration.utils import _pl_migrate_checkpoint
-
         contents = {**self.contents, "hyper_parameters": dict(self.hyper_parameters)}  # ours stay unchanged
         if isinstance(contents.get("state_dict"), dict):
             contents["state_dict"] = dict(contents["state_dict"])
@@ -184,8 +182,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read checkpoint ``path`` once (``torch.load(weights_only=True)``: an unsafe pickle is refused) and
     check it: a missing or truncated file, an unreadable one, or a module class outside the trusted
     packages gives one CbirError line naming the file (the DataModule's class: when first asked)."""
-    from pytorch_lightning.utilities.migration import pl_legacy_patch
-
     path = check_checkpoint(path)
     try:
         with pl_legacy_patch():
@@ -235,8 +231,6 @@ def build_datamodule(config: dict, source: str) -> pl.LightningDataModule:
     record), as LightningCLI builds it; CbirError naming ``source`` if it cannot be built (a user error
     the DataModule raises itself, ``CbirError``, passes unchanged). ``evaluate --config`` and the
     checkpoint's :meth:`Checkpoint.datamodule` both build through here."""
-    from jsonargparse import ArgumentParser
-
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True)
     try:

@@ -19,14 +19,16 @@ file is read), and ``fit`` stops at the first NaN/inf training loss (``StopOnNon
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 import yaml
-from jsonargparse import set_parsing_settings
+from jsonargparse import get_loader, set_parsing_settings
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -60,8 +62,6 @@ class ConfigParser(LightningArgumentParser):
 
     def parse_path(self, path, ext_vars=None, env=None, defaults=True, **kwargs):
         """Any other file is parsed as LightningCLI parses it."""
-        from jsonargparse import get_loader
-
         file = Path(path)
         try:
             data = get_loader("yaml")(file.read_text())
@@ -104,8 +104,6 @@ def _as_list(value) -> list:
 
 def checkpoint_dirs(trainer_config) -> list[str]:
     """The fixed ``dirpath`` of every ModelCheckpoint callback in a parsed ``trainer`` config."""
-    import importlib
-
     dirs = []
     for callback in _as_list(trainer_config.get("callbacks")):
         class_path = str(callback.get("class_path", ""))
@@ -355,8 +353,6 @@ def config_checkpoint(
     ``out``: default ``<trainer.default_root_dir>/checkpoints/config.ckpt``, beside ``fit``'s checkpoints
     of that config. Written atomically; returns the path.
     """
-    import torch
-
     if not Path(config).is_file():
         raise CbirError(f"config file {config} not found; pass a YAML config such as configs/<name>.yaml")
     model, datamodule, trainer = build_from_config(config, "--trainer.logger", "false", *overrides)

@@ -1,12 +1,21 @@
 """``index``, ``search``, ``recommend``, ``serve``: image search over a folder with a trained checkpoint or
 model file (or its ONNX export, ``--model``, or a config's own model, ``--config``); ``convert``: a
-checkpoint to a model file."""
+checkpoint to a model file; ``export``: its embedder to ONNX. None of them imports a data set."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+
+from cbir_lightning.api import Index
+from cbir_lightning.errors import CbirError
+from cbir_lightning.model_file import ModelFile, is_model_file
+from cbir_lightning.search.files import crop_image, open_image, parse_crop
+from cbir_lightning.search.sheet import contact_sheet
+from cbir_lightning.web.access import TOKEN_ENV, is_loopback
+from cbir_lightning.web.access import allowed_hosts as host_list
 
 
 def index(
@@ -56,14 +65,10 @@ def index(
             training). It is written as the checkpoint ``<trainer.default_root_dir>/checkpoints/config.ckpt``
             (``fit``'s format), which the index records and ``search``/``recommend`` load.
     """
-    from cbir_lightning.api import Index
-    from cbir_lightning.errors import CbirError
-    from cbir_lightning.model_file import is_model_file
-
     if config_file is not None:
         if ckpt is not None or model is not None:
             raise CbirError("pass one of --ckpt, --model and --config (the model to index with)")
-        from cbir_lightning.cli.lightning_cli import config_checkpoint
+        from cbir_lightning.cli.lightning_cli import config_checkpoint  # Lightning's CLI: --config only
 
         ckpt = str(config_checkpoint(config_file))
         print(f"model of {config_file}: {ckpt}")
@@ -122,10 +127,6 @@ def search(
         model: the index's ONNX model (``cbir-lightning export``) at another path, or an export of the
             index's checkpoint (same whitening), run with ONNX Runtime.
     """
-    from cbir_lightning.api import Index
-    from cbir_lightning.search.files import crop_image, open_image, parse_crop
-    from cbir_lightning.search.sheet import contact_sheet
-
     parse_crop(crop)  # a bad --crop is refused (one line) before any work
     opened = Index.open(index, ckpt=ckpt, onnx=model)
     opened.embedder  # noqa: B018 (the index's model is checked before the query is read)
@@ -160,10 +161,6 @@ def recommend(
         sheet: also write a contact sheet (the image + its recommendations with scores; ``.jpg``/``.jpeg``:
             JPEG, otherwise PNG).
     """
-    from cbir_lightning.api import Index
-    from cbir_lightning.search.files import open_image
-    from cbir_lightning.search.sheet import contact_sheet
-
     opened = Index.open(index, ckpt=ckpt, onnx=model)
     opened.embedder  # noqa: B018 (the index's model is checked before the image is read)
     result = opened.recommend(image, top_k, duplicate_threshold)
@@ -219,13 +216,9 @@ def serve(
         token_file: a file whose first line is the token (e.g. mode 0600), read at start.
         insecure: allow a non-loopback ``host`` without a token.
     """
-    import logging
-
+    # the web server and app (FastAPI, uvicorn: heavy imports) for serve only
     import uvicorn
 
-    from cbir_lightning.errors import CbirError
-    from cbir_lightning.web.access import TOKEN_ENV, is_loopback
-    from cbir_lightning.web.access import allowed_hosts as host_list
     from cbir_lightning.web.app import create_app
 
     token = serve_token(token, token_file)
@@ -257,9 +250,6 @@ def serve_token(token: str | None, token_file: str | None) -> str | None:
     """The token ``serve`` requires: ``--token``, else the first line of ``--token-file``, else
     ``$CBIR_SERVE_TOKEN``; None: no token. CbirError (one line) for both flags, or an unreadable or empty
     file; a note on stderr for ``--token`` (other users see it in ``ps``)."""
-    from cbir_lightning.errors import CbirError
-    from cbir_lightning.web.access import TOKEN_ENV
-
     if token and token_file:
         raise CbirError("pass the token once: --token or --token-file")
     if token:
@@ -290,8 +280,6 @@ def convert(ckpt: str, out: str) -> dict:
             preprocessing).
         out: the model file to write (e.g. ``model.cbir``).
     """
-    from cbir_lightning.model_file import ModelFile
-
     model_file = ModelFile.from_checkpoint(ckpt)
     written = model_file.save(out)
     return {
@@ -301,3 +289,19 @@ def convert(ckpt: str, out: str) -> dict:
         "similarity": model_file.similarity,
         "whitening": model_file.whitening is not None,
     }
+
+
+def export(ckpt: str, out: str, opset: int = 17) -> dict:
+    """Export a checkpoint's embedder to ONNX, checked against PyTorch (index/search --model).
+
+    Dynamic batch axis; input size, preprocessing, scoring and whitening in its metadata. Prints JSON with
+    ``max_abs_diff``.
+
+    Args:
+        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is folded in).
+        out: the ``.onnx`` file to write (``index``/``search``/``recommend --model``).
+        opset: ONNX opset version.
+    """
+    from cbir_lightning.export.onnx_export import export_onnx  # onnx and ONNX Runtime: heavy imports
+
+    return export_onnx(ckpt, out, opset)

@@ -13,6 +13,7 @@ from cbir_lightning.contracts import RetrievalData
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import model_device
 from cbir_lightning.model_file import ModelFile, is_model_file
+from cbir_lightning.search.files import file_sha256
 from cbir_lightning.whitening import apply_whitening
 
 
@@ -84,8 +85,6 @@ class SearchModel:
     def describe_whitening(self) -> dict | None:
         if self.whitening is None:
             return None
-        from cbir_lightning.search.files import file_sha256
-
         sha256 = self.whitening_sha256
         if sha256 is None:
             sha256 = file_sha256(self.whitening_file)
@@ -141,7 +140,7 @@ def load_search_model(ckpt: str | Path | None = None, onnx_model: str | Path | N
     ``OnnxSearchModel`` (``onnx_model``), both with the same interface; exactly one must be given."""
     check_model_args(ckpt, onnx_model)
     if onnx_model is not None:
-        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
+        from cbir_lightning.export.onnx_embedder import OnnxSearchModel  # ONNX Runtime (heavy): .onnx only
 
         return OnnxSearchModel.load(onnx_model)
     return SearchModel.load(ckpt)

@@ -90,7 +90,7 @@ class SearchIndex:
         """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path), checked by
         :meth:`check_model`. An index built with an ONNX export is queried with that export (or a copy);
         one built with a checkpoint also with an export of that checkpoint and its whitening file."""
-        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
+        from cbir_lightning.export.onnx_embedder import OnnxSearchModel  # ONNX Runtime (heavy): .onnx only
 
         recorded = self.manifest["model"]
         if recorded.get("onnx") or onnx_model is not None:
