@@ -11,7 +11,7 @@ API = ("Embedder", "Index", "Result")
 
 def __getattr__(name: str):
     if name in API:
-        from cbir_lightning import api
+        from cbir_lightning import api  # on first use: `import cbir_lightning` imports no torch
 
         return getattr(api, name)
     raise AttributeError(f"module 'cbir_lightning' has no attribute {name!r}")

@@ -19,11 +19,20 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from cbir_lightning.atomic import atomic_file
 from cbir_lightning.errors import CbirError
+from cbir_lightning.model_file import FORMAT, ModelFile
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """TorchCheckpointIO (reading and removing as Lightning does) whose writes are atomic in the target
-    folder; a local path only."""
+    folder; a local path only. A model file is read as the checkpoint it holds
+    (:meth:`~cbir_lightning.model_file.ModelFile.lightning_checkpoint`), so ``validate``/``test``/
+    ``predict`` take ``--ckpt_path X.model``."""
+
+    def load_checkpoint(self, path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        if isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT:
+            return ModelFile.from_dict(checkpoint, Path(path)).lightning_checkpoint()
+        return checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:

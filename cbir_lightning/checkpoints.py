@@ -5,8 +5,10 @@ gives everything a caller needs (module, DataModule class and arguments, identit
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import pickle
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -15,8 +17,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import ArgumentError, ArgumentParser
+from pytorch_lightning.core.saving import _load_state
+from pytorch_lightning.utilities.migration import pl_legacy_patch
+from pytorch_lightning.utilities.migration.utils import _pl_migrate_checkpoint
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.models.siamese_module import SiameseModule
 from cbir_lightning.whitening.io import whitening_path
 
 
@@ -45,9 +52,6 @@ def _trusted_class(path: str | Path, class_path: str, base: type, what: str) -> 
     Classes of this toolkit's packages are imported on demand; any other class must already be imported
     (so a checkpoint cannot make us import arbitrary code). CbirError naming the file otherwise.
     """
-    import importlib
-    import sys
-
     module_name, _, name = str(class_path).rpartition(".")
     if module_name not in sys.modules and not f"{module_name}.".startswith(TRUSTED_PACKAGES):
         raise CbirError(
@@ -73,8 +77,6 @@ def module_class(path: str | Path, hyper_parameters: dict) -> type[pl.LightningM
     """
     class_path = hyper_parameters.get("_class_path")
     if not class_path:
-        from cbir_lightning.models.siamese_module import SiameseModule
-
         return SiameseModule
     return _trusted_class(path, class_path, pl.LightningModule, "model")
 
@@ -86,24 +88,6 @@ def datamodule_class(path: str | Path, datamodule_args: dict) -> type[pl.Lightni
     if not class_path:
         return None
     return _trusted_class(path, class_path, pl.LightningDataModule, "DataModule")
-
-
-def restore_overrides(hyper_parameters: dict, state_dict: dict) -> dict:
-    """Arguments that must not be re-read when a module is rebuilt from its checkpoint: pretrained
-    backbone weights (``weights``, also in a net given by ``class_path``, e.g. DSHModule's ``net``) and a
-    whitening initialisation file (``whitening_init``) are already in the state dict, and may not exist
-    (offline, another machine)."""
-    overrides = {}
-    net = hyper_parameters.get("net")
-    if isinstance(net, dict) and (net.get("init_args") or {}).get("weights") is not None:
-        overrides["net"] = {**net, "init_args": {**net["init_args"], "weights": None}}
-    if hyper_parameters.get("weights") is not None:
-        overrides["weights"] = None
-    if hyper_parameters.get("whitening_init") is not None:
-        overrides["whitening_init"] = None
-        if "whiten.weight" in state_dict:
-            overrides["whitening"] = int(state_dict["whiten.weight"].shape[0])
-    return overrides
 
 
 @dataclass
@@ -141,23 +125,27 @@ class Checkpoint:
         """The module rebuilt from the checkpoint's class, arguments and weights (no second read), in
         eval mode; ``whitening=True`` attaches the whitening file (see ``load_module``); ``hparams``
         replaces saved constructor arguments that change no weight (e.g. ``test_time_scales``)."""
-        from pytorch_lightning.core.saving import _load_state
-        from pytorch_lightning.utilities.migration.utils import _pl_migrate_checkpoint
-
         contents = {**self.contents, "hyper_parameters": dict(self.hyper_parameters)}  # ours stay unchanged
         if isinstance(contents.get("state_dict"), dict):
             contents["state_dict"] = dict(contents["state_dict"])
         try:
             contents = _pl_migrate_checkpoint(contents, checkpoint_path=self.path)
-            overrides = restore_overrides(self.hyper_parameters, contents.get("state_dict", {}))
-            overrides.update(hparams or {})
+            overrides = dict(hparams or {})
             contents["hyper_parameters"].update(overrides)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # e.g. "from scratch": the weights follow
                 module = _load_state(self.module_class, contents, **overrides)
         except CbirError:
             raise
-        except (RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError) as err:
+        except (
+            RuntimeError,
+            KeyError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            ArgumentError,
+        ) as err:  # ArgumentError: e.g. an older loss name
             raise _unloadable(self.path, err) from err
         module = module.to(map_location)
         if whitening:
@@ -178,13 +166,13 @@ class Checkpoint:
         return build_datamodule({"class_path": class_path, "init_args": init}, f"checkpoint {self.path}")
 
     def model_config(self) -> dict:
-        """The model config that rebuilds the module under LightningCLI: its hyperparameters with the
-        pretrained sources switched off (``restore_overrides``); empty if none were saved."""
+        """The model config that rebuilds the module under LightningCLI: its hyperparameters (which
+        name no pretrained source, see ``models.embedding_module.self_contained``); empty if none were
+        saved."""
         hparams = dict(self.hyper_parameters)
         hparams.pop("_instantiator", None)
         if not hparams:
             return {}
-        hparams.update(restore_overrides(hparams, self.contents.get("state_dict", {})))
         if "_class_path" in hparams:
             return {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         return hparams
@@ -194,8 +182,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read checkpoint ``path`` once (``torch.load(weights_only=True)``: an unsafe pickle is refused) and
     check it: a missing or truncated file, an unreadable one, or a module class outside the trusted
     packages gives one CbirError line naming the file (the DataModule's class: when first asked)."""
-    from pytorch_lightning.utilities.migration import pl_legacy_patch
-
     path = check_checkpoint(path)
     try:
         with pl_legacy_patch():
@@ -245,8 +231,6 @@ def build_datamodule(config: dict, source: str) -> pl.LightningDataModule:
     record), as LightningCLI builds it; CbirError naming ``source`` if it cannot be built (a user error
     the DataModule raises itself, ``CbirError``, passes unchanged). ``evaluate --config`` and the
     checkpoint's :meth:`Checkpoint.datamodule` both build through here."""
-    from jsonargparse import ArgumentParser
-
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(pl.LightningDataModule, "data", required=True)
     try:
@@ -265,7 +249,8 @@ def build_datamodule(config: dict, source: str) -> pl.LightningDataModule:
 def _unloadable(path: Path, err: Exception) -> CbirError:
     reason = " ".join(str(err).split())[:300]
     return CbirError(
-        f"cannot load checkpoint {path} ({reason}); use a checkpoint written by `cbir-lightning fit`"
+        f"cannot load checkpoint {path} ({reason}); use a checkpoint written by `cbir-lightning fit`, or "
+        f"convert an older one: cbir-lightning convert --ckpt {path} --out MODEL.model"
     )
 
 

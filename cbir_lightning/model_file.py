@@ -13,10 +13,14 @@ format marker and version checked on load.
 ``ModelFile.from_checkpoint`` is the one place a model file is made from a Lightning checkpoint: the
 preprocessing spec comes from the checkpoint's record (``RECORD_KEY``, written at ``fit`` by
 :class:`~cbir_lightning.callbacks.ModelFileWriter`) or, for older checkpoints, from its rebuilt DataModule.
+It is also the one place older checkpoints are understood (:func:`current_hyper_parameters`): string loss
+and miner names, the old module path of ``KochSiameseNet`` and pretrained sources become today's
+hyperparameters; loading a checkpoint otherwise takes today's only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import pickle
@@ -25,13 +29,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 from cbir_lightning.atomic import atomic_file
 from cbir_lightning.checkpoints import Checkpoint, module_class, read_checkpoint
 from cbir_lightning.errors import CbirError
 from cbir_lightning.export.preprocess import preprocess, sample_images, spec_of_datamodule
+from cbir_lightning.models.embedding_module import self_contained
 from cbir_lightning.whitening import apply_whitening, load_whitening
+from cbir_lightning.whitening.io import CHECKPOINT_KEY
 
 FORMAT = "cbir-lightning-model-file"
 VERSION = 1
@@ -49,6 +56,101 @@ def plain(value, where: str = "value"):
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
         return value
     raise CbirError(f"{where} is a {type(value).__name__}, which a model file cannot hold")
+
+
+# ---- older checkpoints (the converter's, nowhere else) ----------------------------------------------
+OLD_CLASS_PATHS = {"cbir_lightning.models.koch.KochSiameseNet": "cbir_lightning.models.KochSiameseNet"}
+_PML = "pytorch_metric_learning"
+# GeM's ``loss: pml_<name>`` -> (the loss, the miner ``miner: default`` meant)
+OLD_PML_LOSSES = {
+    "pml_contrastive": (f"{_PML}.losses.ContrastiveLoss", f"{_PML}.miners.PairMarginMiner"),
+    "pml_triplet": (f"{_PML}.losses.TripletMarginLoss", f"{_PML}.miners.TripletMarginMiner"),
+    "pml_multi_similarity": (f"{_PML}.losses.MultiSimilarityLoss", f"{_PML}.miners.MultiSimilarityMiner"),
+}
+OLD_MINERS = {
+    "pair_margin": f"{_PML}.miners.PairMarginMiner",
+    "triplet_margin": f"{_PML}.miners.TripletMarginMiner",
+    "multi_similarity": f"{_PML}.miners.MultiSimilarityMiner",
+}
+OLD_BATCH_LOSSES = {
+    "bce": "cbir_lightning.losses.AllPairsBCELoss",
+    "softmax": "cbir_lightning.losses.InBatchSoftmaxLoss",
+}
+OLD_CONTRASTIVE_MARGIN = 0.7  # every GeM checkpoint saved before margin became optional holds it
+INSTANTIATOR = "pytorch_lightning.cli.instantiate_module"  # builds the class_path arguments
+
+
+def _renamed(value):
+    """``value`` with old class paths (``OLD_CLASS_PATHS``) replaced, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: OLD_CLASS_PATHS.get(v, v) if k == "class_path" else _renamed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v) for v in value]
+    return value
+
+
+def _old_gem_loss(hparams: dict, where: str) -> None:
+    """GeM's ``loss`` / ``margin`` / ``loss_kwargs`` / ``miner`` / ``miner_kwargs`` as loss and miner
+    objects (``class_path``), in place: the objects those names built."""
+    loss, miner = hparams.get("loss", "contrastive"), hparams.get("miner", "default")
+    margin, loss_kwargs = hparams.pop("margin", None), hparams.pop("loss_kwargs", None) or {}
+    miner_kwargs = hparams.pop("miner_kwargs", None) or {}
+    own = None
+    if loss == "contrastive":
+        margin = OLD_CONTRASTIVE_MARGIN if margin is None else margin
+        hparams["loss"] = {"class_path": "cbir_lightning.losses.CirtorchContrastiveLoss",
+                           "init_args": {"margin": float(margin)}}  # fmt: skip
+        miner = None  # the paper's loss had no miner
+    elif isinstance(loss, str):
+        if loss not in OLD_PML_LOSSES:
+            raise CbirError(f"{where}: unknown loss {loss!r}; it cannot be converted")
+        loss_path, own = OLD_PML_LOSSES[loss]
+        hparams["loss"] = {"class_path": loss_path, "init_args": dict(loss_kwargs)}
+    elif isinstance(loss, Mapping):
+        own = next((m for cls, m in OLD_PML_LOSSES.values() if loss.get("class_path") == cls), None)
+    if isinstance(miner, str):
+        path = own if miner == "default" else OLD_MINERS.get(miner)
+        if miner != "default" and path is None:
+            raise CbirError(f"{where}: unknown miner {miner!r}; it cannot be converted")
+        miner = None if path is None else {"class_path": path, "init_args": dict(miner_kwargs)}
+    hparams["miner"] = miner
+
+
+def current_hyper_parameters(hyper_parameters: dict, state_dict: dict, where: str = "checkpoint") -> dict:
+    """An older checkpoint's module hyperparameters as today's modules take them: string loss names
+    (GeM ``loss: contrastive | pml_*`` with ``margin`` / ``loss_kwargs`` / ``miner`` / ``miner_kwargs``,
+    Siamese ``batch_loss: bce | softmax``) as loss and miner ``class_path`` objects, old class paths
+    renamed, pretrained sources switched off (``self_contained``). Today's hyperparameters are returned
+    unchanged; CbirError naming ``where`` for a name that cannot be converted."""
+    hparams = _renamed(dict(hyper_parameters))
+    cls = str(hparams.get("_class_path", ""))
+    old_gem = cls.endswith("GeMSiameseModule") and (
+        isinstance(hparams.get("loss"), str)
+        or isinstance(hparams.get("miner"), str)
+        or any(k in hparams for k in ("margin", "loss_kwargs", "miner_kwargs"))
+    )
+    if old_gem:
+        _old_gem_loss(hparams, where)
+    batch_loss = hparams.get("batch_loss")
+    if isinstance(batch_loss, str):
+        if batch_loss not in OLD_BATCH_LOSSES:
+            raise CbirError(f"{where}: unknown batch_loss {batch_loss!r}; it cannot be converted")
+        hparams["batch_loss"] = {"class_path": OLD_BATCH_LOSSES[batch_loss]}
+    if hparams != dict(hyper_parameters) and "_class_path" in hparams:
+        hparams.setdefault("_instantiator", INSTANTIATOR)  # class_path arguments are built
+    return self_contained(hparams, state_dict)
+
+
+def _current(checkpoint: Checkpoint) -> Checkpoint:
+    """``checkpoint`` with today's hyperparameters (:func:`current_hyper_parameters`; its contents, and
+    so its identity, unchanged)."""
+    state = checkpoint.contents.get("state_dict") or {}
+    hparams = current_hyper_parameters(checkpoint.hyper_parameters, state, f"checkpoint {checkpoint.path}")
+    if hparams == checkpoint.hyper_parameters:
+        return checkpoint
+    return dataclasses.replace(
+        checkpoint, hyper_parameters=hparams, module_class=module_class(checkpoint.path, hparams)
+    )
 
 
 def is_model_file(path: str | Path) -> bool:
@@ -135,9 +237,11 @@ class ModelFile:
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path | Checkpoint) -> ModelFile:
         """The model file of a ``cbir-lightning fit`` checkpoint (a path or one already read), with the
-        whitening file beside it if there is one. CbirError (one line) for an unreadable checkpoint or an
-        unknown preprocessing."""
+        whitening file beside it if there is one; an older checkpoint's hyperparameters become today's
+        (:func:`current_hyper_parameters`). CbirError (one line) for an unreadable or non-convertible
+        checkpoint or an unknown preprocessing."""
         checkpoint = ckpt if isinstance(ckpt, Checkpoint) else read_checkpoint(Path(ckpt).resolve())
+        checkpoint = _current(checkpoint)  # an older checkpoint's names: here only
         contents = checkpoint.contents
         spec = plain(_checkpoint_spec(checkpoint), "preprocess")
         wfile = checkpoint.whitening_file
@@ -278,6 +382,18 @@ class ModelFile:
             datamodule_args={},
             whitening_file=None,
         )
+
+    def lightning_checkpoint(self) -> dict:
+        """The file as a Lightning checkpoint dict (what ``validate``/``test``/``predict --ckpt_path
+        X.model`` restore: weights, hyperparameters, the preprocessing record and the whitening under
+        ``whitening.io.CHECKPOINT_KEY``); read by ``AtomicCheckpointIO``."""
+        return {
+            "state_dict": dict(self.state_dict),
+            "hyper_parameters": dict(self.hyper_parameters),
+            "pytorch-lightning_version": self.lightning_version or pl.__version__,
+            RECORD_KEY: dict(self.preprocess),
+            CHECKPOINT_KEY: self.whitening,
+        }
 
     def module(self, map_location: str = "cpu"):
         """The LightningModule rebuilt from the file alone, in eval mode (the whitening is applied by the

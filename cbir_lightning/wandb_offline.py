@@ -64,6 +64,7 @@ def _payloads(data: bytes, name: str):
 
 
 def _parse(payload: bytes, name: str):
+    # wandb's protobuf records (heavy import): only once a .wandb file is read
     from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 

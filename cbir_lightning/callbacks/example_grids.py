@@ -16,7 +16,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from pytorch_lightning.loggers import WandbLogger
 
+from cbir_lightning.metrics import episode_scores
 from cbir_lightning.pixels import display_pixels
 
 GREEN, RED, BLUE, GREY, WHITE = (25, 204, 25), (230, 25, 25), (25, 76, 230), (128, 128, 128), (255, 255, 255)
@@ -156,7 +158,7 @@ def embedding_rows(
     """Rows ``[image, label, embedding]`` of W&B's embedding table for the evaluation ``items``: the
     image a ``wandb.Image`` at most ``image_size`` px, the label as text, the embedding a list of floats
     (the column W&B's projector reads)."""
-    import wandb
+    import wandb  # heavy import: only when a WandbLogger logs the table
 
     rows = []
     for i in items.tolist():
@@ -185,8 +187,6 @@ def log_example_grids(
 ) -> None:
     """Draw ``count`` retrieval queries (top 5) and ``count`` one-shot tasks, and (``table_rows`` > 0) an
     embedding table of that many evaluation items; log them to W&B (nothing without a WandbLogger)."""
-    from pytorch_lightning.loggers import WandbLogger
-
     loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
     dataloaders = trainer.val_dataloaders if prefix == "val" else trainer.test_dataloaders
     dataset = getattr(dataloaders, "dataset", None)
@@ -215,8 +215,6 @@ def log_example_grids(
         )
     }
     if episodes is not None:
-        from cbir_lightning.metrics import episode_scores
-
         with torch.no_grad():
             task_scores = (
                 episode_scores(

@@ -11,6 +11,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 
 from cbir_lightning.callbacks.model_file import ModelFileWriter
+from cbir_lightning.checkpoints import load_module
+from cbir_lightning.whitening.fit import fit_and_save
 
 
 class FitWhitening(Callback):
@@ -25,9 +27,6 @@ class FitWhitening(Callback):
         self.summary: dict | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from cbir_lightning.checkpoints import load_module
-        from cbir_lightning.whitening.fit import fit_and_save
-
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best or trainer.interrupted:
             rank_zero_info("FitWhitening: no best checkpoint, no whitening fitted")

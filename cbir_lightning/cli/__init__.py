@@ -30,7 +30,7 @@ TOOL_COMMANDS = {
     "search": "cbir_lightning.cli.search_commands:search",
     "recommend": "cbir_lightning.cli.search_commands:recommend",
     "serve": "cbir_lightning.cli.search_commands:serve",
-    "export": "cbir_lightning.cli.commands:export",
+    "export": "cbir_lightning.cli.search_commands:export",
     "convert": "cbir_lightning.cli.search_commands:convert",
     "evaluate": "cbir_lightning.cli.evaluate:evaluate",
     "oneshot": "cbir_lightning.cli.commands:oneshot",
@@ -70,29 +70,30 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
-        from cbir_lightning.cli.overview import print_overview
+        from cbir_lightning.cli.overview import print_overview  # reads the lists above: a cycle at the top
 
         print_overview()
         raise SystemExit(0 if args else 2)  # no command: nothing ran
     if not args[0].startswith("-") and args[0] not in (*LIGHTNING_COMMANDS, *TOOL_COMMANDS):
-        from cbir_lightning.cli.overview import unknown_command
+        from cbir_lightning.cli.overview import unknown_command  # reads the lists above: a cycle at the top
 
         sys.stderr.write(unknown_command(args[0]) + "\n")
         raise SystemExit(2)
+    # imported once main() has taken Ctrl-C over: an interrupt while this module is imported is not one line
     from jsonargparse import ArgumentError
 
     try:
         if args[0] == "evaluate":
-            from cbir_lightning.cli.evaluate import as_validate
+            from cbir_lightning.cli.evaluate import as_validate  # data sets: evaluate only
 
             args = as_validate(args)
         if args[0] in TOOL_COMMANDS:
-            from cbir_lightning.cli.dispatch import run_tool_command
+            from cbir_lightning.cli.dispatch import run_tool_command  # imports the command run only (a cycle)
 
             interruptible()
             run_tool_command(args)
         else:
-            from cbir_lightning.cli.lightning_cli import run_lightning_cli
+            from cbir_lightning.cli.lightning_cli import run_lightning_cli  # Lightning's CLI: fit etc. only
 
             run_lightning_cli(args)
     except ArgumentError as err:

@@ -1,4 +1,6 @@
-"""The toolkit's own subcommands (jsonargparse: ``--help`` on each, values from flags or a config)."""
+"""The toolkit's commands on checkpoints and data sets (``oneshot``, ``ensemble``, ``make-runs``,
+``download``; jsonargparse: ``--help`` on each, values from flags or a config). They use the data sets
+(``data_modules``); the search-side commands (``cli/search_commands.py``) never import them."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 import torch
 
 from cbir_lightning.checkpoints import read_checkpoint
+from cbir_lightning.ensemble_checkpoint import pack_ensemble
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import embed_dataset
 from cbir_lightning.models.siamese_module import SiameseModule
@@ -18,6 +21,7 @@ from data_modules.omniglot.oneshot_runs import (
     evaluate_oneshot_runs,
     load_oneshot_runs,
 )
+from data_modules.stanford_dogs.download import download_stanford_dogs
 from data_modules.transforms.images import resize_uint8
 
 
@@ -85,8 +89,6 @@ def ensemble(ckpt: list[str], out: str, overwrite: bool = False) -> dict:
         out: the checkpoint to write (atomically).
         overwrite: replace ``out`` if it exists.
     """
-    from cbir_lightning.ensemble_checkpoint import pack_ensemble
-
     path = pack_ensemble(list(ckpt), out, overwrite=overwrite)
     return {"out": str(path), "members": [str(p) for p in ckpt]}
 
@@ -134,43 +136,10 @@ def download(dataset: str, root: str, sets: list[str] | None = None, images: boo
     if dataset in REVISITED:
         return download_revisited(dataset, root, images=images)
     if dataset == "stanford_dogs":
-        from data_modules.stanford_dogs.download import download_stanford_dogs
-
         return download_stanford_dogs(root)
     if dataset != "omniglot":
-        from cbir_lightning.errors import CbirError
-
         raise CbirError(
             f"unknown dataset {dataset!r}; available: omniglot, {', '.join(REVISITED)}, stanford_dogs"
         )
     download_omniglot(root, sets or list(SMALL_SETS))
     return {"dataset": dataset, "root": str(Path(root))}
-
-
-def export(out: str, ckpt: str | None = None, model: str | None = None, opset: int = 17) -> dict:
-    """Export a model file's (or a checkpoint's) embedder to ONNX, parity-checked (index/search --model).
-
-    Dynamic batch axis; input size, preprocessing (the model file's), scoring and whitening in its
-    metadata. Prints JSON with ``max_abs_diff``.
-
-    Args:
-        out: the ``.onnx`` file to write (``index``/``search``/``recommend --model``).
-        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is folded in),
-            converted in memory to a model file, or a model file.
-        model: instead of ``--ckpt``, a model file (``best.model`` of a fit, ``cbir-lightning convert``,
-            ``whiten``): exported with its preprocessing and whitening, no DataModule rebuilt.
-        opset: ONNX opset version.
-    """
-    from cbir_lightning.export.onnx_export import export_onnx
-    from cbir_lightning.model_file import is_model_file
-
-    if (ckpt is None) == (model is None):
-        raise CbirError("pass exactly one of --ckpt CKPT (a checkpoint) and --model MODEL (a model file)")
-    if model is not None and not is_model_file(model):
-        if not Path(model).is_file():
-            raise CbirError(f"model file {model} not found; write one with `cbir-lightning convert`")
-        raise CbirError(
-            f"--model {model} is not a model file (`cbir-lightning convert` writes one); pass a checkpoint "
-            "as --ckpt"
-        )
-    return export_onnx(ckpt if ckpt is not None else model, out, opset)

@@ -27,6 +27,7 @@ import contextvars
 from pathlib import Path
 
 import yaml
+from jsonargparse import get_loader
 
 from cbir_lightning.errors import CbirError
 
@@ -123,8 +124,6 @@ def apply_callback_overrides(data, overrides: dict):
 
 def _load(path: Path, chain: tuple[Path, ...]):
     """The YAML in ``path`` (loaded as LightningCLI loads it), with its chain of bases merged in."""
-    from jsonargparse import get_loader
-
     try:
         data = get_loader("yaml")(path.read_text())
     except OSError as err:

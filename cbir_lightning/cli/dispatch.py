@@ -9,6 +9,8 @@ import json
 
 from jsonargparse import CLI
 
+from cbir_lightning.cli import TOOL_COMMANDS
+
 
 def normalize_flags(args: list[str], function) -> list[str]:
     """Accept ``--query-labels`` for ``--query_labels``, a bare ``--exclude-self`` for
@@ -32,15 +34,11 @@ def normalize_flags(args: list[str], function) -> list[str]:
 
 def tool_function(name: str):
     """The function of the toolkit command ``name`` (``cbir_lightning.cli.TOOL_COMMANDS``)."""
-    from cbir_lightning.cli import TOOL_COMMANDS
-
     module, _, function = TOOL_COMMANDS[name].partition(":")
     return getattr(importlib.import_module(module), function)
 
 
 def run_tool_command(args: list[str]) -> None:
-    from cbir_lightning.cli import TOOL_COMMANDS
-
     # only the command run is imported (``index``/``search`` need neither data sets nor Lightning's CLI)
     names = [args[0]] if args and args[0] in TOOL_COMMANDS else list(TOOL_COMMANDS)
     commands = {name: tool_function(name) for name in names}

@@ -22,8 +22,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from cbir_lightning.checkpoints import build_datamodule
+from cbir_lightning.cli.config_files import read_config
 from cbir_lightning.errors import CbirError
+from cbir_lightning.metrics import retrieval_metrics
+from cbir_lightning.metrics.revisited import original_metrics, revisited_metrics
+from cbir_lightning.rerank import reranked_similarity as rows_and_similarity
+from cbir_lightning.rerank.rerank import check_reranker
+from data_modules.landmarks.gnd import load_gnd
 
 LABEL_KEYS = ("mAP", "mAP@R", "recall@1", "recall@5", "recall@10", "precision@10")
 
@@ -68,15 +76,10 @@ def _check_rows(array: torch.Tensor, rows: int, path: str, what: str, follows: s
 
 def reranked_similarity(rerank: str, query: torch.Tensor, data: torch.Tensor):
     """See :func:`cbir_lightning.rerank.reranked_similarity`."""
-    from cbir_lightning.rerank import reranked_similarity as rows_and_similarity
-
     return rows_and_similarity(rerank, query, data)
 
 
 def evaluate_gnd(queries: str, database: str, gnd: str, rerank: str = "none") -> dict:
-    from cbir_lightning.metrics.revisited import original_metrics, revisited_metrics
-    from data_modules.landmarks.gnd import load_gnd
-
     truth = load_gnd(gnd)
     # float64 scores: exact products of float32 descriptors, so only true ties are ties
     query, data = (
@@ -127,8 +130,6 @@ def evaluate_labels(
     similarity: str,
     rerank: str = "none",
 ) -> dict:
-    from cbir_lightning.metrics import retrieval_metrics
-
     query, data = _embeddings(queries, "--queries"), _embeddings(database, "--database")
     qlabels = _labels(query_labels, "--query-labels", len(query), f"--queries {queries}")
     dlabels = _labels(database_labels, "--database-labels", len(data), f"--database {database}")
@@ -171,11 +172,6 @@ def as_validate(args: list[str]) -> list[str]:
 def datamodule_from_config(config: str):
     """The ``data`` section of a ``cbir-lightning fit`` config, on its base configs (OmegaConf
     interpolation resolved)."""
-    from omegaconf import OmegaConf
-
-    from cbir_lightning.checkpoints import build_datamodule
-    from cbir_lightning.cli.config_files import read_config
-
     path = Path(config)
     raw = read_config(path)  # with its base configs (`extends:`)
     try:
@@ -217,8 +213,6 @@ def evaluate(
         rerank: ``none``, ``aqe`` (alpha query expansion), ``dba`` (database-side augmentation) or
             ``diffusion`` (Iscen et al.) re-ranking of dot-product scores, for ``--gnd`` and labels modes.
     """
-    from cbir_lightning.rerank.rerank import check_reranker
-
     check_reranker(rerank)
     if ckpt is not None or config_file is not None:  # `as_validate` routes --config calls to `validate`
         raise CbirError("evaluate: --ckpt needs --config (the YAML of the run), and not --queries/--gnd")

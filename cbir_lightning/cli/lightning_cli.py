@@ -19,14 +19,16 @@ file is read), and ``fit`` stops at the first NaN/inf training loss (``StopOnNon
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 import yaml
-from jsonargparse import set_parsing_settings
+from jsonargparse import get_loader, set_parsing_settings
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -46,6 +48,8 @@ from cbir_lightning.cli.config_files import (
     uses_bases,
 )
 from cbir_lightning.errors import CbirError
+from cbir_lightning.model_file import ModelFile, is_model_file
+from cbir_lightning.models.embedding_module import self_contained
 
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
 
@@ -58,8 +62,6 @@ class ConfigParser(LightningArgumentParser):
 
     def parse_path(self, path, ext_vars=None, env=None, defaults=True, **kwargs):
         """Any other file is parsed as LightningCLI parses it."""
-        from jsonargparse import get_loader
-
         file = Path(path)
         try:
             data = get_loader("yaml")(file.read_text())
@@ -102,8 +104,6 @@ def _as_list(value) -> list:
 
 def checkpoint_dirs(trainer_config) -> list[str]:
     """The fixed ``dirpath`` of every ModelCheckpoint callback in a parsed ``trainer`` config."""
-    import importlib
-
     dirs = []
     for callback in _as_list(trainer_config.get("callbacks")):
         class_path = str(callback.get("class_path", ""))
@@ -172,9 +172,10 @@ def check_data(datamodule: pl.LightningDataModule, stage: str) -> None:
 
 
 def checkpoint_model_config(path: Path) -> dict:
-    """The model config to rebuild ``path``'s module: its saved hyperparameters, with the pretrained
-    sources (backbone ``weights``, ``whitening_init`` file) switched off, since the checkpoint holds those
-    weights and the files may be absent (offline, another machine). Empty if none were saved."""
+    """The model config to rebuild ``path``'s module (a checkpoint or a model file): its saved
+    hyperparameters, which name no pretrained source. Empty if none were saved."""
+    if is_model_file(path):
+        return ModelFile.load(path).checkpoint().model_config()
     return read_checkpoint(path).model_config()
 
 
@@ -352,8 +353,6 @@ def config_checkpoint(
     ``out``: default ``<trainer.default_root_dir>/checkpoints/config.ckpt``, beside ``fit``'s checkpoints
     of that config. Written atomically; returns the path.
     """
-    import torch
-
     if not Path(config).is_file():
         raise CbirError(f"config file {config} not found; pass a YAML config such as configs/<name>.yaml")
     model, datamodule, trainer = build_from_config(config, "--trainer.logger", "false", *overrides)
@@ -365,7 +364,7 @@ def config_checkpoint(
         "global_step": 0,
         "pytorch-lightning_version": pl.__version__,
         "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
+        "hyper_parameters": self_contained(dict(model.hparams), model.state_dict()),
         "datamodule_hyper_parameters": dict(datamodule.hparams),
     }
     with atomic_file(out) as tmp:  # 0644, as a checkpoint `fit` writes

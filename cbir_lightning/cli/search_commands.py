@@ -1,12 +1,22 @@
 """``index``, ``search``, ``recommend``, ``serve``: image search over a folder with a trained checkpoint or
 model file (or its ONNX export, ``--model``, or a config's own model, ``--config``); ``convert``: a
-checkpoint to a model file."""
+checkpoint to a model file; ``export``: its embedder to ONNX. None of them imports a data set."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+
+from cbir_lightning.api import Index
+from cbir_lightning.errors import CbirError
+from cbir_lightning.model_file import ModelFile, is_model_file
+from cbir_lightning.search.files import crop_image, open_image, parse_crop
+from cbir_lightning.search.sheet import contact_sheet
+from cbir_lightning.search.store import is_store_address, parse_store
+from cbir_lightning.web.access import TOKEN_ENV, is_loopback
+from cbir_lightning.web.access import allowed_hosts as host_list
 
 
 def index(
@@ -68,22 +78,16 @@ def index(
         text_columns: the metadata columns ``search --text`` ranks by (BM25), e.g. ``"[title, artist]"``;
             default: every text column.
     """
-    from cbir_lightning.api import Index
-    from cbir_lightning.errors import CbirError
-    from cbir_lightning.model_file import is_model_file
-
     if config_file is not None:
         if ckpt is not None or model is not None:
             raise CbirError("pass one of --ckpt, --model and --config (the model to index with)")
-        from cbir_lightning.cli.lightning_cli import config_checkpoint
+        from cbir_lightning.cli.lightning_cli import config_checkpoint  # Lightning's CLI: --config only
 
         ckpt = str(config_checkpoint(config_file))
         print(f"model of {config_file}: {ckpt}")
     if (out is None) == (store is None):
         raise CbirError("pass where to index: --out FOLDER or --store milvus:PATH.db (one of them)")
     if store is not None:
-        from cbir_lightning.search.store import parse_store
-
         parse_store(store)  # an unknown scheme is one line, before any work
     if store is not None and (devices, strategy, num_nodes) != (1, "auto", 1):
         raise CbirError("--store indexes in one process; drop --devices/--strategy/--num-nodes")
@@ -157,11 +161,6 @@ def search(
         model: the index's ONNX model (``cbir-lightning export``) at another path, or an export of the
             index's checkpoint (same whitening), run with ONNX Runtime.
     """
-    from cbir_lightning.api import Index
-    from cbir_lightning.errors import CbirError
-    from cbir_lightning.search.files import crop_image, open_image, parse_crop
-    from cbir_lightning.search.sheet import contact_sheet
-
     parse_crop(crop)  # a bad --crop is refused (one line) before any work
     opened = Index.open(_where(index, store), ckpt=ckpt, onnx=model)
     if query is None:
@@ -183,9 +182,6 @@ def search(
 
 def _where(index: str | None, store: str | None) -> str:
     """The index to open: ``--index`` or ``--store`` (one of them)."""
-    from cbir_lightning.errors import CbirError
-    from cbir_lightning.search.store import parse_store
-
     if (index is None) == (store is None):
         raise CbirError("pass the index to search: --index FOLDER or --store milvus:PATH.db (one of them)")
     if store is not None:
@@ -224,11 +220,6 @@ def recommend(
             JPEG, otherwise PNG).
         store: instead of ``--index``, the database store indexed with ``index --store``.
     """
-    from cbir_lightning.api import Index
-    from cbir_lightning.errors import CbirError
-    from cbir_lightning.search.files import open_image
-    from cbir_lightning.search.sheet import contact_sheet
-
     if image is None:
         raise CbirError("pass --image IMAGE: the item to recommend for")
     opened = Index.open(_where(index, store), ckpt=ckpt, onnx=model)
@@ -288,13 +279,9 @@ def serve(
         token_file: a file whose first line is the token (e.g. mode 0600), read at start.
         insecure: allow a non-loopback ``host`` without a token.
     """
-    import logging
-
+    # the web server and app (FastAPI, uvicorn: heavy imports) for serve only
     import uvicorn
 
-    from cbir_lightning.errors import CbirError
-    from cbir_lightning.web.access import TOKEN_ENV, is_loopback
-    from cbir_lightning.web.access import allowed_hosts as host_list
     from cbir_lightning.web.app import create_app
 
     token = serve_token(token, token_file)
@@ -305,7 +292,6 @@ def serve(
         )
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cbir_lightning.web").setLevel(logging.INFO)  # reloads, errors with their ids
-    from cbir_lightning.search.store import is_store_address
 
     index = [index] if isinstance(index, str) else list(index)
     app = create_app(
@@ -328,9 +314,6 @@ def serve_token(token: str | None, token_file: str | None) -> str | None:
     """The token ``serve`` requires: ``--token``, else the first line of ``--token-file``, else
     ``$CBIR_SERVE_TOKEN``; None: no token. CbirError (one line) for both flags, or an unreadable or empty
     file; a note on stderr for ``--token`` (other users see it in ``ps``)."""
-    from cbir_lightning.errors import CbirError
-    from cbir_lightning.web.access import TOKEN_ENV
-
     if token and token_file:
         raise CbirError("pass the token once: --token or --token-file")
     if token:
@@ -361,8 +344,6 @@ def convert(ckpt: str, out: str) -> dict:
             preprocessing).
         out: the model file to write (e.g. ``model.cbir``).
     """
-    from cbir_lightning.model_file import ModelFile
-
     model_file = ModelFile.from_checkpoint(ckpt)
     written = model_file.save(out)
     return {
@@ -372,3 +353,31 @@ def convert(ckpt: str, out: str) -> dict:
         "similarity": model_file.similarity,
         "whitening": model_file.whitening is not None,
     }
+
+
+def export(out: str, ckpt: str | None = None, model: str | None = None, opset: int = 17) -> dict:
+    """Export a model file's (or a checkpoint's) embedder to ONNX, parity-checked (index/search --model).
+
+    Dynamic batch axis; input size, preprocessing (the model file's), scoring and whitening in its
+    metadata. Prints JSON with ``max_abs_diff``.
+
+    Args:
+        out: the ``.onnx`` file to write (``index``/``search``/``recommend --model``).
+        ckpt: checkpoint written by ``cbir-lightning fit`` (its whitening file beside it is folded in),
+            converted in memory to a model file, or a model file.
+        model: instead of ``--ckpt``, a model file (``best.model`` of a fit, ``cbir-lightning convert``,
+            ``whiten``): exported with its preprocessing and whitening, no DataModule rebuilt.
+        opset: ONNX opset version.
+    """
+    from cbir_lightning.export.onnx_export import export_onnx  # onnx and ONNX Runtime: heavy imports
+
+    if (ckpt is None) == (model is None):
+        raise CbirError("pass exactly one of --ckpt CKPT (a checkpoint) and --model MODEL (a model file)")
+    if model is not None and not is_model_file(model):
+        if not Path(model).is_file():
+            raise CbirError(f"model file {model} not found; write one with `cbir-lightning convert`")
+        raise CbirError(
+            f"--model {model} is not a model file (`cbir-lightning convert` writes one); pass a checkpoint "
+            "as --ckpt"
+        )
+    return export_onnx(ckpt if ckpt is not None else model, out, opset)

@@ -32,7 +32,7 @@ class OnnxTrunk:
 
 def onnx_trunk(trunk: nn.Module, example: torch.Tensor, threads: int | None = None) -> OnnxTrunk | None:
     """``trunk`` (eval mode) as an :class:`OnnxTrunk` checked on ``example``, or None if it cannot be."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy import: only when a cache runs its trunk in ONNX Runtime
 
     buffer = io.BytesIO()
     try:

@@ -13,7 +13,7 @@ pytorch-metric-learning's ``ContrastiveLoss`` differs: it uses ``d`` and ``max(0
 without squares or the 0.5 factors, default margins 0 (positive) and 1 (negative), and instead of
 summing it averages the non-zero positive terms and the non-zero negative terms separately
 (``AvgNonZeroReducer``) and adds the two means; select it with
-``loss: pml_contrastive`` (see :mod:`cbir_lightning.losses.pml`).
+``loss: {class_path: pytorch_metric_learning.losses.ContrastiveLoss}``.
 """
 
 from __future__ import annotations

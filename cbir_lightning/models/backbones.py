@@ -118,7 +118,7 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str = "resnet50", weights: str | None = None, freeze_batchnorm: bool = False):
         super().__init__()
-        import timm
+        import timm  # heavy import (~1 s): torchvision backbones do without it
 
         if name not in BACKBONES and not timm.is_model(name):
             raise CbirError(

@@ -23,7 +23,7 @@ from torch import nn
 
 from cbir_lightning.contracts import ClassBatch, FeatureBatch, FrozenTrunkNet, HashNet, PairBatch
 from cbir_lightning.errors import CbirError
-from cbir_lightning.losses.by_name import dsh_loss
+from cbir_lightning.losses.dsh_loss import DSHLoss
 from cbir_lightning.losses.pairs import aligned_pairs
 from cbir_lightning.models.dsh_net import DSHNet
 from cbir_lightning.models.embedding_module import EmbeddingModule
@@ -77,7 +77,9 @@ class DSHModule(EmbeddingModule):
             )
         self.net = net
         self.bits = net.bits
-        self.loss = dsh_loss(loss, margin, alpha)
+        if loss is not None and (margin is not None or alpha is not None):
+            raise CbirError("margin and alpha apply without loss: only; set them in loss: init_args")
+        self.loss = DSHLoss(margin, 0.01 if alpha is None else alpha) if loss is None else loss
 
     @property
     def input_size(self) -> int:

@@ -10,7 +10,8 @@ Subclasses call ``super().__init__(optimizer, lr_scheduler, lr_scheduler_interva
 
 Hyperparameters: under the CLI they are the config (class paths), which rebuilds every object from a
 checkpoint; objects passed from Python (``optimizer``, ``lr_scheduler`` and the subclass's ``objects``,
-e.g. a net) are not saved (the weights are in the state dict).
+e.g. a net) are not saved (the weights are in the state dict). A checkpoint rebuilds its module from
+itself alone: the hyperparameters it records name no pretrained source (``self_contained``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,40 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import nn
 
 from cbir_lightning.contracts import FeatureEvalBatch
+from cbir_lightning.errors import CbirError
+
+
+def self_contained(hyper_parameters: dict, state_dict: dict) -> dict:
+    """``hyper_parameters`` with the pretrained sources switched off, since the state dict holds those
+    weights and the files may be absent (offline, another machine): backbone ``weights`` (also of a net
+    given by ``class_path``, e.g. DSHModule's ``net``) and a whitening initialisation file
+    (``whitening_init``, replaced by the layer's size). What every checkpoint records."""
+    hparams = dict(hyper_parameters)
+    net = hparams.get("net")
+    if isinstance(net, dict) and (net.get("init_args") or {}).get("weights") is not None:
+        hparams["net"] = {**net, "init_args": {**net["init_args"], "weights": None}}
+    if hparams.get("weights") is not None:
+        hparams["weights"] = None
+    if hparams.get("whitening_init") is not None:
+        hparams["whitening_init"] = None
+        if "whiten.weight" in state_dict:
+            hparams["whitening"] = int(state_dict["whiten.weight"].shape[0])
+    return hparams
+
+
+def check_objects(**objects) -> None:
+    """CbirError (one line naming the argument) for an argument that must be an object (a loss, a miner,
+    a net: ``class_path`` in configs) but is not, e.g. an older loss name."""
+    for name, value in objects.items():
+        if value is not None and not isinstance(value, nn.Module):
+            raise CbirError(
+                f"{name} is {value!r}, not an object: give it by class_path (e.g. {name}: {{class_path: "
+                "cbir_lightning.losses.InBatchSoftmaxLoss}); a checkpoint saved with loss names loads "
+                "converted: cbir-lightning convert --ckpt CKPT --out MODEL.model"
+            )
 
 
 class EmbeddingModule(pl.LightningModule):
@@ -49,6 +82,13 @@ class EmbeddingModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["objects", *unsaved])
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The checkpoint's hyperparameters rebuild the module without its pretrained sources
+        (:func:`self_contained`)."""
+        if isinstance(checkpoint.get("hyper_parameters"), dict):
+            state = checkpoint.get("state_dict") or {}
+            checkpoint["hyper_parameters"] = self_contained(checkpoint["hyper_parameters"], state)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -34,15 +34,15 @@ from torch import nn
 from cbir_lightning.contracts import ClassBatch, FeatureBatch, PairBatch, TupleBatch
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import embed_grouped
-from cbir_lightning.losses.by_name import gem_loss, gem_miner
+from cbir_lightning.losses.cirtorch_contrastive_loss import CirtorchContrastiveLoss
 from cbir_lightning.losses.contrastive import tuple_pairs
 from cbir_lightning.losses.pairs import aligned_pairs, pairs_to_indices
-from cbir_lightning.models.embedding_module import EmbeddingModule
+from cbir_lightning.models.embedding_module import EmbeddingModule, check_objects
 from cbir_lightning.models.gem_net import GeMNet
 from cbir_lightning.models.multiscale import multiscale_embed
 from cbir_lightning.pooling.layers import GeM
 from cbir_lightning.whitening.functional import apply_whitening
-from cbir_lightning.whitening.io import load_whitening, whitening_path
+from cbir_lightning.whitening.io import CHECKPOINT_KEY, load_whitening, whitening_path
 
 
 def _default_optimizer(params):
@@ -78,16 +78,11 @@ class GeMSiameseModule(EmbeddingModule):
         ``BatchNorm`` -> ``ReLU`` -> ``Linear`` to ``whitening`` dimensions), trained from random weights; it
         fits classes seen again at search time (e.g. CIFAR-10's test images of the training classes), while
         a linear layer started at the identity transfers better to unseen classes.
-    loss: a loss (``class_path``: any pytorch-metric-learning loss, or
-        ``cbir_lightning.losses.CirtorchContrastiveLoss``), or by name (older configs and checkpoints):
-        ``contrastive`` (the paper's, summed) or ``pml_contrastive`` / ``pml_triplet`` /
-        ``pml_multi_similarity``; see :mod:`cbir_lightning.losses.by_name`.
-    margin: the margin of ``loss: contrastive`` (0.7; 0.85 in the later recipe); an error with any
-        other loss (set its margin in its init_args / loss_kwargs).
-    loss_kwargs: arguments of a loss given by name.
-    miner / miner_kwargs: for class batches, a miner (``class_path``, e.g.
-        ``pytorch_metric_learning.miners.MultiSimilarityMiner``), ``default`` (the PML loss's own, see
-        ``cbir_lightning.losses.pml``), a name from ``cbir_lightning.losses.pml.MINERS`` or null.
+    loss: the loss (``class_path``: any pytorch-metric-learning loss, or
+        ``cbir_lightning.losses.CirtorchContrastiveLoss``); null: the paper's contrastive loss, summed
+        (``CirtorchContrastiveLoss``, margin 0.7; 0.85 in the later recipe: set it in its init_args).
+    miner: for class batches, a miner (``class_path``, e.g.
+        ``pytorch_metric_learning.miners.MultiSimilarityMiner``); null: every pair of the batch.
     eval_scales: image scales combined at evaluation (e.g. ``[1, 0.7071, 0.5]``).
     apply_whitening_file: at validate/test/predict of a checkpoint, apply ``<ckpt>.whitening.pt``.
     optimizer / lr_scheduler / lr_scheduler_interval: as SiameseModule (default Adam lr 1e-6, wd 1e-6).
@@ -108,21 +103,19 @@ class GeMSiameseModule(EmbeddingModule):
         backbone_lr_multiplier: float = 1.0,
         whitening: int | None = None,
         whitening_init: str | None = None,
-        loss: str | nn.Module = "contrastive",
-        margin: float | None = None,
-        loss_kwargs: dict | None = None,
-        miner: str | nn.Module | None = "default",
-        miner_kwargs: dict | None = None,
+        loss: nn.Module | None = None,
+        miner: nn.Module | None = None,
         eval_scales: Sequence[float] = (1.0,),
         apply_whitening_file: bool = True,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: str = "epoch",
     ) -> None:
-        objects = [k for k, v in (("loss", loss), ("miner", miner)) if isinstance(v, nn.Module)]
+        check_objects(loss=loss, miner=miner)
+        objects = [k for k, v in (("loss", loss), ("miner", miner)) if v is not None]
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
-        self.loss = gem_loss(loss, margin, loss_kwargs)
-        self.miner = gem_miner(loss, miner, miner_kwargs)
+        self.loss = CirtorchContrastiveLoss() if loss is None else loss
+        self.miner = miner
         net = GeMNet(
             backbone,
             weights,
@@ -143,6 +136,7 @@ class GeMSiameseModule(EmbeddingModule):
         object.__setattr__(self, "net", net)
         self.eval_scales = [float(s) for s in eval_scales]
         self.post_whitening: dict | None = None
+        self.loaded_whitening: dict | None = None  # the whitening of the model file last loaded, if any
 
     dot_product_similarity = True  # cosine similarity of L2-normalised descriptors
 
@@ -210,12 +204,17 @@ class GeMSiameseModule(EmbeddingModule):
         self.attach_whitening(load_whitening(path))
         return True
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the whitening a model file carries (``--ckpt_path X.model``), applied as a whitening
+        file beside a checkpoint is."""
+        self.loaded_whitening = checkpoint.get(CHECKPOINT_KEY)
+
     def _attach_for_evaluation(self) -> None:
         trainer = self.trainer
         if self.hparams.get("apply_whitening_file", True) and trainer.state.fn != "fit":
             ckpt = trainer.ckpt_path
             if not (ckpt and self.attach_whitening_file(ckpt)):
-                self.post_whitening = None
+                self.attach_whitening(self.loaded_whitening if ckpt else None)
 
     def on_validation_start(self) -> None:
         self._attach_for_evaluation()

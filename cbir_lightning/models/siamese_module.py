@@ -15,19 +15,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from jsonargparse import lazy_instance
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from cbir_lightning.contracts import ClassBatch, ClassSizedLoss, PairBatch, RetrievalData
 from cbir_lightning.errors import CbirError
-from cbir_lightning.losses.by_name import batch_loss as build_batch_loss
+from cbir_lightning.losses.all_pairs_bce_loss import AllPairsBCELoss
 from cbir_lightning.losses.model_similarity import ModelSimilarity
 from cbir_lightning.losses.pair_bce_loss import PairBCELoss
 from cbir_lightning.losses.pairs import aligned_pairs
 from cbir_lightning.losses.score_loss import ScoreLoss
-from cbir_lightning.models.embedding_module import EmbeddingModule
+from cbir_lightning.models.embedding_module import EmbeddingModule, check_objects
 from cbir_lightning.models.param_groups import layer_param_groups
 from cbir_lightning.models.test_time_scales import mean_over_scales
+
+# the default batch loss as a class path (LightningCLI builds a new one); from Python, each module builds
+# its own (a score loss is given its module's similarity, so it cannot be shared)
+DEFAULT_BATCH_LOSS = lazy_instance(AllPairsBCELoss)
 
 
 class SiameseModule(EmbeddingModule):
@@ -37,9 +42,9 @@ class SiameseModule(EmbeddingModule):
     lr_scheduler: optional scheduler factory, stepped every ``lr_scheduler_interval``.
     layer_lr_multipliers / layer_weight_decay: per-layer learning-rate factors and L2 weights, in the
         order of the net's weight layers (Koch's per-layer settings); ``None`` keeps the optimizer's.
-    batch_loss: loss on class batches: a loss (``class_path``), or ``"bce"``
-        (:class:`~cbir_lightning.losses.AllPairsBCELoss`, balanced BCE on every pair) or ``"softmax"``
-        (:class:`~cbir_lightning.losses.InBatchSoftmaxLoss`, every positive pair against all the
+    batch_loss: loss on class batches (``class_path``): by default
+        :class:`~cbir_lightning.losses.AllPairsBCELoss` (balanced BCE on every pair), e.g.
+        :class:`~cbir_lightning.losses.InBatchSoftmaxLoss` (every positive pair against all the
         anchor's negatives).
     pair_loss: loss on pair batches (default :class:`~cbir_lightning.losses.PairBCELoss`, Koch's).
     class_loss: optional loss over ALL training classes, added to ``batch_loss`` on class batches with
@@ -63,13 +68,14 @@ class SiameseModule(EmbeddingModule):
         lr_scheduler_interval: str = "epoch",
         layer_lr_multipliers: Sequence[float] | None = None,
         layer_weight_decay: Sequence[float] | None = None,
-        batch_loss: str | nn.Module | None = "bce",
+        batch_loss: nn.Module | None = DEFAULT_BATCH_LOSS,
         pair_loss: nn.Module | None = None,
         class_loss: nn.Module | None = None,
         class_loss_weight: float = 1.0,
         test_time_scales: Sequence[float] | None = None,
     ) -> None:
         losses = {"batch_loss": batch_loss, "pair_loss": pair_loss, "class_loss": class_loss}
+        check_objects(net=net, **losses)
         objects = ["net", *(k for k, v in losses.items() if isinstance(v, nn.Module))]
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
         self.net = net
@@ -77,7 +83,7 @@ class SiameseModule(EmbeddingModule):
             raise CbirError(
                 "batch_loss: null needs a class_loss; set model.init_args.class_loss or batch_loss"
             )
-        self.batch_loss = None if batch_loss is None else build_batch_loss(batch_loss)
+        self.batch_loss = AllPairsBCELoss() if batch_loss is DEFAULT_BATCH_LOSS else batch_loss
         self.pair_loss = PairBCELoss() if pair_loss is None else pair_loss
         self.class_loss = class_loss
         head = ModelSimilarity(self.net.pair_logits, self.net.similarity)

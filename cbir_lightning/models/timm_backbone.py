@@ -12,6 +12,7 @@ local ``.pth`` state dict of the timm model.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 from pathlib import Path
@@ -120,7 +121,7 @@ def load_timm_weights(name: str, model: nn.Module, weights: str) -> None:
         model.load_state_dict(efficientnet_pytorch_to_timm(_read_state_dict(path, name), model, path))
         return
     if weights == "imagenet":
-        import timm
+        import timm  # heavy import (~1 s): only for timm backbones
 
         try:
             pretrained = timm.create_model(name, pretrained=True)
@@ -149,9 +150,7 @@ def load_timm_weights(name: str, model: nn.Module, weights: str) -> None:
 
 def close_names(name: str, extra: tuple[str, ...] = ()) -> str:
     """``close names: a, b`` (timm's models and ``extra``), or where to look when none is close."""
-    import difflib
-
-    import timm
+    import timm  # heavy import (~1 s): only for timm backbones
 
     close = difflib.get_close_matches(name, [*extra, *timm.list_models()], n=5, cutoff=0.6)
     return f"close names: {', '.join(close)}" if close else "see timm.list_models()"
@@ -159,7 +158,7 @@ def close_names(name: str, extra: tuple[str, ...] = ()) -> str:
 
 def timm_classifier(name: str, weights: str | None = None) -> nn.Module:
     """The whole timm classifier ``name`` (ImageNet head included), weights loaded as above."""
-    import timm
+    import timm  # heavy import (~1 s): only for timm backbones
 
     if not timm.is_model(name):
         raise CbirError(f"unknown timm model {name!r}; {close_names(name)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cbir_lightning.errors import CbirError
 from cbir_lightning.pooling import functional as PF
 
 
@@ -48,7 +49,5 @@ POOLINGS = {"mac": MAC, "spoc": SPoC, "gem": GeM, "rmac": RMAC}
 def build_pooling(name: str, p: float = 3.0, learn_p: bool = True) -> nn.Module:
     """The pooling layer by name: ``mac``, ``spoc``, ``gem`` (initial ``p``) or ``rmac``."""
     if name not in POOLINGS:
-        from cbir_lightning.errors import CbirError
-
         raise CbirError(f"unknown pooling {name!r}; choose one of {', '.join(POOLINGS)}")
     return GeM(p, learn_p=learn_p) if name == "gem" else POOLINGS[name]()

@@ -31,7 +31,7 @@ BLAS_THRESHOLD = 128_000
 
 def import_faiss():
     try:
-        import faiss
+        import faiss  # heavy import: only for a faiss backend (torch k-NN never loads it)
     except ImportError as err:
         raise CbirError("the faiss backend needs faiss: pip install faiss-cpu") from err
     return faiss

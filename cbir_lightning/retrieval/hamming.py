@@ -2,14 +2,21 @@
 
 ``pack_codes`` turns real codes ``[n, k]`` into ``uint8 [n, ceil(k / 8)]`` (bit = code > 0, numpy's
 ``packbits`` order, zero padding, which adds no distance). Distances come from XOR + a 256-entry popcount
-table (``hamming_distances``, exact, chunked) or from faiss ``IndexBinaryFlat`` (``hamming_knn``, top-k).
+table (``hamming_distances``, exact, chunked) or from faiss ``IndexBinaryFlat`` (``hamming_knn``, top-k;
+faiss imported only then).
 """
 
 from __future__ import annotations
 
-import faiss
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+from cbir_lightning.retrieval.faiss_knn import import_faiss
+
+if TYPE_CHECKING:
+    import faiss
 
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.uint8)
 
@@ -44,7 +51,7 @@ def hamming_distances(
 
 def binary_index(database: np.ndarray) -> faiss.IndexBinaryFlat:
     """faiss exhaustive binary index over packed codes (Hamming distance by hardware popcount)."""
-    index = faiss.IndexBinaryFlat(database.shape[1] * 8)
+    index = import_faiss().IndexBinaryFlat(database.shape[1] * 8)
     index.add(np.ascontiguousarray(database, dtype=np.uint8))
     return index
 
@@ -53,5 +60,5 @@ def hamming_knn(
     queries: np.ndarray, database: np.ndarray | faiss.IndexBinaryFlat, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` database items by Hamming distance: ``(distances int32 [nq, k], indices int64 [nq, k])``."""
-    index = database if isinstance(database, faiss.IndexBinary) else binary_index(database)
+    index = database if isinstance(database, import_faiss().IndexBinary) else binary_index(database)
     return index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cbir_lightning.retrieval.exact_knn import ExactKnn
+from cbir_lightning.retrieval.faiss_knn import FaissKnn
+from cbir_lightning.retrieval.torch_knn import TorchKnn
+
 BACKENDS = ("exact", "torch", "faiss", "faiss-ivf", "faiss-hnsw")
 
 
@@ -13,16 +17,10 @@ def knn_index(database, metric: str = "cosine", backend: str = "exact", **option
     ``faiss`` (exact; all three give identical rankings) or ``faiss-ivf`` / ``faiss-hnsw`` (approximate).
     ``options`` go to the backend's class."""
     if backend == "exact":
-        from cbir_lightning.retrieval.exact_knn import ExactKnn
-
         return ExactKnn(database, metric, **options)
     if backend == "torch":
-        from cbir_lightning.retrieval.torch_knn import TorchKnn
-
         return TorchKnn(database, metric, **options)
     if backend in ("faiss", "faiss-ivf", "faiss-hnsw"):
-        from cbir_lightning.retrieval.faiss_knn import FaissKnn
-
         kind = {"faiss": "flat", "faiss-ivf": "ivf", "faiss-hnsw": "hnsw"}[backend]
         return FaissKnn(database, metric, index=kind, **options)
     raise ValueError(f"Unknown k-NN backend {backend!r}; expected one of {BACKENDS}.")

@@ -370,7 +370,7 @@ def build_index(
     if approximate and not 0 < target_recall <= 1:
         raise CbirError(f"--target-recall must lie in (0, 1], got {target_recall}")
     if onnx_model is not None:  # a missing or foreign file is refused before the index folder is touched
-        from cbir_lightning.export.onnx_embedder import read_metadata
+        from cbir_lightning.export.onnx_embedder import read_metadata  # ONNX Runtime (heavy): .onnx only
 
         read_metadata(onnx_model)
     images, out = Path(images).resolve(), Path(out)

@@ -13,6 +13,7 @@ from cbir_lightning.contracts import RetrievalData
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import model_device
 from cbir_lightning.model_file import ModelFile, is_model_file
+from cbir_lightning.search.files import file_sha256
 from cbir_lightning.whitening import apply_whitening
 
 
@@ -63,8 +64,6 @@ def describe_whitening(whitening: dict | None, file: Path | None, sha256: str | 
     if whitening is None:
         return None
     if sha256 is None:
-        from cbir_lightning.search.files import file_sha256
-
         sha256 = file_sha256(file)
     return {"file": str(file), "kind": str(whitening.get("kind")), "sha256": sha256}
 
@@ -165,7 +164,7 @@ def load_search_model(ckpt: str | Path | None = None, onnx_model: str | Path | N
     ``OnnxSearchModel`` (``onnx_model``), both with the same interface; exactly one must be given."""
     check_model_args(ckpt, onnx_model)
     if onnx_model is not None:
-        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
+        from cbir_lightning.export.onnx_embedder import OnnxSearchModel  # ONNX Runtime (heavy): .onnx only
 
         return OnnxSearchModel.load(onnx_model)
     return SearchModel.load(ckpt)

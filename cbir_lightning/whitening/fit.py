@@ -65,8 +65,12 @@ def fit_and_save(module, checkpoint: str | Path, datamodule, kind="lw", dim=None
     dataset, pairs = datamodule_whitening_data(datamodule)
     whitening = fit_whitening(module, dataset, pairs, kind, dim, batch_size)
     path = save_whitening(whitening_path(checkpoint), whitening)
+    return {"whitening": str(path), **summary(whitening, kind, dataset, pairs)}
+
+
+def summary(whitening: dict, kind: str, dataset: Dataset, pairs) -> dict:
+    """What ``whiten`` prints of a fitted whitening: kind, dim, input_dim, images, pairs."""
     return {
-        "whitening": str(path),
         "kind": kind,
         "dim": int(whitening["projection"].shape[0]),
         "input_dim": int(whitening["projection"].shape[1]),

@@ -11,6 +11,10 @@ from cbir_lightning.atomic import atomic_file
 from cbir_lightning.errors import CbirError
 from cbir_lightning.whitening.functional import KINDS
 
+# the key of a checkpoint dict that carries its whitening (a model file read as a checkpoint: validate,
+# test and predict of ``--ckpt_path X.model``); the module attaches it as the whitening file beside one
+CHECKPOINT_KEY = "cbir_whitening"
+
 
 def whitening_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".whitening.pt")

@@ -93,7 +93,7 @@ class CIFAR10DataModule(LabelledImagesDataModule):
 
     def prepare_data(self) -> None:
         if self.hparams.download:
-            from torchvision.datasets import CIFAR10
+            from torchvision.datasets import CIFAR10  # heavy import: only with download: true
 
             for train in (True, False):
                 CIFAR10(str(self.hparams.root), train=train, download=True)

@@ -17,6 +17,7 @@ def download_omniglot(root: str | Path, sets: Sequence[str]) -> None:
     ``images_background`` / ``images_evaluation`` go through ``torchvision.datasets.Omniglot``
     (checksummed); the small and other sets come from the same release folder.
     """
+    # torchvision's downloader (heavy import): only when a set is downloaded
     from torchvision.datasets import Omniglot
     from torchvision.datasets.utils import download_and_extract_archive
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from cbir_lightning.errors import CbirError
 from data_modules.datasets.image_folders import IMAGE_SUFFIXES, class_folders
+from data_modules.stanford_dogs.files import read_list
 
 TRAIN_SPLITS = ("train",)
 EVAL_SPLITS = ("val", "test", "eval")
@@ -110,8 +111,6 @@ def read_table(
 def read_stanford_dogs(root: Path) -> Collection:
     """Every photo of ``lists/train_list.mat`` and ``lists/test_list.mat`` (the release's official
     lists), labelled by its breed folder (``<wnid>-<breed>``, sorted as the release numbers them)."""
-    from data_modules.stanford_dogs.files import read_list
-
     paths, labels, boxes = [], [], []
     for split in ("train", "test"):
         listing = read_list(root / "lists" / f"{split}_list.mat")

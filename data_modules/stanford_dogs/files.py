@@ -34,7 +34,7 @@ def _strings(cell: np.ndarray) -> list[str]:
 
 def read_list(path: Path) -> DogsList:
     """Read ``train_list.mat`` / ``test_list.mat``; CbirError naming the file for anything unexpected."""
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # heavy import: only when the release's .mat lists are read
 
     if not path.is_file():
         raise CbirError(

@@ -1,6 +1,7 @@
 """The Python API (``cbir_lightning.api``) against the CLI on the legacy GeM checkpoint (with its whitening
-file) and its ONNX export: the README example runs, a checkpoint and its export embed alike, and
-``Index.search`` / ``Index.recommend`` return what ``search`` / ``recommend`` print."""
+file; its loss names converted to today's by the converter, ``current_hyper_parameters``) and its ONNX
+export: the README example runs, a checkpoint and its export embed alike, and ``Index.search`` /
+``Index.recommend`` return what ``search`` / ``recommend`` print."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from PIL import Image
 
 from cbir_lightning import Embedder, Index
 from cbir_lightning.cli import main
+from cbir_lightning.model_file import current_hyper_parameters
 
 pytest.importorskip("onnxruntime")
 
@@ -39,7 +41,10 @@ def work(tmp_path_factory):
     """A folder as the README example expects it: model.ckpt (+ model.whitening.pt), its export model.onnx,
     and photos/ with 20 real photos, a.jpg and b.jpg among them."""
     work = tmp_path_factory.mktemp("api")
-    shutil.copy(GEM / "model.ckpt", work / "model.ckpt")
+    contents = torch.load(GEM / "model.ckpt", map_location="cpu", weights_only=True)
+    hparams, state = contents["hyper_parameters"], contents["state_dict"]
+    contents["hyper_parameters"] = current_hyper_parameters(hparams, state)
+    torch.save(contents, work / "model.ckpt")  # a checkpoint of today (export reads no loss names)
     shutil.copy(GEM / "model.whitening.pt", work / "model.whitening.pt")
     photos = photo_folder(work / "photos")
     first, second = sorted(photos.glob("*.jpg"))[:2]

@@ -91,9 +91,11 @@ def test_untrusted_module_class_is_refused(tmp_path):
         read_checkpoint(path)
 
 
-def test_model_config_switches_pretrained_sources_off(tmp_path):
+def test_model_config_is_what_the_checkpoint_records(tmp_path):
+    """A fit's checkpoint names no pretrained source (the module's on_save_checkpoint); loading takes
+    the hyperparameters as recorded (an older checkpoint's sources are the converter's)."""
     path = tmp_path / "gem.ckpt"
-    hparams = {"_class_path": "cbir_lightning.models.GeMSiameseModule", "weights": "imagenet", "p": 3.0}
+    hparams = {"_class_path": "cbir_lightning.models.GeMSiameseModule", "weights": None, "p": 3.0}
     torch.save({"state_dict": {}, "hyper_parameters": hparams}, path)
     config = read_checkpoint(path).model_config()
     assert config == {

@@ -68,6 +68,23 @@ def test_bases_hold_no_data_and_only_the_recipe_base_a_model():
         assert "model" not in read_config(base) or base.name == "base_finetune.yaml", base
 
 
+def test_every_config_that_keeps_a_best_checkpoint_writes_the_model_file():
+    """base_fit.yaml's named callbacks, or a list that replaces them (sfm120k_gem_resnet101.yaml): a
+    config with a monitored ModelCheckpoint also writes checkpoints/best.model (ModelFileWriter)."""
+    checked = []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        callbacks = read_config(path).get("trainer", {}).get("callbacks") or {}
+        listed = callbacks.values() if isinstance(callbacks, dict) else callbacks
+        listed = [c for c in listed if isinstance(c, dict)]
+        best = [c for c in listed if str(c.get("class_path")).endswith("ModelCheckpoint")
+                and (c.get("init_args") or {}).get("monitor")]  # fmt: skip
+        if best:
+            names = [c.get("class_path") for c in listed]
+            assert "cbir_lightning.callbacks.ModelFileWriter" in names, path.name
+            checked.append(path.stem)
+    assert {"base_fit", "sfm120k_gem_resnet101", "omniglot_koch"} <= set(checked)
+
+
 def test_merge_rule_and_named_callbacks(tmp_path):
     write(
         tmp_path / "root.yaml",

@@ -1,6 +1,6 @@
 """One tiny end-to-end ``fit`` of configs/omniglot_gem.yaml through the CLI (GeM net, PML loss, learned
 whitening fitted after training and applied by the final validation, and inside ``best.model``), then
-``whiten --kind pca`` (and its model file)."""
+``whiten --kind pca`` of the checkpoint and of its model file (each a model file with the whitening in)."""
 
 from __future__ import annotations
 
@@ -87,3 +87,17 @@ def test_omniglot_gem_fit_whitening_and_whiten_command(tmp_path, omniglot_root, 
     with pytest.raises(SystemExit):
         main(["whiten", "--ckpt", ckpt, "--config", str(config), "--kind", "zca"])
     assert "unknown whitening kind 'zca'; choose lw or pca" in capsys.readouterr().err
+
+    # a model file whitened anew: the same PCA (the same module, the same images), in a new model file
+    best = Path(ckpt).parent / "best.model"
+    main(["whiten", "--model", str(best), "--config", str(config), "--kind", "pca", "--dim", "16"])
+    out = last_json(capsys.readouterr().out)
+    assert out["model_file"] == str(best.with_name("best.pca.model")) and out["dim"] == 16
+    made = ModelFile.load(out["model_file"])
+    assert torch.allclose(made.whitening["projection"], pca["projection"], atol=1e-6)
+    assert made.dim == 16 and made.similarity == "dot" and made.whitening_sha256
+    assert made.identity == written.identity  # the same module: an index of it is checked by whitening
+    assert torch.equal(ModelFile.load(best).whitening["projection"], lw["projection"])  # left as it was
+    with pytest.raises(SystemExit):
+        main(["whiten", "--model", ckpt, "--config", str(config)])
+    assert "is not a model file" in capsys.readouterr().err

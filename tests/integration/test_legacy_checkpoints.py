@@ -1,10 +1,13 @@
-"""Checkpoints written before the issue-14 redesign still load, and evaluate to the same numbers.
+"""Checkpoints written before the issue-14 redesign, converted to model files, evaluate to the same numbers.
 
 ``tests/fixtures/legacy/`` holds tiny checkpoints of each model family (Koch on Omniglot, GeM with a
 whitening layer and a post-hoc whitening file on a photo collection, DSH on CIFAR-10) with the run's
 ``config.yaml``, written by ``make_fixtures.py`` with the code before the redesign, and ``expected.json``:
-the commands a user evaluates them with and what that code printed. Each test repeats the commands
-through the ``cbir-lightning`` CLI with the code under test and compares: metrics (printed rounded to 6
+the commands a user evaluated them with and what that code printed. Their loss names and old paths are
+understood by the converter only (``cbir-lightning convert``, ``ModelFile.from_checkpoint``): each test
+converts the checkpoint, then repeats the commands through the ``cbir-lightning`` CLI on the model file
+(``validate``/``evaluate --ckpt_path X.model`` with the run's config, whose model section is the model
+file's, as a config of today names its losses by class path) and compares: metrics (printed rounded to 6
 decimals) exactly, index vectors within 1e-6, search results by path and order (scores within 1e-6, one
 unit of their printed rounding). Loading must not warn about missing or unexpected state-dict keys.
 """
@@ -21,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from fixtures.legacy.make_fixtures import read_index_rows
 from helpers.paths import REPO, SHARED_DATA
+
+from cbir_lightning.model_file import ModelFile
 
 FIXTURES = REPO / "tests" / "fixtures" / "legacy"
 SHARED = SHARED_DATA
@@ -103,33 +109,42 @@ def test_fixtures_are_complete_and_small():
     assert total < 3_000_000
 
 
+def converted(name: str, tmp: Path) -> dict[str, str]:
+    """``cbir-lightning convert`` of fixture ``name``'s checkpoint (its whitening file beside it), and the
+    run's config with the model file's model section: what each command's checkpoint and config become."""
+    ckpt = FIXTURES / name / "model.ckpt"
+    model_file = tmp / f"{name}.model"
+    proc = run(["convert", "--ckpt", str(ckpt), "--out", str(model_file)], tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert last_json(proc.stdout)["whitening"] == (FIXTURES / name / "model.whitening.pt").is_file()
+    config = yaml.safe_load((FIXTURES / name / "config.yaml").read_text())
+    config["model"] = ModelFile.load(model_file).checkpoint().model_config()
+    config_file = tmp / f"{name}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    return {
+        f"{{fixtures}}/{name}/model.ckpt": str(model_file),
+        f"{{fixtures}}/{name}/config.yaml": str(config_file),
+    }
+
+
 @pytest.mark.parametrize("name", sorted(CHECKPOINTS))
-def test_legacy_checkpoint_evaluates_as_before(name, tmp_path):
+def test_legacy_checkpoint_converted_evaluates_as_before(name, tmp_path):
     entry = CHECKPOINTS[name]
     needed = {a for c in entry["commands"] for a in c["args"] if a.startswith("{shared}/")}
     for path in sorted(needed):
         if not Path(path.format(shared=SHARED)).exists():
             pytest.skip(f"shared data {path.format(shared=SHARED)} not found")
+    replaced = converted(name, tmp_path)
     for command in entry["commands"]:  # in order: search reads the index written before it
-        check(command, run(substitute(command["args"], tmp_path), cwd=tmp_path), tmp_path)
+        args = [replaced.get(a, a) for a in command["args"]]
+        check(command, run(substitute(args, tmp_path), cwd=tmp_path), tmp_path)
 
 
-def test_legacy_checkpoint_converted_to_a_model_file_indexes_and_searches_as_before(tmp_path):
-    """``cbir-lightning convert`` of the GeM fixture (whitening file beside it); ``index --ckpt`` of the
-    model file gives the recorded vectors and ``search`` the recorded results, without its DataModule."""
-    entry = CHECKPOINTS["gem_wikiart"]
-    needed = {a for c in entry["commands"] for a in c["args"] if a.startswith("{shared}/")}
-    if not all(Path(p.format(shared=SHARED)).exists() for p in needed):
-        pytest.skip("shared data for gem_wikiart not found")
-    model_file = tmp_path / "gem.cbir"
-    proc = run(
-        ["convert", "--ckpt", str(FIXTURES / "gem_wikiart" / "model.ckpt"), "--out", str(model_file)],
-        tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert last_json(proc.stdout)["whitening"] is True
-    ckpt = "{fixtures}/gem_wikiart/model.ckpt"
-    for command in entry["commands"]:
-        if command["kind"] in ("index", "search"):
-            args = [str(model_file) if a == ckpt else a for a in command["args"]]
-            check(command, run(substitute(args, tmp_path), cwd=tmp_path), tmp_path)
+def test_legacy_checkpoints_load_only_converted(tmp_path):
+    """Ordinary loading takes today's hyperparameters only: validating the Koch fixture
+    (``batch_loss: softmax``) unconverted is one line naming the key."""
+    ckpt = FIXTURES / "koch_omniglot" / "model.ckpt"
+    proc = run(["validate", "--config", str(FIXTURES / "koch_omniglot" / "config.yaml"), "--ckpt_path",
+                str(ckpt), "--trainer.logger", "false"], tmp_path)  # fmt: skip
+    assert proc.returncode != 0 and "batch_loss" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""Losses and miners as objects with pytorch-metric-learning's call, the old loss names, named batches."""
+"""Losses and miners as objects with pytorch-metric-learning's call, the modules' defaults, named batches."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from cbir_lightning.losses import (
     ModelSimilarity,
     PairBCELoss,
 )
-from cbir_lightning.losses.by_name import batch_loss, dsh_loss, gem_loss, gem_miner
 from cbir_lightning.losses.contrastive import all_pairs_contrastive_loss, tuple_contrastive_loss, tuple_pairs
 from cbir_lightning.losses.dsh import dsh_all_pairs_loss, dsh_pair_loss
 from cbir_lightning.losses.pair_bce import all_pairs_bce, all_pairs_softmax, pair_bce
@@ -149,7 +148,7 @@ def test_score_losses_need_a_similarity_and_class_batches():
 # ---- modules: every loss called alike, same numbers as the formulas -----------------------------
 def test_siamese_module_steps_equal_the_formulas():
     net = _koch()
-    module = SiameseModule(net, batch_loss="softmax")
+    module = SiameseModule(net, batch_loss=InBatchSoftmaxLoss())
     x1, x2, same = torch.rand(3, 1, 12, 12), torch.rand(3, 1, 12, 12), torch.tensor([1.0, 0.0, 1.0])
     expected = pair_bce(net.pair_logits(net.embed(x1), net.embed(x2)), same)
     assert torch.equal(module.training_step(PairBatch(x1, x2, same), 0), expected)
@@ -179,49 +178,31 @@ def test_objects_from_python_are_not_hyperparameters():
     module = SiameseModule(_koch(), batch_loss=InBatchSoftmaxLoss(), lr_scheduler_interval="step")
     assert "net" not in module.hparams and "batch_loss" not in module.hparams
     assert module.lr_scheduler_interval == "step" and module.hparams.lr_scheduler_interval == "step"
-    named = SiameseModule(_koch(), batch_loss="softmax")
-    assert named.hparams.batch_loss == "softmax" and isinstance(named.batch_loss, InBatchSoftmaxLoss)
 
 
-# ---- old names build the same objects -----------------------------------------------------------
-def test_old_gem_loss_names_build_the_same_objects():
-    contrastive = gem_loss("contrastive", None, None)
-    assert isinstance(contrastive, CirtorchContrastiveLoss) and contrastive.margin == 0.7
-    assert gem_loss("contrastive", 0.85, None).margin == 0.85
-    assert gem_miner("contrastive", "default", None) is None
-    triplet = gem_loss("pml_triplet", 0.7, {"margin": 0.1})  # 0.7: what every old checkpoint holds
-    assert type(triplet) is pml_losses.TripletMarginLoss and triplet.margin == 0.1
-    assert type(gem_miner("pml_triplet", "default", None)) is pml_miners.TripletMarginMiner
-    assert type(gem_miner("pml_contrastive", "multi_similarity", None)) is pml_miners.MultiSimilarityMiner
-    assert gem_miner("pml_multi_similarity", None, None) is None
-    # a PML loss given as an object gets its own miner by default, as its name did
-    own = gem_miner(pml_losses.MultiSimilarityLoss(), "default", None)
-    assert type(own) is pml_miners.MultiSimilarityMiner
-    with pytest.raises(CbirError, match="unknown loss"):
-        gem_loss("triplet", None, None)
-
-
-def test_old_batch_loss_and_dsh_names_build_the_same_objects():
-    assert type(batch_loss("bce")) is AllPairsBCELoss and type(batch_loss("softmax")) is InBatchSoftmaxLoss
-    with pytest.raises(CbirError, match="batch_loss"):
-        batch_loss("hinge")
-    loss = dsh_loss(None, 5.0, None)
-    assert (loss.margin, loss.alpha) == (5.0, 0.01)
+# ---- default losses: objects, one per module; names are the converter's ---------------------------
+def test_default_losses_are_objects_of_each_module():
+    first, second = SiameseModule(_koch()), SiameseModule(_koch())
+    assert type(first.batch_loss) is AllPairsBCELoss and first.batch_loss is not second.batch_loss
+    assert first.batch_loss.distance is not second.batch_loss.distance  # each scores with its own net
+    gem = GeMSiameseModule(backbone="resnet18")
+    assert type(gem.loss) is CirtorchContrastiveLoss and gem.loss.margin == 0.7 and gem.miner is None
+    miner = pml_miners.MultiSimilarityMiner()
+    gem = GeMSiameseModule(backbone="resnet18", loss=pml_losses.MultiSimilarityLoss(), miner=miner)
+    assert gem.miner is miner
+    dsh = DSHModule(bits=4, input_size=8, channels=(2,), hidden=4, margin=5.0)
+    assert type(dsh.loss) is DSHLoss and (dsh.loss.margin, dsh.loss.alpha) == (5.0, 0.01)
     with pytest.raises(CbirError, match="margin and alpha"):
-        dsh_loss(DSHLoss(), None, 0.1)
+        DSHModule(bits=4, input_size=8, channels=(2,), hidden=4, loss=DSHLoss(), alpha=0.1)
 
 
-def test_margin_with_a_pml_loss_is_an_error_naming_the_key():
-    with pytest.raises(CbirError, match=r"margin applies to loss: contrastive only.*loss_kwargs"):
-        GeMSiameseModule(backbone="resnet18", loss="pml_triplet", margin=0.3)
-    with pytest.raises(CbirError, match="margin applies to loss: contrastive only"):
+def test_loss_names_are_refused_with_one_line():
+    with pytest.raises(CbirError, match=r"batch_loss is 'softmax', not an object.*cbir-lightning convert"):
+        SiameseModule(_koch(), batch_loss="softmax")
+    with pytest.raises(CbirError, match=r"loss is 'pml_triplet', not an object"):
+        GeMSiameseModule(backbone="resnet18", loss="pml_triplet")
+    with pytest.raises(TypeError, match="margin"):
         GeMSiameseModule(backbone="resnet18", loss=pml_losses.TripletMarginLoss(), margin=0.3)
-
-
-def test_old_koch_module_path_still_works():
-    from cbir_lightning.models.koch import KochSiameseNet as Old
-
-    assert Old is KochSiameseNet
 
 
 # ---- named batches from the datasets ------------------------------------------------------------

@@ -11,6 +11,7 @@ from pytorch_metric_learning.distances import CosineSimilarity
 
 from cbir_lightning.contracts import ClassBatch
 from cbir_lightning.errors import CbirError
+from cbir_lightning.losses import InBatchSoftmaxLoss
 from cbir_lightning.losses.proxies import proxy_softmax
 from cbir_lightning.losses.proxy_softmax_loss import ProxySoftmaxLoss
 from cbir_lightning.models import KochSiameseNet, SiameseModule
@@ -60,7 +61,7 @@ def _module(**kwargs) -> SiameseModule:
 
 @pytest.mark.parametrize("distance", [None, CosineSimilarity()], ids=["l1_head", "cosine"])
 def test_the_class_loss_proxies_are_optimised(distance):
-    module = _module(batch_loss="softmax", class_loss=ProxySoftmaxLoss(10, 8, distance=distance))
+    module = _module(batch_loss=InBatchSoftmaxLoss(), class_loss=ProxySoftmaxLoss(10, 8, distance=distance))
     optimizer = module.configure_optimizers()
     optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert id(module.class_loss.proxies) in optimised

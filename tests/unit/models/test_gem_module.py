@@ -12,6 +12,7 @@ from pytorch_metric_learning import losses, miners
 
 from cbir_lightning.contracts import ClassBatch, PairBatch, TupleBatch
 from cbir_lightning.errors import CbirError
+from cbir_lightning.losses import CirtorchContrastiveLoss
 from cbir_lightning.losses.contrastive import (
     all_pairs_contrastive_loss,
     contrastive_loss,
@@ -188,7 +189,7 @@ def test_embed_similarity_and_grey_images():
 
 
 def test_tuple_batch_grouped_by_size_and_paper_loss():
-    module = _module(margin=0.85).eval()  # eval: BatchNorm independent of grouping
+    module = _module(loss=CirtorchContrastiveLoss(0.85)).eval()  # eval: BatchNorm independent of grouping
     torch.manual_seed(3)
     tuples = [[torch.rand(3, 40, 32) for _ in range(4)], [torch.rand(3, 32, 40) for _ in range(4)]]
     tuples[1][2] = torch.rand(3, 40, 32)  # sizes mixed inside a tuple too
@@ -214,7 +215,7 @@ def test_pair_and_class_batches():
         assert torch.isclose(
             module.training_step(ClassBatch(images, labels), 0), all_pairs_contrastive_loss(emb, labels)
         )
-    pml = _module(loss="pml_multi_similarity", miner_kwargs={"epsilon": 0.5}).eval()
+    pml = _module(loss=losses.MultiSimilarityLoss(), miner=miners.MultiSimilarityMiner(epsilon=0.5)).eval()
     with torch.no_grad():
         emb = pml.embed(images)
         mined = miners.MultiSimilarityMiner(epsilon=0.5)(emb, labels)
@@ -254,12 +255,12 @@ def test_whitening_layer_from_file_and_post_hoc(tmp_path):
         _module(whitening_init=str(tmp_path / "small.whitening.pt"))
     with pytest.raises(CbirError, match="missing.whitening.pt not found"):
         _module(whitening_init=str(tmp_path / "missing.whitening.pt"))
-    with pytest.raises(CbirError, match="unknown loss"):
+    with pytest.raises(CbirError, match="loss is 'arcface', not an object"):
         _module(loss="arcface")
 
 
 def test_tuples_with_pml_contrastive_use_exact_pairs():
-    module = _module(loss="pml_contrastive", loss_kwargs={"pos_margin": 0.0, "neg_margin": 0.7}).eval()
+    module = _module(loss=losses.ContrastiveLoss(pos_margin=0.0, neg_margin=0.7)).eval()
     torch.manual_seed(5)
     tuples = [[torch.rand(3, 32, 32) for _ in range(3)] for _ in range(2)]
     with torch.no_grad():
@@ -286,6 +287,8 @@ def test_checkpoint_reloads_without_its_pretrained_weights_file(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     hparams = {**module.hparams, "_class_path": "cbir_lightning.models.GeMSiameseModule"}
     saved = {"state_dict": module.state_dict(), "hyper_parameters": hparams}
+    module.on_save_checkpoint(saved)  # the checkpoint names no pretrained file
+    assert saved["hyper_parameters"]["weights"] is None
     torch.save({**saved, "pytorch-lightning_version": pl.__version__}, ckpt)
     weights.unlink()
     images = torch.rand(2, 3, 32, 32)

@@ -10,9 +10,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from cbir_lightning.checkpoints import load_module, restore_overrides
+from cbir_lightning.checkpoints import load_module, read_checkpoint
 from cbir_lightning.contracts import ClassBatch
 from cbir_lightning.errors import CbirError
+from cbir_lightning.model_file import ModelFile
 from cbir_lightning.models import DSHModule, DSHNet, GeMNet, PretrainedHashNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,6 +100,9 @@ def test_default_net_is_the_papers_and_bits_must_agree_with_the_net():
 
 
 def test_checkpoint_reloads_without_reading_the_nets_pretrained_weights(tmp_path):
+    """A checkpoint records hyperparameters that name no pretrained source (the module's
+    on_save_checkpoint); one written before that (the weights file named, now gone) is refused by ordinary
+    loading with one line and converted to a model file that embeds the same."""
     torch.manual_seed(0)
     module = DSHModule(net=random_net(bits=8, freeze_batchnorm=True)).eval()
     net_config = {
@@ -111,13 +115,23 @@ def test_checkpoint_reloads_without_reading_the_nets_pretrained_weights(tmp_path
         "bits": 8,
         "net": net_config,
     }
-    assert restore_overrides(hparams, {})["net"]["init_args"]["weights"] is None
-    ckpt = tmp_path / "model.ckpt"
     saved = {"state_dict": module.state_dict(), "hyper_parameters": hparams}
+    module.on_save_checkpoint(saved)  # what every checkpoint of a fit goes through
+    assert saved["hyper_parameters"]["net"]["init_args"]["weights"] is None
+    assert hparams["net"]["init_args"]["weights"] is not None  # the module's own are unchanged
+    ckpt = tmp_path / "model.ckpt"
     torch.save({**saved, "pytorch-lightning_version": pl.__version__}, ckpt)
     loaded = load_module(ckpt)
     assert isinstance(loaded.net, PretrainedHashNet)
+    older = tmp_path / "older.ckpt"
+    spec = {"mode": "RGB", "invert": False, "resize": "bilinear", "size": 32, "mean": None, "std": None}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "cbir_preprocess": spec,
+                "pytorch-lightning_version": pl.__version__}, older)  # fmt: skip
+    with pytest.raises(CbirError, match=r"cannot load checkpoint .*older.ckpt.*cbir-lightning convert"):
+        read_checkpoint(older).module()
+    converted = ModelFile.from_checkpoint(read_checkpoint(older)).module()
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.embed(images), module.embed(images))
         assert torch.allclose(loaded.codes(images), module.codes(images), atol=1e-6)
+        assert torch.equal(converted.embed(images), module.embed(images))
