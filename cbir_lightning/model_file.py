@@ -20,6 +20,7 @@ hyperparameters; loading a checkpoint otherwise takes today's only.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import hashlib
@@ -47,10 +48,13 @@ SIMILARITIES = ("dot", "model")
 
 
 def plain(value, where: str = "value"):
-    """``value`` with every mapping a dict (tensors, numbers, strings, lists and tuples kept), so that
-    ``torch.load(weights_only=True)`` reads it back; CbirError naming ``where`` for any other object."""
+    """``value`` with every mapping (and argparse/jsonargparse namespace) a dict (tensors, numbers, strings,
+    lists and tuples kept), so that ``torch.load(weights_only=True)`` reads it back; CbirError naming
+    ``where`` for any other object."""
     if isinstance(value, Mapping):
         return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, argparse.Namespace):  # jsonargparse's: class_path / init_args of a nested object
+        return plain(value.as_dict() if hasattr(value, "as_dict") else vars(value), where)
     if isinstance(value, (list, tuple)):
         return type(value)(plain(v, where) for v in value)
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):

@@ -135,6 +135,7 @@ def test_ensemble_checkpoint_scores_as_its_members_together(tiny_run, omniglot_r
     one = last_json(run_cli(["oneshot", "--ckpt", str(packed), "--runs", str(runs)], cwd=tmp_path).stdout)
     assert one["per_run"] == listed["per_run"]
     exported = run_cli(["export", "--ckpt", str(packed), "--out", str(tmp_path / "e.onnx")], cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
     meta = last_json(exported.stdout)
     assert meta["scoring"] == "weighted_l1" and meta["max_abs_diff"] < 1e-4
     assert meta["dimension"] == 2 * 32  # the tiny run's 32-d embedding, twice
