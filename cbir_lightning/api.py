@@ -26,8 +26,16 @@ from PIL import Image
 from torch import Tensor
 
 from cbir_lightning.errors import CbirError
-from cbir_lightning.search.files import DEFAULT_MAX_PIXELS
+from cbir_lightning.export.onnx_embedder import OnnxSearchModel
+from cbir_lightning.inference import embed_dataset
+from cbir_lightning.model_file import is_model_file
+from cbir_lightning.search.files import DEFAULT_MAX_PIXELS, open_image
+from cbir_lightning.search.index import build_index
+from cbir_lightning.search.milvus_store import MilvusStore
+from cbir_lightning.search.model import SearchModel
+from cbir_lightning.search.query import SearchIndex, embed_query, hybrid_search, recommend_image, search_image
 from cbir_lightning.search.store import is_store_address
+from cbir_lightning.search.store_build import build_store_index
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
@@ -56,12 +64,9 @@ def model_files(model, ckpt=None, onnx=None) -> tuple:
 
 
 def _is_model_file(path) -> bool:
-    """Whether ``path`` is a model file (by its marker); an ``.onnx`` file is not looked into, so the ONNX
-    path never imports Lightning."""
+    """Whether ``path`` is a model file (by its marker); an ``.onnx`` file is not looked into."""
     if Path(path).suffix.lower() == ".onnx":
         return False
-    from cbir_lightning.model_file import is_model_file
-
     return is_model_file(path)
 
 
@@ -82,8 +87,6 @@ class Embedder:
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Embedder:
         """A checkpoint of ``cbir-lightning fit`` or a model file: its module and its preprocessing
         (:class:`~cbir_lightning.model_file.ModelFile`)."""
-        from cbir_lightning.search.model import SearchModel
-
         model = SearchModel.load(path)
         model.module.to(device)
         return cls(model)
@@ -91,8 +94,6 @@ class Embedder:
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int | None = None) -> Embedder:
         """An ONNX file of ``cbir-lightning export``, on ONNX Runtime (CPU, ``threads`` intra-op)."""
-        from cbir_lightning.export.onnx_embedder import OnnxSearchModel
-
         return cls(OnnxSearchModel.load(path, threads))
 
     @property
@@ -106,8 +107,6 @@ class Embedder:
 
     def preprocess(self, image: Image.Image | str | Path) -> Tensor:
         """An image (PIL or file) -> the model's input ``[C, H, W]`` (the evaluation transform)."""
-        from cbir_lightning.search.files import open_image
-
         return self.model.transform(image if isinstance(image, Image.Image) else open_image(image))
 
     @cached_property
@@ -126,8 +125,6 @@ class Embedder:
         -> vectors ``[N, D]`` (float32, CPU), ``batch_size`` images per forward pass (grouped by size),
         through the toolkit's one embedding route (:func:`~cbir_lightning.inference.embed_dataset`) with
         the model's module or ONNX Runtime session, then its whitening."""
-        from cbir_lightning.inference import embed_dataset
-
         items = self._items(images)
         if not items:
             return torch.zeros(0, self.dim)
@@ -247,12 +244,8 @@ class Index:
         worker. ``out`` may be a database store (``"milvus:art.db"``): then ``metadata`` (a TSV/CSV with
         a ``path`` column) is stored with the vectors and ``text_columns`` (default: its text columns)
         are what ``search(text=...)`` ranks by."""
-        from cbir_lightning.search.index import build_index
-
         ckpt, onnx = model_files(model, ckpt, onnx)
         if is_store_address(out):
-            from cbir_lightning.search.store_build import build_store_index
-
             if approximate:
                 raise CbirError("a database store searches exactly (FLAT); drop --approximate")
             report = build_store_index(
@@ -290,12 +283,8 @@ class Index:
         :class:`~cbir_lightning.search.milvus_store.MilvusStore`."""
         if self._searcher is None:
             if is_store_address(self.path):
-                from cbir_lightning.search.milvus_store import MilvusStore
-
                 self._searcher = MilvusStore.open(self.path)
             else:
-                from cbir_lightning.search.query import SearchIndex
-
                 self._searcher = SearchIndex.open(self.path)
         return self._searcher
 
@@ -336,8 +325,6 @@ class Index:
         'Rococo' and year < 1800"``, evaluated by the engine) and ``text`` (ranked by BM25 over the text
         columns; with a ``query``, the two rankings fused by reciprocal rank fusion, the text's weighted
         ``text_weight``)."""
-        from cbir_lightning.search.query import search_image
-
         if is_store_address(self.path) or where or text:
             return self._search_store(query, k, crop, rerank, where, text, text_weight)
         if isinstance(query, (str, Path, Image.Image)):
@@ -367,8 +354,6 @@ class Index:
         return query
 
     def _search_store(self, query, k, crop, rerank, where, text, text_weight) -> list[Result]:
-        from cbir_lightning.search.query import embed_query, hybrid_search
-
         if rerank != "none":
             raise CbirError("--rerank applies to index folders; a database store or --where/--text: none")
         if query is None:
@@ -384,7 +369,5 @@ class Index:
     def recommend(self, image: str | Path, k: int = 10, duplicate_threshold: float = 0.98) -> dict:
         """Items similar to the image file ``image``: ``{"results": [Result], "exact_duplicates": [Result]
         (same file hash), "near_duplicates": [Result] (score >= duplicate_threshold)}``."""
-        from cbir_lightning.search.query import recommend_image
-
         found = recommend_image(self.searcher, self.embedder.model, image, k, duplicate_threshold)
         return {key: _results(items) for key, items in found.items()}

@@ -44,6 +44,8 @@ def check_checkpoint(path: str | Path) -> Path:
 
 
 TRUSTED_PACKAGES = ("cbir_lightning.", "data_modules.")
+# what reading or rebuilding a damaged or foreign checkpoint raises (turned into one CbirError line)
+UNREADABLE = (RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError)
 
 
 def _trusted_class(path: str | Path, class_path: str, base: type, what: str) -> type:
@@ -137,15 +139,7 @@ class Checkpoint:
                 module = _load_state(self.module_class, contents, **overrides)
         except CbirError:
             raise
-        except (
-            RuntimeError,
-            KeyError,
-            EOFError,
-            ValueError,
-            TypeError,
-            AttributeError,
-            ArgumentError,
-        ) as err:  # ArgumentError: e.g. an older loss name
+        except (*UNREADABLE, ArgumentError) as err:  # ArgumentError: e.g. an older loss name
             raise _unloadable(self.path, err) from err
         module = module.to(map_location)
         if whitening:
@@ -186,15 +180,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     try:
         with pl_legacy_patch():
             contents = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        RuntimeError,
-        KeyError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        pickle.UnpicklingError,
-    ) as err:
+    except (*UNREADABLE, pickle.UnpicklingError) as err:
         raise _unloadable(path, err) from err  # weights_only: a pickle of arbitrary objects is refused here
     if not isinstance(contents, dict):
         raise CbirError(

@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from cbir_lightning.contracts import EmbeddingModel
 
@@ -156,8 +157,6 @@ def _embed_local(
         Subset(images, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
     )
     if progress:
-        from tqdm import tqdm
-
         loader = tqdm(loader, desc=progress, file=sys.stdout, dynamic_ncols=True)
     vectors, labels = [], []
     for batch in loader:

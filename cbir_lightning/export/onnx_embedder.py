@@ -18,8 +18,11 @@ import torch
 from torch import Tensor
 
 from cbir_lightning.errors import CbirError
-from cbir_lightning.export.onnx_export import FORMAT, METADATA_KEY
 from cbir_lightning.export.preprocess import preprocess
+from cbir_lightning.search.files import file_sha256
+
+METADATA_KEY = "cbir_lightning"  # the ONNX metadata property `export` writes (onnx_export.py)
+FORMAT = 1
 
 L1_CHUNK_ELEMENTS = 2**24  # values held at a time when scoring with the weighted L1 head
 
@@ -27,7 +30,7 @@ L1_CHUNK_ELEMENTS = 2**24  # values held at a time when scoring with the weighte
 def read_metadata(path: str | Path) -> dict:
     """The ``cbir_lightning`` metadata of ONNX file ``path``; CbirError naming the file and the fix if it is
     missing, not an ONNX model, or not written by ``cbir-lightning export``."""
-    import onnx
+    import onnx  # the ONNX reader: only for .onnx files
 
     path = Path(path)
     if not path.is_file():
@@ -60,8 +63,6 @@ def read_metadata(path: str | Path) -> dict:
 
 def onnx_identity(path: str | Path) -> dict:
     """``{"onnx": sha256 of the file}``: equal for copies of the same export, different for any other."""
-    from cbir_lightning.search.files import file_sha256
-
     return {"onnx": file_sha256(Path(path))}
 
 
@@ -88,7 +89,7 @@ class OnnxSearchModel:
     def load(cls, path: str | Path, threads: int | None = None) -> OnnxSearchModel:
         """The model of ONNX file ``path`` on ONNX Runtime's CPU provider (``threads``: intra-op threads,
         default ONNX Runtime's)."""
-        import onnxruntime as ort
+        import onnxruntime as ort  # ONNX Runtime (heavy): only for .onnx files
 
         path = Path(path).resolve()
         meta = read_metadata(path)

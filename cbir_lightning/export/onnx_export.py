@@ -24,10 +24,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cbir_lightning.contracts import WeightedL1Net
 from cbir_lightning.errors import CbirError
+from cbir_lightning.export.onnx_embedder import FORMAT, METADATA_KEY
+from cbir_lightning.export.preprocess import preprocess
+from cbir_lightning.models.dsh_module import DSHModule
+from cbir_lightning.models.gem_module import GeMSiameseModule
+from cbir_lightning.models.siamese_module import SiameseModule
+from cbir_lightning.search.model import describe_whitening, read_model_file, whitening_file_of
 
-METADATA_KEY = "cbir_lightning"
-FORMAT = 1
 PARITY_TOLERANCE = 1e-4  # max abs difference of the exported vectors to the checkpoint's
 
 
@@ -53,8 +58,6 @@ class ExportedEmbedder(nn.Module):
 
 
 def is_dsh(module: nn.Module) -> bool:
-    from cbir_lightning.models.dsh_module import DSHModule
-
     return isinstance(module, DSHModule)
 
 
@@ -64,9 +67,6 @@ def scoring_of(module: nn.Module, vectors: torch.Tensor, whitened: bool) -> dict
     as one, and the scores agree) or they are whitened, ``hamming`` for DSH codes, ``weighted_l1`` (head
     weight and bias) for a ``SiameseModule`` around a weighted-L1 net (``WeightedL1Net``: the Koch net, an
     ensemble of them); checked against ``module.similarity``. CbirError for any other learned similarity."""
-    from cbir_lightning.contracts import WeightedL1Net
-    from cbir_lightning.models.siamese_module import SiameseModule
-
     with torch.no_grad():
         if whitened:
             return {"kind": "dot"}
@@ -92,8 +92,6 @@ def scoring_of(module: nn.Module, vectors: torch.Tensor, whitened: bool) -> dict
 
 def eval_scales(module: nn.Module) -> list[float]:
     """The image scales of the module's eval ``embed``: a GeM module's ``eval_scales``, else ``[1.0]``."""
-    from cbir_lightning.models.gem_module import GeMSiameseModule
-
     return [float(s) for s in (module.eval_scales if isinstance(module, GeMSiameseModule) else [1.0])]
 
 
@@ -104,7 +102,7 @@ def _input_shape(spec: dict) -> tuple[int, int, int]:
 
 def parity(onnx_path: Path, embedder: nn.Module, inputs: list[torch.Tensor]) -> float:
     """Max abs difference between ONNX Runtime (CPU) and PyTorch outputs of ``embedder`` on ``inputs``."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # ONNX Runtime (heavy): the parity check only
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
@@ -150,10 +148,7 @@ def export_onnx(model, out: str | Path, opset: int = 17, samples: list | None = 
     preprocessed), else CbirError and no file is left at ``out``. Returns ``{"onnx", "input_size",
     "channels", "dimension", "scoring", "max_abs_diff", ...}``.
     """
-    import onnx
-
-    from cbir_lightning.export.preprocess import preprocess
-    from cbir_lightning.search.model import describe_whitening, read_model_file, whitening_file_of
+    import onnx  # the ONNX exporter's dependency, only when exporting
 
     out = Path(out)
     if out.suffix != ".onnx":

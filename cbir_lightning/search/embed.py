@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from lightning_fabric import Fabric
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -98,8 +99,6 @@ def check_options(options: dict | None) -> dict:
 def launch(options: dict):
     """A launched Lightning Fabric of ``options`` (``DEVICE_OPTIONS``): under DDP it starts the worker
     processes (which run the same command) and initialises the process group."""
-    from lightning_fabric import Fabric
-
     fabric = Fabric(**{key: options[key] for key in DEVICE_OPTIONS})
     fabric.launch()
     return fabric

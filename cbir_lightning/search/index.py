@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.export.onnx_embedder import read_metadata
 from cbir_lightning.retrieval import approximate as tuning
 from cbir_lightning.retrieval.approximate import Tuned, tune_approximate
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
@@ -60,6 +61,12 @@ FILE_LIST_ENV = "CBIR_INDEX_FILE_LIST"  # rank 0's list of files to embed, for t
 FILE_LIST_PREFIX = ".index-files-"  # that list, a private file in the index folder
 # what a killed run leaves in the index folder: the list, and the temporary files of atomic writes
 LITTER = (f"{FILE_LIST_PREFIX}*.json", f".{CURRENT}.*.tmp", f".{INDEX_MARKER}.*.tmp")
+
+
+def model_record(model, onnx: bool) -> dict:
+    """The manifest's ``model``: the checkpoint (or export) path, its identity, whether it is ONNX."""
+    record = {"checkpoint": str(model.checkpoint), "identity": model.identity}
+    return {**record, "onnx": True} if onnx else record
 
 
 def decoding_record(decoding: Decoding) -> dict:
@@ -370,8 +377,6 @@ def build_index(
     if approximate and not 0 < target_recall <= 1:
         raise CbirError(f"--target-recall must lie in (0, 1], got {target_recall}")
     if onnx_model is not None:  # a missing or foreign file is refused before the index folder is touched
-        from cbir_lightning.export.onnx_embedder import read_metadata  # ONNX Runtime (heavy): .onnx only
-
         read_metadata(onnx_model)
     images, out = Path(images).resolve(), Path(out)
     if onnx_model is None and is_launched_worker() and FILE_LIST_ENV in os.environ:
@@ -453,11 +458,7 @@ def _build(images: Path, out: Path, job: dict) -> dict:
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "images_root": str(images),
-        "model": {
-            "checkpoint": str(model.checkpoint),
-            "identity": model.identity,
-            **({"onnx": True} if onnx_model is not None else {}),
-        },
+        "model": model_record(model, onnx_model is not None),
         "whitening": whitening,
         "decoding": decoding_record(decoding),
         "dimension": int(embeddings.shape[1]),

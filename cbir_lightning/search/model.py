@@ -11,6 +11,7 @@ from torch import Tensor
 from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
 from cbir_lightning.contracts import RetrievalData
 from cbir_lightning.errors import CbirError
+from cbir_lightning.export.onnx_embedder import OnnxSearchModel
 from cbir_lightning.inference import model_device
 from cbir_lightning.model_file import ModelFile, is_model_file
 from cbir_lightning.search.files import file_sha256
@@ -164,7 +165,5 @@ def load_search_model(ckpt: str | Path | None = None, onnx_model: str | Path | N
     ``OnnxSearchModel`` (``onnx_model``), both with the same interface; exactly one must be given."""
     check_model_args(ckpt, onnx_model)
     if onnx_model is not None:
-        from cbir_lightning.export.onnx_embedder import OnnxSearchModel  # ONNX Runtime (heavy): .onnx only
-
         return OnnxSearchModel.load(onnx_model)
     return SearchModel.load(ckpt)

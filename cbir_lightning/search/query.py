@@ -13,6 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from cbir_lightning.errors import CbirError
+from cbir_lightning.export.onnx_embedder import OnnxSearchModel
 from cbir_lightning.rerank.rerank import check_reranker, rerank_scores
 from cbir_lightning.retrieval.approximate import set_params
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
@@ -168,8 +169,6 @@ def load_index_model(
     """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path), checked by
     :func:`check_index_model`. An index built with an ONNX export is queried with that export (or a copy);
     one built with a checkpoint also with an export of that checkpoint and its whitening file."""
-    from cbir_lightning.export.onnx_embedder import OnnxSearchModel
-
     recorded = manifest["model"]
     if recorded.get("onnx") or onnx_model is not None:
         if recorded.get("onnx") and ckpt is not None:

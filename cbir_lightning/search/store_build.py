@@ -23,7 +23,7 @@ import torch
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.search.files import DEFAULT_MAX_PIXELS, Decoding, scan_collection
-from cbir_lightning.search.index import _embed_todo, _plan, decoding_record
+from cbir_lightning.search.index import _embed_todo, _plan, decoding_record, model_record
 from cbir_lightning.search.metadata import Metadata, read_metadata
 from cbir_lightning.search.milvus_store import (
     FORMAT_VERSION,
@@ -157,11 +157,7 @@ def build_store_index(
             "magic": MAGIC,
             "format_version": FORMAT_VERSION,
             "images_root": str(images),
-            "model": {
-                "checkpoint": str(model.checkpoint),
-                "identity": model.identity,
-                **({"onnx": True} if onnx_model is not None else {}),
-            },
+            "model": model_record(model, onnx_model is not None),
             "whitening": whitening,
             "decoding": decoding_record(decoding),
             "columns": table.columns,

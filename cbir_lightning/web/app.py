@@ -41,6 +41,7 @@ from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import RERANKERS
 from cbir_lightning.search.files import parse_crop
 from cbir_lightning.search.manifest import current_version
+from cbir_lightning.search.milvus_store import MilvusStore
 from cbir_lightning.search.query import TEXT_WEIGHT, SearchIndex, embed_query, hybrid_search, search_image
 from cbir_lightning.search.store import is_store_address
 from cbir_lightning.web.access import LOOPBACK_HOSTS, TokenMiddleware
@@ -107,8 +108,6 @@ class Catalogue:
 def open_index(path: Path | str):
     """An index folder (:class:`SearchIndex`) or a database store (``milvus:...``)."""
     if is_store_address(path):
-        from cbir_lightning.search.milvus_store import MilvusStore  # optional: pymilvus (the store extra)
-
         return MilvusStore.open(path)
     return SearchIndex.open(path)
 

@@ -197,6 +197,14 @@ def test_a_count_below_its_minimum_is_one_line_before_anything_is_written(
     assert not out.exists() or not list(out.rglob("*"))
 
 
+def as_from_a_terminal() -> None:
+    """The child's Ctrl-C as a terminal's foreground command has it: SIGINT neither ignored nor blocked. A
+    test worker may have inherited or left either (a process that ignores SIGINT passes that on, as a shell
+    does for background jobs, and the CLI then rightly keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_while_starting_is_one_line(tmp_path, omniglot_root):
     """SIGINT while ``fit`` imports and parses (before training): no traceback, exit status 130."""
     args = ["fit", "--config", CONFIG, "--data.init_args.root", str(omniglot_root), *TINY_ARGS]
@@ -209,6 +217,7 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, omniglot_root):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=as_from_a_terminal,
         )
         time.sleep(delay)
         assert proc.poll() is None, "fit ended before the signal"
