@@ -31,9 +31,15 @@ from cbir_lightning.inference import embed_dataset
 from cbir_lightning.model_file import is_model_file
 from cbir_lightning.search.files import DEFAULT_MAX_PIXELS, open_image
 from cbir_lightning.search.index import build_index
-from cbir_lightning.search.milvus_store import MilvusStore
+from cbir_lightning.search.milvus_store import open_index
 from cbir_lightning.search.model import SearchModel
-from cbir_lightning.search.query import SearchIndex, embed_query, hybrid_search, recommend_image, search_image
+from cbir_lightning.search.query import (
+    TEXT_WEIGHT,
+    embed_query,
+    hybrid_search,
+    recommend_image,
+    search_image,
+)
 from cbir_lightning.search.store import is_store_address
 from cbir_lightning.search.store_build import build_store_index
 
@@ -282,10 +288,7 @@ class Index:
         :class:`~cbir_lightning.search.query.SearchIndex` (vectors, faiss, manifest) or a
         :class:`~cbir_lightning.search.milvus_store.MilvusStore`."""
         if self._searcher is None:
-            if is_store_address(self.path):
-                self._searcher = MilvusStore.open(self.path)
-            else:
-                self._searcher = SearchIndex.open(self.path)
+            self._searcher = open_index(self.path)
         return self._searcher
 
     @cached_property
@@ -315,7 +318,7 @@ class Index:
         *,
         where: str | None = None,
         text: str | None = None,
-        text_weight: float = 0.5,
+        text_weight: float = TEXT_WEIGHT,
     ) -> list[Result]:
         """The ``k`` most similar items to ``query``: an image (file, PIL image, preprocessed ``[C, H, W]``
         tensor) or a vector ``[D]`` / ``[1, D]``. ``crop``: ``(x0, y0, x1, y1)`` of an image in pixels;

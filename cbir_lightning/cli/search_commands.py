@@ -13,6 +13,7 @@ from cbir_lightning.api import Index
 from cbir_lightning.errors import CbirError
 from cbir_lightning.model_file import ModelFile, is_model_file
 from cbir_lightning.search.files import crop_image, open_image, parse_crop
+from cbir_lightning.search.query import TEXT_WEIGHT
 from cbir_lightning.search.sheet import contact_sheet
 from cbir_lightning.search.store import is_store_address, parse_store
 from cbir_lightning.web.access import TOKEN_ENV, is_loopback
@@ -133,7 +134,7 @@ def search(
     store: str | None = None,
     where: str | None = None,
     text: str | None = None,
-    text_weight: float = 0.5,
+    text_weight: float = TEXT_WEIGHT,
 ) -> list:
     """The indexed images most similar to a query image or text (filters, crop, re-ranking, contact sheet).
 

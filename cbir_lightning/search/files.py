@@ -10,6 +10,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -121,6 +122,18 @@ def open_inside(root: str | Path, rel: str) -> int:
         os.close(fd)
         raise CbirError(f"{rel} is not a regular file")
     return fd
+
+
+def open_indexed(root: str | Path, item: dict) -> BinaryIO:
+    """The indexed file of ``item`` (``path`` relative to ``root``, ``size``, ``mtime_ns``) opened for
+    reading (:func:`open_inside`), only if it still has the size and modification time recorded at index
+    time; CbirError (one line) otherwise. The caller closes the file."""
+    fd = open_inside(root, item["path"])
+    found = os.fstat(fd)
+    if (found.st_size, found.st_mtime_ns) != (item.get("size"), item.get("mtime_ns")):
+        os.close(fd)
+        raise CbirError(f"{item['path']} changed since it was indexed; re-index")
+    return os.fdopen(fd, "rb")
 
 
 def file_sha256(path: str | Path) -> str:

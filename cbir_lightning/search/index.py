@@ -63,6 +63,12 @@ FILE_LIST_PREFIX = ".index-files-"  # that list, a private file in the index fol
 LITTER = (f"{FILE_LIST_PREFIX}*.json", f".{CURRENT}.*.tmp", f".{INDEX_MARKER}.*.tmp")
 
 
+def check_count(value, flag: str, unit: str) -> None:
+    """CbirError (one line) unless ``value`` is a positive ``int`` (not a bool): ``flag`` counts ``unit``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CbirError(f"{flag} must be a positive number of {unit}, got {value!r}")
+
+
 def model_record(model, onnx: bool) -> dict:
     """The manifest's ``model``: the checkpoint (or export) path, its identity, whether it is ONNX."""
     record = {"checkpoint": str(model.checkpoint), "identity": model.identity}
@@ -368,10 +374,8 @@ def build_index(
     changed ones are embedded; deleted ones are dropped; unreadable files, files that vanish or change
     during the run and symlinks out of ``images`` are skipped and listed. Returns None in a DDP worker.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CbirError(f"--batch-size must be a positive number of images, got {batch_size!r}")
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise CbirError(f"--max-pixels must be a positive number of pixels, got {max_pixels!r}")
+    check_count(batch_size, "--batch-size", "images")
+    check_count(max_pixels, "--max-pixels", "pixels")
     check_model_args(ckpt, onnx_model)
     check_options(trainer_options)
     if approximate and not 0 < target_recall <= 1:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,9 +23,9 @@ import numpy as np
 from torch import Tensor
 
 from cbir_lightning.errors import CbirError
-from cbir_lightning.search.files import open_inside
-from cbir_lightning.search.query import check_index_model, load_index_model
-from cbir_lightning.search.store import StoreAddress, parse_store
+from cbir_lightning.search.files import open_indexed
+from cbir_lightning.search.query import SearchIndex, check_index_model, load_index_model
+from cbir_lightning.search.store import StoreAddress, is_store_address, parse_store
 
 MANIFEST_PROPERTY = "cbir_lightning.manifest"
 MAGIC = "cbir-lightning index"
@@ -233,9 +232,10 @@ class MilvusStore:
         found = [row for row in self.rows([item]) if row["path"] == item]  # exactly this row, nothing else
         if not found:
             raise CbirError(f"{item} is not in store {self.path}")
-        fd = open_inside(self.manifest["images_root"], item)
-        stat = os.fstat(fd)
-        if (stat.st_size, stat.st_mtime_ns) != (found[0]["size"], found[0]["mtime_ns"]):
-            os.close(fd)
-            raise CbirError(f"{item} changed since it was indexed; re-index")
-        return os.fdopen(fd, "rb")
+        return open_indexed(self.manifest["images_root"], found[0])
+
+
+def open_index(path: str | Path) -> SearchIndex | MilvusStore:
+    """An index folder (:class:`~cbir_lightning.search.query.SearchIndex`) or, for a ``--store`` address
+    (``milvus:...``), a :class:`MilvusStore`."""
+    return MilvusStore.open(path) if is_store_address(path) else SearchIndex.open(path)

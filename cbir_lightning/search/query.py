@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +17,7 @@ from cbir_lightning.rerank.rerank import check_reranker, rerank_scores
 from cbir_lightning.retrieval.approximate import set_params
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
 from cbir_lightning.retrieval.fusion import reciprocal_rank_fusion
-from cbir_lightning.search.files import crop_image, file_sha256, open_image, open_inside, parse_crop
+from cbir_lightning.search.files import crop_image, file_sha256, open_image, open_indexed, parse_crop
 from cbir_lightning.search.manifest import CURRENT, EMBEDDINGS, FAISS_INDEX, read_manifest
 from cbir_lightning.search.model import SearchModel
 
@@ -84,13 +83,7 @@ class SearchIndex:
         file inside the indexed folder (``open_inside``: no symlink out of it is followed, even one
         swapped in while serving) with the size and modification time recorded at index time. CbirError
         (one line) otherwise; the caller closes the file."""
-        item = self.items[i]
-        fd = open_inside(self.manifest["images_root"], item["path"])
-        found = os.fstat(fd)
-        if (found.st_size, found.st_mtime_ns) != (item.get("size"), item.get("mtime_ns")):
-            os.close(fd)
-            raise CbirError(f"{item['path']} changed since it was indexed; re-index")
-        return os.fdopen(fd, "rb")
+        return open_indexed(self.manifest["images_root"], self.items[i])
 
     def load_model(self, ckpt: str | Path | None = None, onnx_model: str | Path | None = None):
         """The index's model (``ckpt`` or ``onnx_model`` overrides the recorded path): see
@@ -275,29 +268,26 @@ def recommend_image(
     vector = embed_query(model, image_path)
     if not isinstance(index, SearchIndex):  # a database store: its results carry their sha256
         found = index.vector_search(vector, top_k + 200)
-        return _split_duplicates(found, [r["sha256"] == digest for r in found], top_k, duplicate_threshold)
+        same = [r["sha256"] == digest for r in found]
+        return _split_duplicates(found, same, [r["score"] for r in found], top_k, duplicate_threshold)
     n = len(index.items)
     scores, rows = index.search_vectors(vector, n if n <= 1000 else top_k + 200, model)
-    exact, near, similar = [], [], []
-    for s, r in zip(scores[0], rows[0], strict=True):
-        if r < 0:
-            continue
-        item = index.results([s], [r])[0]
-        if index.items[int(r)]["sha256"] == digest:
-            exact.append(item)
-        elif s >= duplicate_threshold:
-            near.append(item)
-        elif len(similar) < top_k:
-            similar.append(item)
-    return {"results": similar, "exact_duplicates": exact, "near_duplicates": near}
+    kept = [(s, int(r)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]  # faiss pads with -1
+    found = index.results([s for s, _ in kept], [r for _, r in kept])
+    same = [index.items[r]["sha256"] == digest for _, r in kept]
+    return _split_duplicates(found, same, [s for s, _ in kept], top_k, duplicate_threshold)
 
 
-def _split_duplicates(found: list[dict], same_file: list[bool], top_k: int, threshold: float) -> dict:
+def _split_duplicates(
+    found: list[dict], same_file: list[bool], scores: list[float], top_k: int, threshold: float
+) -> dict:
+    """Results in order split into the query's exact duplicates (``same_file``), near duplicates (score
+    at or above ``threshold``) and the first ``top_k`` others."""
     exact, near, similar = [], [], []
-    for item, same in zip(found, same_file, strict=True):
+    for item, same, score in zip(found, same_file, scores, strict=True):
         if same:
             exact.append(item)
-        elif item["score"] >= threshold:
+        elif score >= threshold:
             near.append(item)
         elif len(similar) < top_k:
             similar.append(item)

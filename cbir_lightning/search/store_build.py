@@ -23,7 +23,7 @@ import torch
 
 from cbir_lightning.errors import CbirError
 from cbir_lightning.search.files import DEFAULT_MAX_PIXELS, Decoding, scan_collection
-from cbir_lightning.search.index import _embed_todo, _plan, decoding_record, model_record
+from cbir_lightning.search.index import _embed_todo, _plan, check_count, decoding_record, model_record
 from cbir_lightning.search.metadata import Metadata, read_metadata
 from cbir_lightning.search.milvus_store import (
     FORMAT_VERSION,
@@ -136,8 +136,7 @@ def build_store_index(
     stored with each vector (:mod:`~cbir_lightning.search.metadata`). ``text_columns``: the columns
     ``search --text`` ranks by (BM25); default: every text column of the table."""
     check_model_args(ckpt, onnx_model)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CbirError(f"--batch-size must be a positive number of images, got {batch_size!r}")
+    check_count(batch_size, "--batch-size", "images")
     address = parse_store(store)
     images = Path(images).resolve()
     if not images.is_dir():

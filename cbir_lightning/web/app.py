@@ -41,7 +41,7 @@ from cbir_lightning.errors import CbirError
 from cbir_lightning.rerank.rerank import RERANKERS
 from cbir_lightning.search.files import parse_crop
 from cbir_lightning.search.manifest import current_version
-from cbir_lightning.search.milvus_store import MilvusStore
+from cbir_lightning.search.milvus_store import open_index
 from cbir_lightning.search.query import TEXT_WEIGHT, SearchIndex, embed_query, hybrid_search, search_image
 from cbir_lightning.search.store import is_store_address
 from cbir_lightning.web.access import LOOPBACK_HOSTS, TokenMiddleware
@@ -103,13 +103,6 @@ class Catalogue:
             if cached is None or cached[0] != key:
                 self.models[i] = (key, index.load_model())
             return self.models[i][1]
-
-
-def open_index(path: Path | str):
-    """An index folder (:class:`SearchIndex`) or a database store (``milvus:...``)."""
-    if is_store_address(path):
-        return MilvusStore.open(path)
-    return SearchIndex.open(path)
 
 
 def _chunks(f: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:
