@@ -8,7 +8,9 @@ average precision of the first ``--depth`` results (the query itself removed), d
 other paintings by that artist (capped at the depth). Prints one JSON line per method.
 
     .venv/bin/python benchmarks/hybrid_map.py --config configs/wikiart_pretrained.yaml \\
-        --root ../shared/data/wikiart_pd [--weights 0.5 1 2] [--every 2] [--db paintings.db]
+        [--root data/wikiart_pd] [--weights 0.5 1 2] [--every 2] [--db paintings.db]
+
+``--root`` defaults to ``data/wikiart_pd``, the copy ``make data`` makes of the shared paintings.
 
 The queries' vectors are read back from the store (what embedding the paintings again gives); ``--db`` keeps
 the store, and a re-run with the same ``--ckpt`` reuses its vectors (the index is incremental).
@@ -43,7 +45,8 @@ def ap_at(found: list[str], query: str, artist_of: dict[str, str], depth: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/wikiart_pd"))
+    paintings = Path(__file__).resolve().parents[1] / "data" / "wikiart_pd"  # `make data`'s copy
+    parser.add_argument("--root", type=Path, default=paintings)
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--ckpt", help="a checkpoint or model file with dot-product vectors")
     model.add_argument("--config", help="a fit config whose model is used with its own weights")

@@ -2,7 +2,7 @@
 ``title`` and ``year`` read from the file names (``<artist>/<artist>_<title-words>[-<year>][-<n>].jpg``:
 WikiArt's naming; 427 of the 944 names carry a year).
 
-    .venv/bin/python benchmarks/paintings_metadata.py ../shared/data/wikiart_pd paintings.tsv
+    .venv/bin/python benchmarks/paintings_metadata.py data/wikiart_pd paintings.tsv
 """
 
 from __future__ import annotations
