@@ -9,7 +9,7 @@ the ``LandmarkMetrics`` callback, the feature cache and ``oneshot``. What embeds
 choice: a module (its ``embed``, or ``embed=``), or anything else with an ``embed`` (an ONNX Runtime
 session's: ``OnnxSearchModel``), or a function; the loop, batching, grouping, order and DDP gather are the
 same. Training embeds lists of variable-size images with :func:`embed_grouped`
-(``GeMSiameseModule.embed_many``, with gradients).
+(the training step of tuple batches, with gradients).
 
 Contract of :func:`embed_dataset`:
 

@@ -1,11 +1,12 @@
 """``DSHModule``: Deep Supervised Hashing (Liu et al., CVPR 2016) as a LightningModule.
 
-Training: relaxed k-bit codes from the net (the paper's :class:`~cbir_lightning.models.dsh_net.DSHNet` by
+Training (the shell's, :class:`~cbir_lightning.models.embedding_module.EmbeddingModule`): relaxed k-bit
+codes from the net (the paper's :class:`~cbir_lightning.models.dsh_net.DSHNet` by
 default, or any ``nn.Module`` mapping images to ``[n, bits]``, e.g.
 :class:`~cbir_lightning.models.pretrained_hash_net.PretrainedHashNet` on an ImageNet backbone) and the DSH
 loss (:class:`~cbir_lightning.losses.DSHLoss`) on every pair of a
 :class:`~cbir_lightning.contracts.ClassBatch`, or on the aligned pairs of a
-:class:`~cbir_lightning.contracts.PairBatch` (``first`` and ``second`` coded in separate forward passes).
+:class:`~cbir_lightning.contracts.PairBatch`.
 Evaluation: ``embed`` gives the binary codes as +-1 floats (sign of the relaxed code), and ``similarity``
 is minus their Hamming distance, computed by popcount on bit-packed codes
 (:mod:`cbir_lightning.retrieval.hamming`); the shared retrieval metrics then give Hamming-ranking mAP.
@@ -21,12 +22,11 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from cbir_lightning.contracts import ClassBatch, FeatureBatch, FrozenTrunkNet, HashNet, PairBatch
+from cbir_lightning.contracts import FrozenTrunkNet, HashNet
 from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.dsh_loss import DSHLoss
-from cbir_lightning.losses.pairs import aligned_pairs
 from cbir_lightning.models.dsh_net import DSHNet
-from cbir_lightning.models.embedding_module import EmbeddingModule
+from cbir_lightning.models.embedding_module import EmbeddingModule, check_objects
 from cbir_lightning.retrieval.hamming import hamming_distances, pack_codes, sign_codes
 
 
@@ -42,6 +42,8 @@ class DSHModule(EmbeddingModule):
         and ``alpha``).
     margin: the loss margin m (default ``2 * bits``, the paper's); alpha: weight of the +-1 regulariser
         (default 0.01); both only without ``loss`` (else set them in its init_args).
+    miner: for class batches, a pytorch-metric-learning miner (``class_path``) whose pairs the loss scores;
+        null: every pair.
     optimizer / lr_scheduler: factories, as in :class:`~cbir_lightning.models.SiameseModule`.
     """
 
@@ -60,8 +62,10 @@ class DSHModule(EmbeddingModule):
         lr_scheduler_interval: str = "epoch",
         loss: nn.Module | None = None,
         net: nn.Module | None = None,
+        miner: nn.Module | None = None,
     ) -> None:
-        objects = [k for k, v in (("loss", loss), ("net", net)) if v is not None]
+        check_objects(loss=loss, miner=miner)
+        objects = [k for k, v in (("loss", loss), ("net", net), ("miner", miner)) if v is not None]
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
         if net is None:
             net = DSHNet(12 if bits is None else bits, in_channels, input_size, channels, hidden, batch_norm)
@@ -79,15 +83,21 @@ class DSHModule(EmbeddingModule):
         self.bits = net.bits
         if loss is not None and (margin is not None or alpha is not None):
             raise CbirError("margin and alpha apply without loss: only; set them in loss: init_args")
-        self.loss = DSHLoss(margin, 0.01 if alpha is None else alpha) if loss is None else loss
+        self.set_losses(DSHLoss(margin, 0.01 if alpha is None else alpha) if loss is None else loss, miner)
 
     @property
     def input_size(self) -> int:
         return int(self.hparams.input_size)
 
     def codes(self, images: torch.Tensor) -> torch.Tensor:
-        """Relaxed (real-valued) codes ``[n, bits]``."""
+        """Relaxed (real-valued) codes ``[n, bits]``: what the loss sees."""
         return self.net(images)
+
+    training_embedding = codes
+
+    def training_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Relaxed codes from the frozen trunk's outputs."""
+        return self.net.from_trunk(features)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Binary codes as +-1 floats ``[n, bits]``."""
@@ -116,24 +126,4 @@ class DSHModule(EmbeddingModule):
     def param_groups(self) -> list[dict]:
         """The net's ``param_groups()`` (e.g. a gentler learning rate for a pretrained backbone) plus the
         loss's trainable parameters, if any."""
-        groups = [g for g in self.net.param_groups() if g["params"]]
-        rest = [x for x in self.loss.parameters() if x.requires_grad]
-        return groups + ([{"params": rest}] if rest else [])
-
-    def training_step(self, batch: PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
-        if isinstance(batch, PairBatch):
-            codes = torch.cat([self.codes(batch.first), self.codes(batch.second)])
-            loss = self.loss(codes, *aligned_pairs(batch.same))
-            size = len(batch.same)
-        elif isinstance(batch, ClassBatch):
-            loss = self.loss(self.codes(batch.images), batch.labels)
-            size = len(batch.labels)
-        elif isinstance(batch, FeatureBatch):
-            loss = self.loss(self.net.from_trunk(batch.features), batch.labels)
-            size = len(batch.labels)
-        else:
-            raise TypeError(
-                f"DSHModule trains on PairBatch, ClassBatch or FeatureBatch, got {type(batch).__name__}"
-            )
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        return loss
+        return self.with_loss_parameters([g for g in self.net.param_groups() if g["params"]])

@@ -1,19 +1,11 @@
 """``GeMSiameseModule``: a :class:`~cbir_lightning.models.gem_net.GeMNet` (CNN backbone + global pooling +
 L2 norm (+ whitening)) trained as a Siamese net (Radenović, Tolias and Chum).
 
-Training batches (any of), each given to the loss as a pytorch-metric-learning call
-``loss(embeddings, labels, indices_tuple)``:
-
-* :class:`~cbir_lightning.contracts.TupleBatch` ``[[q, p, n_1..n_k], ...]`` of ``[3, h, w]`` image
-  tensors (sizes may differ between tuples): images of equal size are embedded in one forward pass;
-  the pairs (q, p) (positive) and (q, n_i) (negative) are the ``indices_tuple``;
-* :class:`~cbir_lightning.contracts.PairBatch`: ``first`` and ``second`` embedded in one pass, the
-  aligned pairs as ``indices_tuple``;
-* :class:`~cbir_lightning.contracts.ClassBatch`: the miner's ``indices_tuple`` (None without a miner:
-  every pair).
-
-The default loss is the paper's contrastive loss (:class:`~cbir_lightning.losses.CirtorchContrastiveLoss`).
-Validation / test / predict batches give ``{"embeddings", "labels", "indices"}``.
+It declares the net, the loss and the miner; training is the shell's
+(:class:`~cbir_lightning.models.embedding_module.EmbeddingModule`: tuple, pair, class and cached-feature
+batches, each given to the loss as ``loss(embeddings, labels, indices_tuple)``) on the single-scale
+descriptor. The default loss is the paper's contrastive loss
+(:class:`~cbir_lightning.losses.CirtorchContrastiveLoss`).
 
 Evaluation (``embed`` in eval mode) uses ``eval_scales`` (multi-scale, combined by the generalized
 mean with the GeM p) and then, if attached, a post-hoc whitening file: ``load_module`` and the
@@ -31,12 +23,8 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from cbir_lightning.contracts import ClassBatch, FeatureBatch, PairBatch, TupleBatch
 from cbir_lightning.errors import CbirError
-from cbir_lightning.inference import embed_grouped
 from cbir_lightning.losses.cirtorch_contrastive_loss import CirtorchContrastiveLoss
-from cbir_lightning.losses.contrastive import tuple_pairs
-from cbir_lightning.losses.pairs import aligned_pairs, pairs_to_indices
 from cbir_lightning.models.embedding_module import EmbeddingModule, check_objects
 from cbir_lightning.models.gem_net import GeMNet
 from cbir_lightning.models.multiscale import multiscale_embed
@@ -114,8 +102,7 @@ class GeMSiameseModule(EmbeddingModule):
         check_objects(loss=loss, miner=miner)
         objects = [k for k, v in (("loss", loss), ("miner", miner)) if v is not None]
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
-        self.loss = CirtorchContrastiveLoss() if loss is None else loss
-        self.miner = miner
+        self.set_losses(CirtorchContrastiveLoss() if loss is None else loss, miner)
         net = GeMNet(
             backbone,
             weights,
@@ -221,40 +208,9 @@ class GeMSiameseModule(EmbeddingModule):
 
     on_test_start = on_predict_start = on_validation_start
 
-    # ---- training -------------------------------------------------------------------------------
-    def embed_many(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Embeddings ``[N, D]`` of a list of ``[C, h, w]`` images, one forward pass per image size."""
-        return embed_grouped(self.embed, images)
-
-    def training_step(self, batch: TupleBatch | PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
-        if isinstance(batch, TupleBatch):
-            tuples = batch.tuples
-            sizes = [len(t) for t in tuples]
-            embeddings = self.embed_many([image for t in tuples for image in t])
-            anchors, others, targets = (x.to(self.device) for x in tuple_pairs(sizes))
-            labels = torch.arange(len(embeddings), device=self.device)
-            labels[others[targets.bool()]] = anchors[targets.bool()]  # q and p share a label
-            loss = self.loss(embeddings, labels, pairs_to_indices(anchors, others, targets))
-            size = len(tuples)
-        elif isinstance(batch, PairBatch):
-            embeddings = self.embed(torch.cat([batch.first, batch.second]))
-            loss = self.loss(embeddings, *aligned_pairs(batch.same))
-            size = len(batch.same)
-        elif isinstance(batch, (ClassBatch, FeatureBatch)):
-            inputs, labels = batch
-            embeddings = self.embed(inputs) if isinstance(batch, ClassBatch) else self.embed_features(inputs)
-            mined = self.miner(embeddings, labels) if self.miner is not None else None
-            loss = self.loss(embeddings, labels, mined)
-            size = len(labels)
-        else:
-            raise TypeError(
-                "GeMSiameseModule trains on TupleBatch, PairBatch, ClassBatch or FeatureBatch, got "
-                f"{type(batch).__name__}"
-            )
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        if isinstance(self.pool, GeM):
-            self.log("train/gem_p", self.pool.p.detach()[0], batch_size=size)
-        return loss
+    def training_logs(self) -> dict[str, torch.Tensor]:
+        """GeM's p, every training step."""
+        return {"train/gem_p": self.pool.p.detach()[0]} if isinstance(self.pool, GeM) else {}
 
     def param_groups(self) -> list[dict]:
         """GeM p in its own group (``lr_scale = p_lr_multiplier``, no weight decay); with a

@@ -1,13 +1,12 @@
 """``SiameseModule``: the LightningModule around a Siamese net with an ``embed`` / ``similarity`` /
 ``pair_logits`` interface (e.g. :class:`~cbir_lightning.models.koch_net.KochSiameseNet`).
 
-Training batches are :class:`~cbir_lightning.contracts.PairBatch` (Koch: ``pair_loss``, BCE per pair;
-``first`` and ``second`` embedded in separate forward passes) or
-:class:`~cbir_lightning.contracts.ClassBatch` (``batch_loss`` on the whole batch). Both losses are
-called as pytorch-metric-learning losses; the losses on scores
+It declares the net and the losses; training is the shell's
+(:class:`~cbir_lightning.models.embedding_module.EmbeddingModule`): pair batches go to ``pair_loss`` (Koch:
+BCE per pair), class batches to ``batch_loss`` (the shell's ``loss``) plus an optional ``class_loss``. All
+are called as pytorch-metric-learning losses; the losses on scores
 (:class:`~cbir_lightning.losses.ScoreLoss` subclasses) score with the net's head, given to them as a
-:class:`~cbir_lightning.losses.ModelSimilarity`. Validation, test and predict batches produce embeddings;
-the retrieval callback turns them into metrics.
+:class:`~cbir_lightning.losses.ModelSimilarity`.
 """
 
 from __future__ import annotations
@@ -19,12 +18,10 @@ from jsonargparse import lazy_instance
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from cbir_lightning.contracts import ClassBatch, ClassSizedLoss, PairBatch, RetrievalData
 from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.all_pairs_bce_loss import AllPairsBCELoss
 from cbir_lightning.losses.model_similarity import ModelSimilarity
 from cbir_lightning.losses.pair_bce_loss import PairBCELoss
-from cbir_lightning.losses.pairs import aligned_pairs
 from cbir_lightning.losses.score_loss import ScoreLoss
 from cbir_lightning.models.embedding_module import EmbeddingModule, check_objects
 from cbir_lightning.models.param_groups import layer_param_groups
@@ -52,6 +49,8 @@ class SiameseModule(EmbeddingModule):
         proxies are optimised with the net); a loss with ``build(num_classes, embedding_dim)`` and no
         classes yet is built before training from the DataModule's ``num_classes`` and the net's
         ``embedding_dim``. ``batch_loss: null`` trains with ``class_loss`` alone.
+    miner: for class batches, a pytorch-metric-learning miner (``class_path``) whose pairs ``batch_loss``
+        scores; null: every pair.
     test_time_scales: outside training, embed each image at these zooms and average
         (:func:`~cbir_lightning.models.test_time_scales.mean_over_scales`, e.g. ``[1.0, 0.9, 1.1]``); it
         applies wherever the module embeds (validation, ``oneshot``, ``index``, ``search``, export).
@@ -72,9 +71,10 @@ class SiameseModule(EmbeddingModule):
         pair_loss: nn.Module | None = None,
         class_loss: nn.Module | None = None,
         class_loss_weight: float = 1.0,
+        miner: nn.Module | None = None,
         test_time_scales: Sequence[float] | None = None,
     ) -> None:
-        losses = {"batch_loss": batch_loss, "pair_loss": pair_loss, "class_loss": class_loss}
+        losses = {"batch_loss": batch_loss, "pair_loss": pair_loss, "class_loss": class_loss, "miner": miner}
         check_objects(net=net, **losses)
         objects = ["net", *(k for k, v in losses.items() if isinstance(v, nn.Module))]
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
@@ -83,30 +83,13 @@ class SiameseModule(EmbeddingModule):
             raise CbirError(
                 "batch_loss: null needs a class_loss; set model.init_args.class_loss or batch_loss"
             )
-        self.batch_loss = AllPairsBCELoss() if batch_loss is DEFAULT_BATCH_LOSS else batch_loss
-        self.pair_loss = PairBCELoss() if pair_loss is None else pair_loss
-        self.class_loss = class_loss
+        batch_loss = AllPairsBCELoss() if batch_loss is DEFAULT_BATCH_LOSS else batch_loss
+        pair_loss = PairBCELoss() if pair_loss is None else pair_loss
+        self.set_losses(batch_loss, miner, pair_loss, class_loss, class_loss_weight)
         head = ModelSimilarity(self.net.pair_logits, self.net.similarity)
-        for loss in (self.batch_loss, self.pair_loss, self.class_loss):
+        for loss in (self.loss, self.pair_loss, self.class_loss):
             if isinstance(loss, ScoreLoss):
                 loss.use_similarity(head)
-
-    def setup(self, stage: str) -> None:
-        """Give a class loss without classes yet the DataModule's ``num_classes`` (before the optimizer
-        is built, so its parameters are optimised)."""
-        loss = self.class_loss
-        if stage != "fit" or not isinstance(loss, ClassSizedLoss):
-            return
-        data = self.trainer.datamodule if self._trainer is not None else None
-        num_classes = data.num_classes if isinstance(data, RetrievalData) else None
-        if num_classes is None:
-            if loss.num_classes is None:
-                raise CbirError(
-                    f"{type(loss).__name__} needs the number of training classes: use a DataModule with "
-                    "num_classes (e.g. OmniglotDataModule) or set class_loss init_args num_classes"
-                )
-            return
-        loss.build(int(num_classes), int(self.net.embedding_dim))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         scales = self.hparams.test_time_scales
@@ -122,33 +105,9 @@ class SiameseModule(EmbeddingModule):
         """Scores ``[nq, nd]``, higher = more similar: the net's own similarity."""
         return self.net.similarity(queries, database)
 
-    def training_step(self, batch: PairBatch | ClassBatch, batch_idx: int) -> torch.Tensor:
-        if isinstance(batch, PairBatch):
-            if self.class_loss is not None:
-                raise CbirError("class_loss needs class batches: set data.init_args.sampling: class_batches")
-            embeddings = torch.cat([self.embed(batch.first), self.embed(batch.second)])
-            loss = self.pair_loss(embeddings, *aligned_pairs(batch.same))
-            size = len(batch.same)
-        elif isinstance(batch, ClassBatch):
-            embeddings, size = self.embed(batch.images), len(batch.labels)
-            loss = self._class_batch_loss(embeddings, batch.labels, size)
-        else:
-            raise TypeError(f"SiameseModule trains on PairBatch or ClassBatch, got {type(batch).__name__}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        return loss
-
-    def _class_batch_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, size: int) -> torch.Tensor:
-        """``batch_loss + class_loss_weight * class_loss`` (either may be absent); each part logged."""
-        parts = []
-        if self.batch_loss is not None:
-            parts.append(self.batch_loss(embeddings, labels))
-        if self.class_loss is not None:
-            class_part = self.class_loss(embeddings, labels)
-            self.log("train/class_loss", class_part, batch_size=size)
-            parts.append(self.hparams.class_loss_weight * class_part)
-            if self.batch_loss is not None:
-                self.log("train/batch_loss", parts[0], batch_size=size)
-        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.net.embedding_dim)
 
     def param_groups(self) -> list[dict]:
         """The net's groups (per layer, see ``layer_param_groups``) plus one for the losses' own
@@ -156,8 +115,4 @@ class SiameseModule(EmbeddingModule):
         groups = layer_param_groups(
             self.net, self.hparams.layer_lr_multipliers, self.hparams.layer_weight_decay
         )
-        seen = {id(p) for g in groups for p in g["params"]}
-        losses = (self.batch_loss, self.pair_loss, self.class_loss)
-        extra = [p for m in losses if m is not None for p in m.parameters() if p.requires_grad]
-        extra = [p for p in {id(p): p for p in extra}.values() if id(p) not in seen]
-        return groups + [{"params": extra}] if extra else groups
+        return self.with_loss_parameters(groups)

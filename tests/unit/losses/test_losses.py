@@ -156,7 +156,7 @@ def test_siamese_module_steps_equal_the_formulas():
     e = net.embed(images)
     expected = all_pairs_softmax(net.similarity(e, e), labels)
     assert torch.equal(module.training_step(ClassBatch(images, labels), 0), expected)
-    with pytest.raises(TypeError, match="PairBatch or ClassBatch"):
+    with pytest.raises(TypeError, match="ClassBatch, FeatureBatch, PairBatch or TupleBatch, got tuple"):
         module.training_step((images, labels), 0)
 
 
@@ -183,8 +183,8 @@ def test_objects_from_python_are_not_hyperparameters():
 # ---- default losses: objects, one per module; names are the converter's ---------------------------
 def test_default_losses_are_objects_of_each_module():
     first, second = SiameseModule(_koch()), SiameseModule(_koch())
-    assert type(first.batch_loss) is AllPairsBCELoss and first.batch_loss is not second.batch_loss
-    assert first.batch_loss.distance is not second.batch_loss.distance  # each scores with its own net
+    assert type(first.loss) is AllPairsBCELoss and first.loss is not second.loss
+    assert first.loss.distance is not second.loss.distance  # each scores with its own net
     gem = GeMSiameseModule(backbone="resnet18")
     assert type(gem.loss) is CirtorchContrastiveLoss and gem.loss.margin == 0.7 and gem.miner is None
     miner = pml_miners.MultiSimilarityMiner()

@@ -75,8 +75,8 @@ def test_the_class_loss_proxies_are_optimised(distance):
     assert moved[[0, 3, 5, 9]].all()  # every class of the batch moved (the others too, as negatives)
     # the total is the batch loss plus the weighted class loss
     e = module.embed(batch.images)
-    expected = module.batch_loss(e, batch.labels) + module.class_loss(e, batch.labels)
-    assert torch.isclose(module._class_batch_loss(e, batch.labels, 8), expected)
+    expected = module.loss(e, batch.labels) + module.class_loss(e, batch.labels)
+    assert torch.isclose(module._class_loss(e, batch.labels), expected)
 
 
 class _Data(RetrievalDataModule):

@@ -12,6 +12,7 @@ from pytorch_metric_learning import losses, miners
 
 from cbir_lightning.contracts import ClassBatch, PairBatch, TupleBatch
 from cbir_lightning.errors import CbirError
+from cbir_lightning.inference import embed_grouped
 from cbir_lightning.losses import CirtorchContrastiveLoss
 from cbir_lightning.losses.contrastive import (
     all_pairs_contrastive_loss,
@@ -195,7 +196,7 @@ def test_tuple_batch_grouped_by_size_and_paper_loss():
     tuples[1][2] = torch.rand(3, 40, 32)  # sizes mixed inside a tuple too
     with torch.no_grad():
         single = torch.cat([module.embed(img[None]) for t in tuples for img in t])
-        grouped = module.embed_many([img for t in tuples for img in t])
+        grouped = embed_grouped(module.embed, [img for t in tuples for img in t])
         assert torch.allclose(grouped, single, atol=1e-5)
         loss = module.training_step(TupleBatch(tuples), 0)
     label = torch.tensor([-1, 1, 0, 0] * 2, dtype=torch.float32)
@@ -264,7 +265,7 @@ def test_tuples_with_pml_contrastive_use_exact_pairs():
     torch.manual_seed(5)
     tuples = [[torch.rand(3, 32, 32) for _ in range(3)] for _ in range(2)]
     with torch.no_grad():
-        emb = module.embed_many([img for t in tuples for img in t])
+        emb = embed_grouped(module.embed, [img for t in tuples for img in t])
         loss = module.training_step(TupleBatch(tuples), 0)
     d = lambda i, j: (emb[i] - emb[j]).norm()  # noqa: E731
     pos = torch.stack([d(0, 1), d(3, 4)])
