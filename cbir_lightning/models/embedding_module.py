@@ -7,8 +7,9 @@ pytorch-metric-learning call ``loss(embeddings, labels, indices_tuple)``:
 * :class:`~cbir_lightning.contracts.ClassBatch` / :class:`~cbir_lightning.contracts.FeatureBatch` (cached
   outputs of a frozen trunk): the miner's ``indices_tuple`` (None without a miner: every pair), plus
   ``class_loss_weight * class_loss`` when a loss over all training classes is set;
-* :class:`~cbir_lightning.contracts.PairBatch`: ``[first; second]`` in one forward pass, the aligned pairs
-  as ``indices_tuple``, scored by ``pair_loss`` (by default ``loss``);
+* :class:`~cbir_lightning.contracts.PairBatch`: ``first`` and ``second`` in separate forward passes (as two
+  towers: BatchNorm statistics per side), ``[first; second]`` with the aligned pairs as ``indices_tuple``,
+  scored by ``pair_loss`` (by default ``loss``);
 * :class:`~cbir_lightning.contracts.TupleBatch` ``[[q, p, n_1..n_k], ...]``: images of equal size in one
   forward pass; the pairs (q, p) and (q, n_i) as ``indices_tuple``.
 
@@ -226,7 +227,8 @@ class EmbeddingModule(pl.LightningModule):
         elif isinstance(batch, PairBatch):
             if self.class_loss is not None:
                 raise CbirError("class_loss needs class batches: set data.init_args.sampling: class_batches")
-            embeddings = self.training_embedding(torch.cat([batch.first, batch.second]))
+            first, second = self.training_embedding(batch.first), self.training_embedding(batch.second)
+            embeddings = torch.cat([first, second])
             loss, size = self.pair_loss(embeddings, *aligned_pairs(batch.same)), len(batch.same)
         elif isinstance(batch, TupleBatch):
             loss, size = self._tuple_loss(batch.tuples), len(batch.tuples)

@@ -67,3 +67,15 @@ def test_a_pml_loss_and_class_proxies_train_a_koch_net():
     assert id(proxies.proxies) in {id(p) for g in module.param_groups() for p in g["params"]}
     with pytest.raises(CbirError, match="class_loss needs class batches"):
         module.training_step(PairBatch(images[:3], images[3:], torch.tensor([1.0, 0.0, 1.0])), 0)
+
+
+def test_pairs_are_embedded_as_two_towers():
+    """``first`` and ``second`` in separate passes: a BatchNorm net normalises each side by its own
+    statistics (one pass over both would give other codes)."""
+    module = _dsh()
+    images, same = _images(), torch.tensor([1.0, 0.0, 1.0])
+    loss = module.training_step(PairBatch(images[:3], images[3:], same), 0)
+    first, second = module.codes(images[:3]), module.codes(images[3:])
+    assert torch.allclose(loss, dsh_pair_loss(first, second, same, 12.0, 0.01), atol=1e-6)
+    joint = module.codes(images)
+    assert not torch.allclose(loss, dsh_pair_loss(joint[:3], joint[3:], same, 12.0, 0.01), atol=1e-6)
