@@ -208,8 +208,12 @@ def evaluate_one(name: str, root: Path, label: str, ckpt: str | None, work: Path
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    ckpts = {"dogs": args.dogs_ckpt, "art": args.art_ckpt}
+    out = Path(args.out).resolve()
+    # the evaluations run from the repository root: paths given relative to where this was started
+    ckpts = {
+        name: str(Path(c).resolve()) if c else None
+        for name, c in (("dogs", args.dogs_ckpt), ("art", args.art_ckpt))
+    }
     for name in args.sets:
         for relevance, column in RELEVANCE[name].items():
             models = (None, ckpts[name]) if ckpts[name] else (None,)
