@@ -75,6 +75,11 @@ def test_oneshot_on_lake_format(tiny_run, omniglot_root, tmp_path):
     assert len(result["per_run"]) == 6
     assert math.isclose(result["accuracy"], sum(result["per_run"].values()) / 6, abs_tol=1e-6)
     assert all(v * 20 == round(v * 20) for v in result["per_run"].values())
+    # the run's model file (best.model, beside the best checkpoint) scores the same
+    model_file = tiny_run["ckpt"].parent / "best.model"
+    proc = run_cli(["oneshot", "--ckpt", str(model_file), "--runs", str(runs)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert last_json(proc.stdout)["per_run"] == result["per_run"]
 
 
 def test_oneshot_scores_an_ensemble_and_test_time_zooms(tiny_run, omniglot_root, tmp_path):
