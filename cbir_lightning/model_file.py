@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ import torch
 
 from cbir_lightning.atomic import atomic_file
 from cbir_lightning.checkpoints import Checkpoint, module_class, read_checkpoint
+from cbir_lightning.digest import file_sha256
 from cbir_lightning.errors import CbirError
 from cbir_lightning.export.preprocess import preprocess, sample_images, spec_of_datamodule
 from cbir_lightning.models.embedding_module import self_contained
@@ -170,12 +170,6 @@ def is_model_file(path: str | Path) -> bool:
         return False
 
 
-def _whitening_sha256(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _checkpoint_spec(checkpoint: Checkpoint) -> dict:
     """The preprocessing the checkpoint records, else its rebuilt DataModule's ``preprocess_spec()``."""
     recorded = checkpoint.contents.get(RECORD_KEY)
@@ -258,7 +252,7 @@ class ModelFile:
             lightning_version=contents.get("pytorch-lightning_version"),
             preprocess=spec,
             whitening=whitening,
-            whitening_sha256=_whitening_sha256(wfile),
+            whitening_sha256=file_sha256(wfile) if wfile is not None else None,
             similarity=similarity,
             dim=dim,
             identity=dict(checkpoint.identity),

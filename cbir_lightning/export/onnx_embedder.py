@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cbir_lightning.digest import file_sha256
 from cbir_lightning.errors import CbirError
 from cbir_lightning.export.preprocess import preprocess
-from cbir_lightning.search.files import file_sha256
 
 METADATA_KEY = "cbir_lightning"  # the ONNX metadata property `export` writes (onnx_export.py)
 FORMAT = 1

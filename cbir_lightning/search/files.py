@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -134,14 +133,6 @@ def open_indexed(root: str | Path, item: dict) -> BinaryIO:
         os.close(fd)
         raise CbirError(f"{item['path']} changed since it was indexed; re-index")
     return os.fdopen(fd, "rb")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def open_image(

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cbir_lightning.digest import file_sha256
 from cbir_lightning.errors import CbirError
 from cbir_lightning.export.onnx_embedder import read_metadata
 from cbir_lightning.retrieval import approximate as tuning
@@ -32,7 +33,6 @@ from cbir_lightning.search.files import (
     DEFAULT_MAX_PIXELS,
     DRAFT_ABOVE_PIXELS,
     Decoding,
-    file_sha256,
     open_image,
     scan_collection,
 )

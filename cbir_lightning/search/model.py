@@ -10,11 +10,11 @@ from torch import Tensor
 
 from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
 from cbir_lightning.contracts import RetrievalData
+from cbir_lightning.digest import file_sha256
 from cbir_lightning.errors import CbirError
 from cbir_lightning.export.onnx_embedder import OnnxSearchModel
 from cbir_lightning.inference import model_device
 from cbir_lightning.model_file import ModelFile, is_model_file
-from cbir_lightning.search.files import file_sha256
 from cbir_lightning.whitening import apply_whitening
 
 

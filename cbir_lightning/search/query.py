@@ -11,13 +11,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from cbir_lightning.digest import file_sha256
 from cbir_lightning.errors import CbirError
 from cbir_lightning.export.onnx_embedder import OnnxSearchModel
 from cbir_lightning.rerank.rerank import check_reranker, rerank_scores
 from cbir_lightning.retrieval.approximate import set_params
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
 from cbir_lightning.retrieval.fusion import reciprocal_rank_fusion
-from cbir_lightning.search.files import crop_image, file_sha256, open_image, open_indexed, parse_crop
+from cbir_lightning.search.files import crop_image, open_image, open_indexed, parse_crop
 from cbir_lightning.search.manifest import CURRENT, EMBEDDINGS, FAISS_INDEX, read_manifest
 from cbir_lightning.search.model import SearchModel
 
