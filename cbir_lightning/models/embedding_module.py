@@ -260,6 +260,8 @@ class EmbeddingModule(pl.LightningModule):
     def _tuple_loss(self, tuples) -> torch.Tensor:
         """The loss on tuples ``[q, p, n_1..n_k]``: every image embedded (one pass per image size); q and
         p share a label, each negative has its own; the pairs (q, p) and (q, n_i) as ``indices_tuple``."""
+        if self.loss is None:
+            raise CbirError("tuple batches need a loss, not only a class_loss: set the model's batch_loss")
         embeddings = embed_grouped(self.training_embedding, [image for t in tuples for image in t])
         anchors, others, targets = (x.to(self.device) for x in tuple_pairs([len(t) for t in tuples]))
         labels = torch.arange(len(embeddings), device=self.device)

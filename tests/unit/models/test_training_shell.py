@@ -67,6 +67,9 @@ def test_a_pml_loss_and_class_proxies_train_a_koch_net():
     assert id(proxies.proxies) in {id(p) for g in module.param_groups() for p in g["params"]}
     with pytest.raises(CbirError, match="class_loss needs class batches"):
         module.training_step(PairBatch(images[:3], images[3:], torch.tensor([1.0, 0.0, 1.0])), 0)
+    alone = SiameseModule(net, batch_loss=None, class_loss=ProxySoftmaxLoss(num_classes=3, embedding_dim=8))
+    with pytest.raises(CbirError, match="tuple batches need a loss, not only a class_loss"):
+        alone.training_step(TupleBatch([list(images[:3])]), 0)
 
 
 def test_pairs_are_embedded_as_two_towers():
