@@ -129,7 +129,7 @@ class EmbeddingModule(pl.LightningModule):
         ``pair_loss`` on pair batches (None: ``loss``), and an optional ``class_loss`` over all training
         classes added with weight ``class_loss_weight`` on class and feature batches."""
         if loss is None and class_loss is None:
-            raise CbirError("a loss or a class_loss is needed: set model.init_args.class_loss or the loss")
+            raise CbirError("a null loss (Koch: batch_loss) needs a class_loss (model.init_args.class_loss)")
         self.loss, self.miner, self.class_loss = loss, miner, class_loss
         self.pair_loss = loss if pair_loss is None else pair_loss
         self.class_loss_weight = float(class_loss_weight)

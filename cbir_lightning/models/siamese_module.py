@@ -18,7 +18,6 @@ from jsonargparse import lazy_instance
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.all_pairs_bce_loss import AllPairsBCELoss
 from cbir_lightning.losses.model_similarity import ModelSimilarity
 from cbir_lightning.losses.pair_bce_loss import PairBCELoss
@@ -79,10 +78,6 @@ class SiameseModule(EmbeddingModule):
         objects = ["net", *(k for k, v in losses.items() if isinstance(v, nn.Module))]
         super().__init__(optimizer, lr_scheduler, lr_scheduler_interval, objects=objects)
         self.net = net
-        if batch_loss is None and class_loss is None:
-            raise CbirError(
-                "batch_loss: null needs a class_loss; set model.init_args.class_loss or batch_loss"
-            )
         batch_loss = AllPairsBCELoss() if batch_loss is DEFAULT_BATCH_LOSS else batch_loss
         pair_loss = PairBCELoss() if pair_loss is None else pair_loss
         self.set_losses(batch_loss, miner, pair_loss, class_loss, class_loss_weight)
