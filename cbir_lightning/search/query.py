@@ -21,6 +21,7 @@ from cbir_lightning.retrieval.fusion import reciprocal_rank_fusion
 from cbir_lightning.search.files import crop_image, open_image, open_indexed, parse_crop
 from cbir_lightning.search.manifest import CURRENT, EMBEDDINGS, FAISS_INDEX, read_manifest
 from cbir_lightning.search.model import SearchModel
+from cbir_lightning.search.store import is_store_address
 
 OPEN_ATTEMPTS = 4  # reads of an index whose CURRENT moved meanwhile, before giving up
 SHORTLIST = 100  # re-ranking works on the top items of the first search (Iscen et al.'s truncation)
@@ -216,7 +217,7 @@ def check_index_model(manifest: dict, where, model):
 
 def _destination(where) -> str:
     """The ``index`` flag that rebuilds the index ``where``: ``--store ADDRESS`` or ``--out FOLDER``."""
-    return f"--store {where}" if str(where).startswith("milvus") else f"--out {where}"
+    return f"--store {where}" if is_store_address(where) else f"--out {where}"
 
 
 def _no_metadata(path, given, flag: str) -> None:

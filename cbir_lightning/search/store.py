@@ -63,7 +63,9 @@ class StoreAddress:
         return Path(self.uri) if self.local else None
 
     def __str__(self) -> str:
-        where = f"milvus:{self.uri}" if self.local else self.uri.replace("http://", "milvus://", 1)
+        scheme, _, host = self.uri.partition("://")
+        server = f"{'milvus+https' if scheme == 'https' else 'milvus'}://{host}"
+        where = f"milvus:{self.uri}" if self.local else server
         return where if self.collection == DEFAULT_COLLECTION else f"{where}#{self.collection}"
 
 

@@ -57,7 +57,9 @@ def test_store_addresses():
     server = parse_store("milvus://db.lan:19530#paintings")
     assert (server.uri, server.local, server.collection) == ("http://db.lan:19530", False, "paintings")
     assert str(server) == "milvus://db.lan:19530#paintings"
-    assert parse_store("milvus+https://db.lan:443").uri == "https://db.lan:443"
+    secure = parse_store("milvus+https://db.lan:443")
+    assert secure.uri == "https://db.lan:443"
+    assert str(secure) == "milvus+https://db.lan:443" and parse_store(str(secure)) == secure
     assert is_store_address("milvus:x.db") and not is_store_address("runs/photos.idx")
     for bad, message in (
         ("qdrant:./x", "unknown store"),
