@@ -225,8 +225,9 @@ def embed_dataset(
         )
     if world > 1:
         local = _all_gather_rows(local, world, per_rank, n)
-        local_labels = _all_gather_rows(local_labels, world, per_rank, n)
-    return (local, local_labels) if labels else local
+    if not labels:
+        return local
+    return local, _all_gather_rows(local_labels, world, per_rank, n) if world > 1 else local_labels
 
 
 def _all_gather_rows(local: torch.Tensor, world: int, per_rank: int, n: int) -> torch.Tensor:
