@@ -170,6 +170,12 @@ def is_model_file(path: str | Path) -> bool:
         return False
 
 
+def module_checkpoint(path: str | Path) -> Checkpoint:
+    """What rebuilds the module of ``path``: a Lightning checkpoint, or a model file's module part
+    (:meth:`ModelFile.checkpoint`)."""
+    return ModelFile.load(path).checkpoint() if is_model_file(path) else read_checkpoint(path)
+
+
 def _checkpoint_spec(checkpoint: Checkpoint) -> dict:
     """The preprocessing the checkpoint records, else its rebuilt DataModule's ``preprocess_spec()``."""
     recorded = checkpoint.contents.get(RECORD_KEY)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 
-from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
 from cbir_lightning.ensemble_checkpoint import pack_ensemble
 from cbir_lightning.errors import CbirError
 from cbir_lightning.inference import embed_dataset
-from cbir_lightning.model_file import ModelFile, is_model_file
+from cbir_lightning.model_file import module_checkpoint
 from cbir_lightning.models.siamese_module import SiameseModule
 from data_modules.landmarks.download import REVISITED, download_revisited
 from data_modules.omniglot.download import download_omniglot
@@ -51,7 +50,7 @@ def oneshot(
     paths = [ckpt] if isinstance(ckpt, str) else list(ckpt)
     if not paths:
         raise CbirError("oneshot needs at least one checkpoint: --ckpt FILE or --ckpt '[A, B]'")
-    checkpoints = [_module_source(path) for path in paths]
+    checkpoints = [module_checkpoint(path) for path in paths]
     zooms = None if test_time_scales is None else {"test_time_scales": list(test_time_scales)}
     for ckpt in checkpoints:
         if zooms and not issubclass(ckpt.module_class, SiameseModule):
@@ -76,11 +75,6 @@ def oneshot(
         "per_run": result["per_run"],
         "checkpoint": ckpt if isinstance(ckpt, str) else paths,
     }
-
-
-def _module_source(path: str) -> Checkpoint:
-    """What rebuilds the module of a checkpoint or of a model file (its module part)."""
-    return ModelFile.load(path).checkpoint() if is_model_file(path) else read_checkpoint(path)
 
 
 def ensemble(ckpt: list[str], out: str, overwrite: bool = False) -> dict:

@@ -29,7 +29,7 @@ from cbir_lightning.cli.config_files import read_config
 from cbir_lightning.errors import CbirError
 from cbir_lightning.metrics import retrieval_metrics
 from cbir_lightning.metrics.revisited import original_metrics, revisited_metrics
-from cbir_lightning.rerank import reranked_similarity as rows_and_similarity
+from cbir_lightning.rerank import reranked_similarity
 from cbir_lightning.rerank.rerank import check_reranker
 from data_modules.landmarks.gnd import load_gnd
 
@@ -72,11 +72,6 @@ def _check_rows(array: torch.Tensor, rows: int, path: str, what: str, follows: s
     if len(array) != rows:
         hint = "; it looks transposed (save its .T)" if array.shape[1] == rows else ""
         raise CbirError(f"{what} {path} has {len(array)} rows but {follows} has {rows}{hint}")
-
-
-def reranked_similarity(rerank: str, query: torch.Tensor, data: torch.Tensor):
-    """See :func:`cbir_lightning.rerank.reranked_similarity`."""
-    return rows_and_similarity(rerank, query, data)
 
 
 def evaluate_gnd(queries: str, database: str, gnd: str, rerank: str = "none") -> dict:

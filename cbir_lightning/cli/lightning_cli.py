@@ -38,7 +38,7 @@ from cbir_lightning.atomic import atomic_file
 from cbir_lightning.callbacks.random_state import RandomState
 from cbir_lightning.callbacks.stop_on_nonfinite import StopOnNonFinite
 from cbir_lightning.checkpoint_io import AtomicCheckpointIO
-from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint, read_checkpoint
+from cbir_lightning.checkpoints import check_checkpoint, last_checkpoint
 from cbir_lightning.cli import LIGHTNING_COMMANDS, interruptible
 from cbir_lightning.cli.config_files import (
     CALLBACK_OVERRIDES,
@@ -48,7 +48,7 @@ from cbir_lightning.cli.config_files import (
     uses_bases,
 )
 from cbir_lightning.errors import CbirError
-from cbir_lightning.model_file import ModelFile, is_model_file
+from cbir_lightning.model_file import module_checkpoint
 from cbir_lightning.models.embedding_module import self_contained
 
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
@@ -174,9 +174,7 @@ def check_data(datamodule: pl.LightningDataModule, stage: str) -> None:
 def checkpoint_model_config(path: Path) -> dict:
     """The model config to rebuild ``path``'s module (a checkpoint or a model file): its saved
     hyperparameters, which name no pretrained source. Empty if none were saved."""
-    if is_model_file(path):
-        return ModelFile.load(path).checkpoint().model_config()
-    return read_checkpoint(path).model_config()
+    return module_checkpoint(path).model_config()
 
 
 class CbirCLI(LightningCLI):
