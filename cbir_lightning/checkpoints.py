@@ -22,6 +22,7 @@ from pytorch_lightning.core.saving import _load_state
 from pytorch_lightning.utilities.migration import pl_legacy_patch
 from pytorch_lightning.utilities.migration.utils import _pl_migrate_checkpoint
 
+from cbir_lightning.digest import update_with_tensor
 from cbir_lightning.errors import CbirError
 from cbir_lightning.models.siamese_module import SiameseModule
 from cbir_lightning.whitening.io import whitening_path
@@ -204,10 +205,8 @@ def checkpoint_identity(contents: dict) -> dict:
     loaded checkpoint dict."""
     digest = hashlib.sha256()
     for key in sorted(contents.get("state_dict", {})):
-        tensor = contents["state_dict"][key]
         digest.update(key.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        update_with_tensor(digest, contents["state_dict"][key])
     hparams = json.dumps(contents.get("hyper_parameters", {}), sort_keys=True, default=str)
     return {"hparams": hashlib.sha256(hparams.encode()).hexdigest(), "weights": digest.hexdigest()}
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
-
 from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli.evaluate import datamodule_from_config
+from cbir_lightning.digest import update_with_tensor
 from cbir_lightning.errors import CbirError
 from cbir_lightning.model_file import ModelFile, is_model_file
 from cbir_lightning.whitening.fit import datamodule_whitening_data, fit_and_save, fit_whitening, summary
@@ -86,7 +85,5 @@ def whitening_digest(whitening: dict) -> str:
     file rather than read from a whitening file)."""
     digest = hashlib.sha256(str(whitening["kind"]).encode())
     for key in ("mean", "projection"):
-        tensor = whitening[key].detach().cpu().contiguous()
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        update_with_tensor(digest, whitening[key])
     return digest.hexdigest()

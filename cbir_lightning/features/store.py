@@ -29,10 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from cbir_lightning.atomic import atomic_file
+from cbir_lightning.digest import update_with_tensor
 from cbir_lightning.errors import CbirError
 
 SHARDS = "shards"
@@ -46,8 +46,7 @@ def module_digest(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        update_with_tensor(digest, tensor)
     return digest.hexdigest()
 
 
