@@ -38,7 +38,6 @@ from cbir_lightning.search.query import (
     embed_query,
     hybrid_search,
     recommend_image,
-    search_image,
 )
 from cbir_lightning.search.store import is_store_address
 from cbir_lightning.search.store_build import build_store_index
@@ -329,16 +328,23 @@ class Index:
         columns; with a ``query``, the two rankings fused by reciprocal rank fusion, the text's weighted
         ``text_weight``)."""
         if is_store_address(self.path) or where or text:
-            return self._search_store(query, k, crop, rerank, where, text, text_weight)
+            if rerank != "none":
+                raise CbirError("--rerank applies to index folders; a database store or --where/--text: none")
+            vector = None if query is None else self._query_vector(query, crop)
+            return _results(hybrid_search(self.searcher, vector, text, k, where, text_weight))
+        vector, searcher = self._query_vector(query, crop), self.searcher
+        model = self.embedder.model if searcher.manifest["scoring"] == "model" else None  # loaded if needed
+        scores, rows = searcher.search_vectors(vector, k, model, rerank)
+        return _results(searcher.results(scores[0], rows[0]))
+
+    def _query_vector(self, query, crop) -> Tensor:
+        """The query vector ``[1, D]`` of an image file or PIL image (cropped to ``crop``), or of a vector
+        or an image tensor (no crop)."""
         if isinstance(query, (str, Path, Image.Image)):
-            return _results(search_image(self.searcher, self.embedder.model, query, k, crop, rerank))
+            return embed_query(self.embedder.model, query, crop)
         if crop is not None:
             raise CbirError("crop applies to image files and PIL images; crop the image before embedding")
-        query = self._vector(query)
-        searcher = self.searcher
-        model = self.embedder.model if searcher.manifest["scoring"] == "model" else None
-        scores, rows = searcher.search_vectors(query, k, model, rerank)
-        return _results(searcher.results(scores[0], rows[0]))
+        return self._vector(query)
 
     def _vector(self, query) -> Tensor:
         """A query vector ``[1, D]`` of a vector or an image tensor; CbirError for anything else."""
@@ -355,19 +361,6 @@ class Index:
         if len(query) != 1:
             raise CbirError(f"search takes one query, got {len(query)}; search each in turn")
         return query
-
-    def _search_store(self, query, k, crop, rerank, where, text, text_weight) -> list[Result]:
-        if rerank != "none":
-            raise CbirError("--rerank applies to index folders; a database store or --where/--text: none")
-        if query is None:
-            vector = None
-        elif isinstance(query, (str, Path, Image.Image)):
-            vector = embed_query(self.embedder.model, query, crop)
-        elif crop is not None:
-            raise CbirError("crop applies to image files and PIL images; crop the image before embedding")
-        else:
-            vector = self._vector(query)
-        return _results(hybrid_search(self.searcher, vector, text, k, where, text_weight))
 
     def recommend(self, image: str | Path, k: int = 10, duplicate_threshold: float = 0.98) -> dict:
         """Items similar to the image file ``image``: ``{"results": [Result], "exact_duplicates": [Result]
