@@ -90,8 +90,6 @@ def index(
         raise CbirError("pass where to index: --out FOLDER or --store milvus:PATH.db (one of them)")
     if store is not None:
         parse_store(store)  # an unknown scheme is one line, before any work
-    if store is not None and (devices, strategy, num_nodes) != (1, "auto", 1):
-        raise CbirError("--store indexes in one process; drop --devices/--strategy/--num-nodes")
     options = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "num_nodes": num_nodes}
     if model is not None and is_model_file(model):  # a model file: as --ckpt (devices apply)
         ckpt, model = model, None

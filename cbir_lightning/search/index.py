@@ -300,12 +300,16 @@ def _embed_listed(
     headers: list,
     batch_size: int,
     options: dict | None,
-    out: Path,
+    out: Path | None,
     decoding: Decoding,
 ):
     """``embed_files`` on rank 0, with the file list written to a private file (0600) in the index folder
     ``out`` named in the environment, so the DDP workers Lightning Fabric launches embed exactly these
-    files (not their own scan); removed afterwards (a killed run's by the next run)."""
+    files (not their own scan); removed afterwards (a killed run's by the next run). ``out`` None: one
+    process (a database store), no list."""
+    if out is None:
+        print(f"embedding {len(paths)} images", flush=True)
+        return embed_files(model, paths, headers, batch_size, decoding, options)
     with disk_errors(out):
         fd, listing = tempfile.mkstemp(dir=out, prefix=FILE_LIST_PREFIX, suffix=".json")
     try:
@@ -423,14 +427,21 @@ def build_index(
             raise
 
 
-def _embed_todo(model: SearchModel, images: Path, out: Path, plan: dict, job: dict, decoding: Decoding):
+def _embed_todo(
+    model: SearchModel,
+    images: Path,
+    out: Path | None,
+    plan: dict,
+    batch_size: int,
+    options: dict | None,
+    decoding: Decoding,
+):
     """Embed the plan's new and changed files into its ``items``/``rows``; those that vanished, changed or
-    could not be decoded meanwhile go to its ``skipped``."""
+    could not be decoded meanwhile go to its ``skipped``. ``out``: the index folder (for the DDP file
+    list; None: one process)."""
     items, rows, todo, skipped = plan["items"], plan["rows"], plan["todo"], plan["skipped"]
     paths, headers = [images / rel for rel, _, _ in todo], [h for _, _, h in todo]
-    vectors, labels = _embed_listed(
-        model, paths, headers, job["batch_size"], job["trainer_options"], out, decoding
-    )
+    vectors, labels = _embed_listed(model, paths, headers, batch_size, options, out, decoding)
     vectors = vectors.numpy()
     slots = [i for i, item in enumerate(items) if item is None]
     for j, (slot, (rel, stat, _)) in enumerate(zip(slots, todo, strict=True)):
@@ -450,7 +461,7 @@ def _build(images: Path, out: Path, job: dict) -> dict:
     decoding = Decoding(job["max_pixels"], getattr(model, "decode_size", None))
     plan = _plan(images, out, model, whitening, decoding)
     if plan["todo"]:
-        _embed_todo(model, images, out, plan, job, decoding)
+        _embed_todo(model, images, out, plan, job["batch_size"], job["trainer_options"], decoding)
     items, rows, skipped = plan["items"], plan["rows"], plan["skipped"]
     keep = [i for i, item in enumerate(items) if item is not None]
     if not keep:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -137,6 +136,13 @@ def build_store_index(
     ``search --text`` ranks by (BM25); default: every text column of the table."""
     check_model_args(ckpt, onnx_model)
     check_count(batch_size, "--batch-size", "images")
+    options = trainer_options or {}
+    if (options.get("devices", 1), options.get("strategy", "auto"), options.get("num_nodes", 1)) != (
+        1,
+        "auto",
+        1,
+    ):
+        raise CbirError("--store indexes in one process; drop --devices/--strategy/--num-nodes")
     address = parse_store(store)
     images = Path(images).resolve()
     if not images.is_dir():
@@ -172,10 +178,7 @@ def build_store_index(
         previous = ({p: (row, None) for p, row in stored.items()}, None)
         plan = _plan(images, None, model, whitening, decoding, previous)
         if plan["todo"]:
-            with tempfile.TemporaryDirectory(prefix="cbir-store-") as work:  # the DDP file list, 0600
-                _embed_todo(
-                    model, images, Path(work), plan, _job(batch_size, trainer_options, onnx_model), decoding
-                )
+            _embed_todo(model, images, None, plan, batch_size, trainer_options, decoding)
         items, rows = plan["items"], plan["rows"]
         keep = [i for i, item in enumerate(items) if item is not None]
         if not keep:
@@ -248,10 +251,6 @@ def build_store_index(
         "dimension": dimension,
         "whitening": whitening is not None,
     }
-
-
-def _job(batch_size: int, trainer_options: dict | None, onnx_model) -> dict:
-    return {"onnx_model": onnx_model, "batch_size": batch_size, "trainer_options": trainer_options}
 
 
 def _text_columns(table: Metadata, chosen: list[str] | None) -> list[str]:

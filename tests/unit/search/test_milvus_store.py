@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cbir_lightning.api import Index
 from cbir_lightning.errors import CbirError
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
 from cbir_lightning.retrieval.fusion import reciprocal_rank_fusion
@@ -157,3 +158,14 @@ def test_rows_and_deletes_match_exact_paths_even_with_quotes(tmp_path):
     client.delete(address.collection, filter=paths_filter([injection, names[1]]))
     assert sorted(r["path"] for r in opened.rows(names)) == sorted([names[0], names[2]])
     client.close()
+
+
+def test_a_store_is_built_in_one_process_from_any_entry_point(tmp_path):
+    """The builder itself refuses several processes (the CLI's check only guarded the CLI; from the Python
+    API, DDP workers would each have run the whole build), before it reads a model or opens a database."""
+    images = tmp_path / "photos"
+    images.mkdir()
+    for options in ({"devices": 2}, {"strategy": "ddp"}, {"num_nodes": 2}):
+        with pytest.raises(CbirError, match="--store indexes in one process"):
+            Index.build(images, f"milvus:{tmp_path / 'art.db'}", ckpt="missing.ckpt", trainer_options=options)
+    assert not (tmp_path / "art.db").exists()
