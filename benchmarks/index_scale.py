@@ -36,6 +36,7 @@ from timing import significant
 from cbir_lightning.retrieval import knn_recall
 from cbir_lightning.retrieval.approximate import tune_approximate
 from cbir_lightning.retrieval.faiss_knn import FaissKnn
+from cbir_lightning.search.metadata import Metadata
 
 
 def batch_times(index, queries: np.ndarray, batch: int, k: int) -> tuple[list[float], np.ndarray]:
@@ -69,12 +70,11 @@ def measure(build, queries: np.ndarray, batch: int, k: int) -> dict:
     }
 
 
-def store_rows(vectors: np.ndarray, start: int) -> list[dict]:
-    """Rows of the toolkit's store schema for synthetic vectors (no metadata, no text)."""
-    return [
-        {"path": f"{start + i:08d}.jpg", "vector": v, "size": 1, "mtime_ns": 1, "sha256": "", "text": ""}
-        for i, v in enumerate(vectors.tolist())
-    ]
+def store_rows(vectors: np.ndarray, start: int, row) -> list[dict]:
+    """The store's own rows (``row``: ``store_build._row``) of synthetic vectors: no metadata, no text."""
+    item = {"size": 1, "mtime_ns": 1, "sha256": ""}
+    no_metadata = Metadata({}, {})
+    return [row({**item, "path": f"{start + i:08d}.jpg"}, v, no_metadata, []) for i, v in enumerate(vectors)]
 
 
 def measure_store(database: np.ndarray, queries: np.ndarray, k: int) -> dict:
@@ -82,7 +82,7 @@ def measure_store(database: np.ndarray, queries: np.ndarray, k: int) -> dict:
     query alone through ``MilvusStore.vector_search``: p95 / mean ms and the rows found."""
     from cbir_lightning.search.milvus_store import FORMAT_VERSION, MAGIC, MilvusStore, connect
     from cbir_lightning.search.store import parse_store
-    from cbir_lightning.search.store_build import BATCH, create_collection
+    from cbir_lightning.search.store_build import BATCH, _row, create_collection
 
     folder = Path(tempfile.mkdtemp(prefix="index-scale-store-"))
     try:
@@ -94,7 +94,9 @@ def measure_store(database: np.ndarray, queries: np.ndarray, k: int) -> dict:
             client = connect(address, create=True)
             create_collection(client, address, database.shape[1], {}, manifest)
             for first in range(0, len(database), BATCH * 4):
-                client.insert(address.collection, store_rows(database[first : first + BATCH * 4], first))
+                client.insert(
+                    address.collection, store_rows(database[first : first + BATCH * 4], first, _row)
+                )
             client.flush(address.collection)
             store = MilvusStore.open(address)
             build_s = time.perf_counter() - start
