@@ -121,19 +121,6 @@ def _as_list(batch: list) -> list:
     return batch
 
 
-class ItemImages(Dataset):
-    """The images of a dataset of ``(image, label, index)`` items (``EvalBatch`` items)."""
-
-    def __init__(self, items: Dataset) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.items[i][0]
-
-
 def _image(item) -> torch.Tensor:
     """An item's image: the item itself (a tensor), or the first of ``(image, label, ...)``."""
     return item if isinstance(item, torch.Tensor) else item[0]
@@ -151,8 +138,10 @@ def _embed_local(
     batch_size: int,
     num_workers: int,
     progress: str | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rows ``embed(images[i])`` for ``i`` in ``indices`` (this process's), and the items' labels."""
+    with_labels: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``embed(images[i])`` for ``i`` in ``indices`` (this process's), and the items' labels (zeros
+    unless ``with_labels``)."""
     loader = DataLoader(
         Subset(images, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
     )
@@ -161,7 +150,7 @@ def _embed_local(
     vectors, labels = [], []
     for batch in loader:
         vectors.append(embed_grouped(lambda x: embed(x.to(device)), [_image(item) for item in batch]))
-        labels.append(torch.tensor([_label(item) for item in batch], dtype=torch.long))
+        labels.append(torch.tensor([_label(item) if with_labels else 0 for item in batch], dtype=torch.long))
     if not vectors:
         return torch.zeros(0, 0, device=device), torch.zeros(0, dtype=torch.long, device=device)
     return torch.cat(vectors), torch.cat(labels).to(vectors[0].device)
@@ -221,7 +210,14 @@ def embed_dataset(
         context = torch.no_grad(), nullcontext()
     with context[0], context[1]:
         local, local_labels = _embed_local(
-            embed, device, images, shard.tolist(), batch_size, num_workers, progress if rank == 0 else None
+            embed,
+            device,
+            images,
+            shard.tolist(),
+            batch_size,
+            num_workers,
+            progress if rank == 0 else None,
+            labels,
         )
     if world > 1:
         local = _all_gather_rows(local, world, per_rank, n)

@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback
 
 from cbir_lightning.contracts import GroundTruthData
 from cbir_lightning.errors import CbirError
-from cbir_lightning.inference import ItemImages, embed_dataset
+from cbir_lightning.inference import embed_dataset
 from cbir_lightning.metrics import original_metrics, revisited_metrics
 from cbir_lightning.rerank import reranked_similarity
 from cbir_lightning.rerank.rerank import check_reranker
@@ -88,7 +88,7 @@ class LandmarkMetrics(Callback):
         loader = self.data.test_dataloader()
         embeddings = embed_dataset(
             pl_module,
-            ItemImages(loader.dataset),
+            loader.dataset,
             batch_size=loader.batch_size or 1,
             num_workers=loader.num_workers,
         )

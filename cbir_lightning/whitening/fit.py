@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cbir_lightning.errors import CbirError
-from cbir_lightning.inference import ItemImages, embed_dataset
+from cbir_lightning.inference import embed_dataset
 from cbir_lightning.whitening.functional import KINDS, learn_lw, learn_pca
 from cbir_lightning.whitening.io import save_whitening, whitening_path
 
@@ -18,9 +18,8 @@ def _descriptors(module, dataset: Dataset, batch_size: int = 128) -> torch.Tenso
     """``module.embed`` (eval mode, no grad, without any attached post-hoc whitening, this process alone)
     of every ``(image, label, index)`` item, in dataset order, on the CPU."""
     embed = lambda x: module.embed(x.float())  # noqa: E731
-    images = ItemImages(dataset)
     return embed_dataset(
-        module, images, embed=embed, batch_size=batch_size, distributed=False, whitening=False
+        module, dataset, embed=embed, batch_size=batch_size, distributed=False, whitening=False
     ).cpu()
 
 

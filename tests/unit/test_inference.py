@@ -12,7 +12,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cbir_lightning.inference import (
-    ItemImages,
     embed_dataset,
     embed_grouped,
     eval_mode,
@@ -116,7 +115,7 @@ def test_identical_to_a_plain_loop():
         one_by_one = torch.cat([model.embed(mixed[int(i)][None]) for i in idx])
     assert torch.allclose(got, one_by_one, atol=1e-5)
     items = TensorDataset(torch.stack(data), torch.zeros(10), torch.arange(10))
-    assert torch.equal(embed_dataset(model, ItemImages(items), batch_size=4), plain)
+    assert torch.equal(embed_dataset(model, items, batch_size=4), plain)
 
 
 def test_any_embedding_function_labels_and_a_progress_bar(capsys):
