@@ -1,7 +1,7 @@
-"""Pack finished ``SiameseModule`` checkpoints (e.g. one recipe trained with several seeds) into one
-checkpoint whose net is an :class:`~cbir_lightning.models.ensemble_net.EnsembleNet` of them: its score is
-the members' mean score, and every command that takes a checkpoint (``oneshot``, ``validate``, ``index``,
-``search``, ``export``) uses it as it uses one model."""
+"""Pack finished ``SiameseModule`` checkpoints or model files (e.g. one recipe trained with several
+seeds) into one checkpoint whose net is an :class:`~cbir_lightning.models.ensemble_net.EnsembleNet` of
+them: its score is the members' mean score, and every command that takes a checkpoint (``oneshot``,
+``validate``, ``index``, ``search``, ``export``) uses it as it uses one model."""
 
 from __future__ import annotations
 
@@ -14,10 +14,24 @@ import torch
 from cbir_lightning.atomic import atomic_file
 from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
 from cbir_lightning.errors import CbirError
-from cbir_lightning.model_file import RECORD_KEY
+from cbir_lightning.model_file import RECORD_KEY, ModelFile, checkpoint_preprocess, is_model_file
 from cbir_lightning.models.siamese_module import SiameseModule
 
 ENSEMBLE_NET = "cbir_lightning.models.EnsembleNet"
+
+
+def _read_member(path: str | Path) -> Checkpoint:
+    """A member: a ``fit`` checkpoint, or a model file's module part with its preprocessing. A model file
+    holding a whitening is refused: the ensemble scores its members' unwhitened embeddings."""
+    if not is_model_file(path):
+        return read_checkpoint(path)
+    model = ModelFile.load(path)
+    if model.whitening is not None:
+        raise CbirError(
+            f"{path} holds a whitening; an ensemble scores unwhitened members: pack their checkpoints "
+            "or model files written without one"
+        )
+    return model.checkpoint()
 
 
 def _member_net(ckpt: Checkpoint) -> dict:
@@ -32,10 +46,10 @@ def _member_net(ckpt: Checkpoint) -> dict:
 
 
 def _check_alike(first: Checkpoint, other: Checkpoint) -> None:
-    """The members must read images alike: the same DataModule class and image size, the same zooms."""
+    """The members must read images alike: the same preprocessing (mode, resize, size, normalisation) and
+    the same test-time zooms."""
     for what, a, b in (
-        ("DataModule", first.datamodule_args.get("_class_path"), other.datamodule_args.get("_class_path")),
-        ("image_size", first.datamodule_args.get("image_size"), other.datamodule_args.get("image_size")),
+        ("preprocessing", checkpoint_preprocess(first), checkpoint_preprocess(other)),
         (
             "test_time_scales",
             first.hyper_parameters.get("test_time_scales"),
@@ -44,21 +58,22 @@ def _check_alike(first: Checkpoint, other: Checkpoint) -> None:
     ):
         if a != b:
             raise CbirError(
-                f"{other.path} has {what} {b!r} but {first.path} has {a!r}; pack checkpoints of one recipe"
+                f"{other.path} has {what} {b!r} but {first.path} has {a!r}; pack models of one recipe"
             )
 
 
 def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
     """Write ``out``: one checkpoint of ``SiameseModule(net=EnsembleNet(members))`` with each member's
-    weights, hyperparameters (the first checkpoint's, the net replaced) and DataModule record (the
-    first's); ``ensemble_members`` lists each member's path (relative to ``out``'s folder) and identity
-    hashes. Written atomically; an existing ``out`` is replaced only with ``overwrite``."""
+    weights, hyperparameters (the first member's, the net replaced), preprocessing and DataModule record
+    (the first's; none for a model file); ``ensemble_members`` lists each member's path (relative to
+    ``out``'s folder) and identity hashes. ``ckpts``: ``fit`` checkpoints or model files, mixed as one
+    likes. Written atomically; an existing ``out`` is replaced only with ``overwrite``."""
     if len(ckpts) < 2:
-        raise CbirError("an ensemble needs at least two checkpoints: --ckpt '[a.ckpt, b.ckpt]'")
+        raise CbirError("an ensemble needs at least two models: --ckpt '[a.ckpt, b.model]'")
     out = Path(out)
     if out.exists() and not overwrite:
         raise CbirError(f"{out} exists; pass --overwrite true to replace it, or another --out")
-    members = [read_checkpoint(p) for p in ckpts]
+    members = [_read_member(p) for p in ckpts]
     nets = [_member_net(m) for m in members]
     first = members[0]
     for other in members[1:]:
@@ -80,9 +95,8 @@ def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = Fa
         "hyper_parameters": hyper_parameters,
         "datamodule_hyper_parameters": dict(first.datamodule_args),
         "ensemble_members": [{"path": os.path.relpath(m.path, out.parent), **m.identity} for m in members],
+        RECORD_KEY: checkpoint_preprocess(first),  # the members read images alike (_check_alike)
     }
-    if RECORD_KEY in first.contents:  # the members read images alike: the first's preprocessing
-        contents[RECORD_KEY] = first.contents[RECORD_KEY]
     with atomic_file(out) as tmp:
         torch.save(contents, tmp)
     return out

@@ -176,7 +176,7 @@ def module_checkpoint(path: str | Path) -> Checkpoint:
     return ModelFile.load(path).checkpoint() if is_model_file(path) else read_checkpoint(path)
 
 
-def _checkpoint_spec(checkpoint: Checkpoint) -> dict:
+def checkpoint_preprocess(checkpoint: Checkpoint) -> dict:
     """The preprocessing the checkpoint records, else its rebuilt DataModule's ``preprocess_spec()``."""
     recorded = checkpoint.contents.get(RECORD_KEY)
     if isinstance(recorded, Mapping):
@@ -247,7 +247,7 @@ class ModelFile:
         checkpoint = ckpt if isinstance(ckpt, Checkpoint) else read_checkpoint(Path(ckpt).resolve())
         checkpoint = _current(checkpoint)  # an older checkpoint's names: here only
         contents = checkpoint.contents
-        spec = plain(_checkpoint_spec(checkpoint), "preprocess")
+        spec = plain(checkpoint_preprocess(checkpoint), "preprocess")
         wfile = checkpoint.whitening_file
         whitening = load_whitening(wfile) if wfile is not None else None
         module = checkpoint.module()
@@ -372,10 +372,15 @@ class ModelFile:
         return made
 
     def checkpoint(self) -> Checkpoint:
-        """The file's module part as a :class:`~cbir_lightning.checkpoints.Checkpoint` (no DataModule,
-        no whitening file), so the module is rebuilt exactly as from the checkpoint."""
+        """The file's module part as a :class:`~cbir_lightning.checkpoints.Checkpoint` with its
+        preprocessing record (no DataModule, no whitening), so the module is rebuilt exactly as from the
+        checkpoint and :func:`checkpoint_preprocess` reads the file's preprocessing."""
         source = self.path or Path("<model file>")
-        contents = {"hyper_parameters": self.hyper_parameters, "state_dict": self.state_dict}
+        contents = {
+            "hyper_parameters": self.hyper_parameters,
+            "state_dict": self.state_dict,
+            RECORD_KEY: dict(self.preprocess),
+        }
         if self.lightning_version is not None:
             contents["pytorch-lightning_version"] = self.lightning_version
         return Checkpoint(

@@ -78,15 +78,15 @@ def oneshot(
 
 
 def ensemble(ckpt: list[str], out: str, overwrite: bool = False) -> dict:
-    """Pack checkpoints of one recipe (e.g. several seeds) into one ensemble checkpoint.
+    """Pack checkpoints or model files of one recipe (e.g. several seeds) into one ensemble checkpoint.
 
     Its net embeds with every member and scores with their mean score (``EnsembleNet``); ``oneshot``,
     ``validate``, ``index``, ``search`` and ``export`` take it like any checkpoint. Prints JSON (out,
     members).
 
     Args:
-        ckpt: the members, ``--ckpt '[a.ckpt, b.ckpt]'``: SiameseModule checkpoints with the same
-            DataModule, image size and test-time zooms.
+        ckpt: the members, ``--ckpt '[a.ckpt, b.model]'``: SiameseModule checkpoints or model files
+            (without a whitening) with the same preprocessing and test-time zooms.
         out: the checkpoint to write (atomically).
         overwrite: replace ``out`` if it exists.
     """

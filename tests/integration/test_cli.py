@@ -3,6 +3,7 @@ one-shot on Lake's format, and one-line errors for bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -16,6 +17,7 @@ import torch
 from helpers.cli import TINY_ARGS, last_json, make_runs, run_cli
 from helpers.paths import REPO
 
+from cbir_lightning.model_file import ModelFile
 from cbir_lightning.wandb_offline import read_offline_run
 
 CONFIG = str(REPO / "configs" / "omniglot_koch.yaml")
@@ -151,6 +153,39 @@ def test_ensemble_checkpoint_scores_as_its_members_together(tiny_run, omniglot_r
     assert packed.read_bytes() == before
     alone = run_cli(["ensemble", "--ckpt", f"[{first}]", "--out", str(tmp_path / "x.ckpt")], cwd=tmp_path)
     _one_line_error(alone, "at least two")
+
+
+def test_ensemble_packs_model_files(tiny_run, omniglot_root, tmp_path):
+    """A run's model file (best.model) is a member like its checkpoint: packing it with a checkpoint scores
+    exactly as packing the two checkpoints; a member that reads images otherwise, or holds a whitening the
+    ensemble would drop, is one error line and writes nothing."""
+    runs = make_runs(omniglot_root, tmp_path / "all_runs", "[Sanskrit]", 3, tmp_path)
+    best, last = tiny_run["ckpt"], tiny_run["ckpt"].parent / "last.ckpt"
+    model = best.parent / "best.model"
+    scores = {}
+    for name, members in (("ckpts", f"[{best}, {last}]"), ("mixed", f"[{model}, {last}]")):
+        packed = tmp_path / f"{name}.ckpt"
+        made = run_cli(["ensemble", "--ckpt", members, "--out", str(packed)], cwd=tmp_path)
+        assert made.returncode == 0, made.stderr[-2000:]
+        scored = run_cli(["oneshot", "--ckpt", str(packed), "--runs", str(runs)], cwd=tmp_path)
+        assert scored.returncode == 0, scored.stderr[-2000:]
+        scores[name] = last_json(scored.stdout)["per_run"]
+    assert scores["mixed"] == scores["ckpts"]
+
+    read = ModelFile.load(model)
+    bigger = {**read.preprocess, "size": read.preprocess["size"] + 8}
+    dataclasses.replace(read, preprocess=bigger).save(tmp_path / "bigger.model")
+    eye = {"kind": "pca", "mean": torch.zeros(read.dim), "projection": torch.eye(read.dim)}
+    read.with_whitening(eye).save(tmp_path / "whitened.model")
+    for member, needles in (
+        ("bigger.model", ("preprocessing", "one recipe")),
+        ("whitened.model", ("whitening",)),
+    ):
+        out = tmp_path / f"{member}.ckpt"
+        members = f"[{model}, {tmp_path / member}]"
+        proc = run_cli(["ensemble", "--ckpt", members, "--out", str(out)], cwd=tmp_path)
+        _one_line_error(proc, member, *needles)
+        assert not out.exists()
 
 
 def _one_line_error(proc, *needles):
