@@ -33,10 +33,12 @@ def painting_rows(root: Path) -> list[dict]:
 
 
 def write_tsv(rows: list[dict], out: Path) -> Path:
+    """The rows as a TSV that ``index --metadata`` reads back (csv quoting: a value may hold a tab)."""
     columns = ["path", "style", "artist", "title", "year"]
-    lines = ["\t".join(columns)]
-    lines += ["\t".join("" if r[c] is None else str(r[c]) for c in columns) for r in rows]
-    out.write_text("\n".join(lines) + "\n")
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(["" if r[c] is None else r[c] for c in columns] for r in rows)
     return out
 
 
