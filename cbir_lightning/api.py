@@ -38,6 +38,7 @@ from cbir_lightning.search.query import (
     embed_query,
     hybrid_search,
     recommend_image,
+    searches_by_engine,
 )
 from cbir_lightning.search.store import is_store_address
 from cbir_lightning.search.store_build import build_store_index
@@ -327,7 +328,7 @@ class Index:
         'Rococo' and year < 1800"``, evaluated by the engine) and ``text`` (ranked by BM25 over the text
         columns; with a ``query``, the two rankings fused by reciprocal rank fusion, the text's weighted
         ``text_weight``)."""
-        if is_store_address(self.path) or where or text:
+        if searches_by_engine(self.searcher, where, text):
             if rerank != "none":
                 raise CbirError("--rerank applies to index folders; a database store or --where/--text: none")
             vector = None if query is None else self._query_vector(query, crop)

@@ -296,6 +296,13 @@ def _split_duplicates(
     return {"results": similar, "exact_duplicates": exact, "near_duplicates": near}
 
 
+def searches_by_engine(index, where: str | None, text: str | None) -> bool:
+    """Whether a query goes to the store's engine (:func:`hybrid_search`): a database store, or a filter or
+    a text on any index (an index folder answers the one line that they need a store); else an index
+    folder's own vector search, the one that reranks."""
+    return not isinstance(index, SearchIndex) or bool(where) or bool(text)
+
+
 def hybrid_search(
     store,
     vector: Tensor | None,

@@ -42,7 +42,14 @@ from cbir_lightning.rerank.rerank import RERANKERS
 from cbir_lightning.search.files import parse_crop
 from cbir_lightning.search.manifest import current_version
 from cbir_lightning.search.milvus_store import open_index
-from cbir_lightning.search.query import TEXT_WEIGHT, SearchIndex, embed_query, hybrid_search, search_image
+from cbir_lightning.search.query import (
+    TEXT_WEIGHT,
+    SearchIndex,
+    embed_query,
+    hybrid_search,
+    search_image,
+    searches_by_engine,
+)
 from cbir_lightning.search.store import is_store_address
 from cbir_lightning.web.access import LOOPBACK_HOSTS, TokenMiddleware
 from cbir_lightning.web.gate import Gate
@@ -172,7 +179,7 @@ def run_search(
     if box and (box[2] > image.width or box[3] > image.height):
         size = f"{image.width}x{image.height}"
         raise HTTPException(422, f"crop {list(box)} lies outside the {size} query image")
-    if where or text or not isinstance(index, SearchIndex):
+    if searches_by_engine(index, where, text):
         return _store_search(index, embed_query(model, image, box), text, top_k, where, text_weight)
     return search_image(index, model, image, top_k, box, rerank)
 
