@@ -24,7 +24,7 @@ from data_modules.datasets.image_folders import to_uint8
 from data_modules.datasets.indexed_images import IndexedImages
 from data_modules.sampling.pairs import training_samples
 from data_modules.sampling.retrieval_split import balanced_pairs
-from data_modules.sampling.samplers import EpochLoader, EpochSampler
+from data_modules.sampling.samplers import EpochSampler, loader
 from data_modules.transforms.augment import AffineRanges
 from data_modules.transforms.normalize import NormalizedItems, normalize
 
@@ -120,10 +120,5 @@ class LabelledImagesDataModule(RetrievalDataModule):
         return NormalizedItems(IndexedImages(images, labels), self.hparams.mean, self.hparams.std), pairs
 
     def _loader(self, data: Dataset, sampler, batch_size: int | None, normalize: bool = True) -> DataLoader:
-        return (DataLoader if sampler is None else EpochLoader)(  # training: resumable
-            NormalizedItems(data, self.hparams.mean, self.hparams.std) if normalize else data,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.hparams.num_workers,
-            shuffle=False,
-        )
+        data = NormalizedItems(data, self.hparams.mean, self.hparams.std) if normalize else data
+        return loader(data, sampler, batch_size, self.hparams.num_workers)

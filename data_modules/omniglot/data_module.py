@@ -24,7 +24,7 @@ from data_modules.omniglot.download import download_omniglot
 from data_modules.omniglot.files import SMALL_SETS, OmniglotImages, read_omniglot
 from data_modules.sampling.episodes import Episodes, make_episodes
 from data_modules.sampling.pairs import check_sampling, training_samples
-from data_modules.sampling.samplers import EpochLoader, EpochSampler
+from data_modules.sampling.samplers import EpochSampler, loader
 from data_modules.transforms.augment import AffineRanges
 from data_modules.transforms.images import resize_uint8
 
@@ -210,15 +210,7 @@ class OmniglotDataModule(RetrievalDataModule):
         return self.val_dataloader()
 
     def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
-        workers = self.hparams.num_workers
-        return (DataLoader if sampler is None else EpochLoader)(  # training: resumable
-            data,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            persistent_workers=False,
-            shuffle=False,
-        )
+        return loader(data, sampler, batch_size, self.hparams.num_workers)
 
 
 def _new_ids(ids: torch.Tensor, copies: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ from data_modules.photo_collection.files import (
 )
 from data_modules.sampling.pairs import check_class_count, check_sampling
 from data_modules.sampling.retrieval_split import balanced_pairs
-from data_modules.sampling.samplers import EpochLoader, EpochSampler
+from data_modules.sampling.samplers import EpochSampler, loader
 from data_modules.transforms.normalize import IMAGENET_MEAN, IMAGENET_STD
 from data_modules.transforms.photos import PhotoTransform
 
@@ -257,11 +257,4 @@ class PhotoCollectionDataModule(RetrievalDataModule):
 
     def _loader(self, data: Dataset, sampler, batch_size: int | None) -> DataLoader:
         workers = self.hparams.num_workers
-        return (DataLoader if sampler is None else EpochLoader)(  # training: resumable
-            data,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            shuffle=False,
-            persistent_workers=workers > 0,
-        )
+        return loader(data, sampler, batch_size, workers, persistent_workers=workers > 0)

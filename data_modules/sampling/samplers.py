@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def item_generator(seed: int, key: int) -> torch.Generator:
@@ -117,3 +117,13 @@ class EpochLoader(DataLoader):
         self.sampler.set_epoch(epoch)
         self.sampler.resume_at(batches * (self.batch_size or 1))
         self.skipped = batches
+
+
+def loader(data: Dataset, sampler, batch_size: int | None, num_workers: int, **options) -> DataLoader:
+    """The one way a DataModule makes a loader: an :class:`EpochLoader` (resumable, exact) over an epoch-keyed
+    training ``sampler``, else a plain ``DataLoader`` in order (``sampler`` None); ``options`` go to the
+    loader (``collate_fn``, ``drop_last``, ``persistent_workers``)."""
+    kind = DataLoader if sampler is None else EpochLoader
+    return kind(
+        data, batch_size=batch_size, sampler=sampler, num_workers=num_workers, shuffle=False, **options
+    )

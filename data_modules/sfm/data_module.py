@@ -21,7 +21,7 @@ from cbir_lightning.errors import CbirError
 from data_modules.base import RetrievalDataModule
 from data_modules.datasets.photo_files import LabelledPhotos, PhotoFiles
 from data_modules.sampling.mining import mine_tuples
-from data_modules.sampling.samplers import EpochLoader
+from data_modules.sampling.samplers import loader
 from data_modules.sampling.tuples import TupleSampler, collate_tuples
 from data_modules.sfm.files import SfMSplit, read_sfm_split, read_whitening_pairs
 from data_modules.transforms.photos import PhotoTransform
@@ -196,12 +196,5 @@ class SfMPairsDataModule(RetrievalDataModule):
         return LabelledPhotos(paths, split.clusters[used], self.transform), pairs
 
     def _loader(self, data, sampler, batch_size: int, collate_fn=None, drop_last: bool = False) -> DataLoader:
-        return (DataLoader if sampler is None else EpochLoader)(  # training: resumable
-            data,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.hparams.num_workers,
-            collate_fn=collate_fn,
-            drop_last=drop_last,
-            shuffle=False,
-        )
+        workers = self.hparams.num_workers
+        return loader(data, sampler, batch_size, workers, collate_fn=collate_fn, drop_last=drop_last)
