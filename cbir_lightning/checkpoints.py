@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import pickle
 import sys
@@ -169,8 +170,25 @@ class Checkpoint:
         if not hparams:
             return {}
         if "_class_path" in hparams:
-            return {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+            class_path = hparams.pop("_class_path")
+            _check_arguments(self.path, self.module_class, hparams)
+            return {"class_path": class_path, "dict_kwargs": hparams}
         return hparams
+
+
+def _check_arguments(path: Path, cls: type, hyper_parameters: dict) -> None:
+    """CbirError (one line) for recorded arguments that ``cls`` no longer takes: the checkpoint of an older
+    cbir_lightning, which ``convert`` understands (``model_file.current_hyper_parameters``)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [k for k in hyper_parameters if k not in parameters and not k.startswith("_")]
+    if unknown:
+        raise CbirError(
+            f"checkpoint {path} records arguments {cls.__name__} no longer takes ({', '.join(unknown)}): an "
+            f"older cbir_lightning wrote it; convert it with `cbir-lightning convert --ckpt {path} --out "
+            "MODEL.model` and pass the model file"
+        )
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:

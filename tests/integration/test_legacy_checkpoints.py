@@ -148,3 +148,23 @@ def test_legacy_checkpoints_load_only_converted(tmp_path):
                 str(ckpt), "--trainer.logger", "false"], tmp_path)  # fmt: skip
     assert proc.returncode != 0 and "batch_loss" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_checkpoint_with_arguments_no_longer_taken_is_one_line_naming_them(tmp_path):
+    """A checkpoint from between the redesigns (losses already objects, but ``margin`` / ``loss_kwargs`` /
+    ``miner_kwargs`` still recorded): ``evaluate --ckpt`` with a config of today is one line naming those
+    arguments and ``convert``, not a traceback from instantiating the module."""
+    contents = torch.load(FIXTURES / "gem_wikiart" / "model.ckpt", map_location="cpu", weights_only=True)
+    contents["hyper_parameters"]["loss"] = {
+        "class_path": "pytorch_metric_learning.losses.MultiSimilarityLoss"
+    }
+    contents["hyper_parameters"]["miner"] = None
+    ckpt = tmp_path / "between.ckpt"
+    torch.save(contents, ckpt)
+    config = REPO / "configs" / "wikiart_finetune.yaml"
+    args = ["evaluate", "--config", str(config), "--ckpt", str(ckpt), "--data.root", str(tmp_path)]
+    proc = run(args, tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cbir-lightning: error:") and str(ckpt) in last, last
+    assert all(word in last for word in ("margin", "loss_kwargs", "miner_kwargs", "cbir-lightning convert"))
