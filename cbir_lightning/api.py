@@ -201,6 +201,12 @@ class Result(NamedTuple):
     metadata: dict | None = None
 
 
+def _check_k(k: int) -> None:
+    """CbirError (one line) for a number of results below 1."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise CbirError(f"--top-k must be 1 or more, got {k!r}")
+
+
 def _results(found: list[dict]) -> list[Result]:
     return [Result(rank, r["path"], r["score"], r.get("metadata")) for rank, r in enumerate(found, 1)]
 
@@ -328,6 +334,7 @@ class Index:
         'Rococo' and year < 1800"``, evaluated by the engine) and ``text`` (ranked by BM25 over the text
         columns; with a ``query``, the two rankings fused by reciprocal rank fusion, the text's weighted
         ``text_weight``)."""
+        _check_k(k)
         if searches_by_engine(self.searcher, where, text):
             if rerank != "none":
                 raise CbirError("--rerank applies to index folders; a database store or --where/--text: none")
@@ -366,5 +373,6 @@ class Index:
     def recommend(self, image: str | Path, k: int = 10, duplicate_threshold: float = 0.98) -> dict:
         """Items similar to the image file ``image``: ``{"results": [Result], "exact_duplicates": [Result]
         (same file hash), "near_duplicates": [Result] (score >= duplicate_threshold)}``."""
+        _check_k(k)
         found = recommend_image(self.searcher, self.embedder.model, image, k, duplicate_threshold)
         return {key: _results(items) for key, items in found.items()}

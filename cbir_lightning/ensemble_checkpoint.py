@@ -11,13 +11,14 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from cbir_lightning.atomic import atomic_file
+from cbir_lightning.atomic import atomic_file, file_target
 from cbir_lightning.checkpoints import Checkpoint, read_checkpoint
 from cbir_lightning.errors import CbirError
-from cbir_lightning.model_file import RECORD_KEY, ModelFile, checkpoint_preprocess, is_model_file
+from cbir_lightning.model_file import RECORD_KEY, ModelFile, checkpoint_preprocess, is_model_file, saved_with
 from cbir_lightning.models.siamese_module import SiameseModule
 
 ENSEMBLE_NET = "cbir_lightning.models.EnsembleNet"
+MEMBERS_KEY = "ensemble_members"  # what marks an ensemble checkpoint (each member's path and identity)
 
 
 def _read_member(path: str | Path) -> Checkpoint:
@@ -70,9 +71,14 @@ def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = Fa
     likes. Written atomically; an existing ``out`` is replaced only with ``overwrite``."""
     if len(ckpts) < 2:
         raise CbirError("an ensemble needs at least two models: --ckpt '[a.ckpt, b.model]'")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise CbirError(f"{out} exists; pass --overwrite true to replace it, or another --out")
+    out = file_target(out)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise CbirError(f"{out} exists; pass --overwrite true to replace it, or another --out")
+        if not saved_with(out, MEMBERS_KEY):
+            raise CbirError(
+                f"{out} is not an ensemble checkpoint; --overwrite replaces only one: pass another --out"
+            )
     members = [_read_member(p) for p in ckpts]
     nets = [_member_net(m) for m in members]
     first = members[0]
@@ -94,7 +100,7 @@ def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = Fa
         "state_dict": state,
         "hyper_parameters": hyper_parameters,
         "datamodule_hyper_parameters": dict(first.datamodule_args),
-        "ensemble_members": [{"path": os.path.relpath(m.path, out.parent), **m.identity} for m in members],
+        MEMBERS_KEY: [{"path": os.path.relpath(m.path, out.parent), **m.identity} for m in members],
         RECORD_KEY: checkpoint_preprocess(first),  # the members read images alike (_check_alike)
     }
     with atomic_file(out) as tmp:

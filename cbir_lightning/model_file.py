@@ -159,13 +159,19 @@ def _current(checkpoint: Checkpoint) -> Checkpoint:
 
 def is_model_file(path: str | Path) -> bool:
     """Whether ``path`` is a model file, from its marker (the pickle inside the zip, no tensor read)."""
+    return saved_with(path, FORMAT)
+
+
+def saved_with(path: str | Path, marker: str) -> bool:
+    """Whether ``path`` is a ``torch.save`` file whose pickle holds the string ``marker`` (a format or a key
+    this toolkit writes), read without loading a tensor."""
     path = Path(path)
     if not path.is_file() or not zipfile.is_zipfile(path):
         return False
     try:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
-            return name is not None and FORMAT.encode() in archive.read(name)
+            return name is not None and marker.encode() in archive.read(name)
     except (OSError, zipfile.BadZipFile):
         return False
 
@@ -313,8 +319,15 @@ class ModelFile:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the file to ``path`` atomically (:func:`~cbir_lightning.atomic.atomic_file`)."""
+        """Write the file to ``path`` atomically (:func:`~cbir_lightning.atomic.atomic_file`); an existing
+        file there is replaced only if it is a model file (CbirError, one line, for anything else: a
+        checkpoint, the file converted, a foreign file)."""
         path = Path(path)
+        if (path.exists() or path.is_symlink()) and not path.is_dir() and not is_model_file(path):
+            raise CbirError(
+                f"{path} exists and is not a model file; a model file replaces only a model file: pass "
+                "another path"
+            )
         with atomic_file(path) as tmp:
             torch.save(self.to_dict(), tmp)
         self.path = path

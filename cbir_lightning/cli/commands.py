@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from jsonargparse.typing import PositiveFloat, PositiveInt
 
 from cbir_lightning.ensemble_checkpoint import pack_ensemble
 from cbir_lightning.errors import CbirError
@@ -28,9 +29,9 @@ from data_modules.transforms.images import resize_uint8
 def oneshot(
     ckpt: str | list[str],
     runs: str,
-    image_size: int | None = None,
-    batch_size: int = 256,
-    test_time_scales: list[float] | None = None,
+    image_size: PositiveInt | None = None,
+    batch_size: PositiveInt = 256,
+    test_time_scales: list[PositiveFloat] | None = None,
 ) -> dict:
     """N-way one-shot accuracy of a checkpoint or an ensemble on Lake's runs (all_runs).
 

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from jsonargparse.typing import NonNegativeFloat, PositiveInt, restricted_number_type
+
 from cbir_lightning.api import Index
 from cbir_lightning.errors import CbirError
 from cbir_lightning.model_file import ModelFile, is_model_file
@@ -18,6 +20,9 @@ from cbir_lightning.search.sheet import contact_sheet
 from cbir_lightning.search.store import is_store_address, parse_store
 from cbir_lightning.web.access import TOKEN_ENV, is_loopback
 from cbir_lightning.web.access import allowed_hosts as host_list
+
+PORT = restricted_number_type("Port", int, [(">=", 0), ("<=", 65535)])  # a TCP port (0: any free one)
+SIMILARITY_THRESHOLD = restricted_number_type("SimilarityThreshold", float, [(">", 0), ("<=", 1)])
 
 
 def index(
@@ -123,7 +128,7 @@ def index(
 def search(
     index: str | None = None,
     query: str | None = None,
-    top_k: int = 10,
+    top_k: PositiveInt = 10,
     crop: str | None = None,
     rerank: str = "none",
     sheet: str | None = None,
@@ -132,7 +137,7 @@ def search(
     store: str | None = None,
     where: str | None = None,
     text: str | None = None,
-    text_weight: float = TEXT_WEIGHT,
+    text_weight: NonNegativeFloat = TEXT_WEIGHT,
 ) -> list:
     """The indexed images most similar to a query image or text (filters, crop, re-ranking, contact sheet).
 
@@ -197,8 +202,8 @@ def _printed(result) -> dict:
 def recommend(
     index: str | None = None,
     image: str | None = None,
-    top_k: int = 10,
-    duplicate_threshold: float = 0.98,
+    top_k: PositiveInt = 10,
+    duplicate_threshold: SIMILARITY_THRESHOLD = 0.98,
     ckpt: str | None = None,
     model: str | None = None,
     sheet: str | None = None,
@@ -238,7 +243,7 @@ def recommend(
 def serve(
     index: str | list[str],
     host: str = "127.0.0.1",
-    port: int = 8000,
+    port: PORT = 8000,
     max_upload_mb: float = 10.0,
     max_upload_pixels: int = 25_000_000,
     max_concurrent: int = 2,

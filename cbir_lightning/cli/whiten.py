@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from jsonargparse.typing import PositiveInt
+
 from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli.evaluate import datamodule_from_config
 from cbir_lightning.digest import update_with_tensor
@@ -21,7 +23,7 @@ def whiten(
     model: str | None = None,
     kind: str = "lw",
     dim: int | None = None,
-    batch_size: int = 128,
+    batch_size: PositiveInt = 128,
     out: str | None = None,
 ) -> dict:
     """Fit learned (Lw) or PCA whitening for a checkpoint or a model file: a model file with it inside.

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cbir_lightning.atomic import file_target
 from cbir_lightning.contracts import WeightedL1Net
 from cbir_lightning.errors import CbirError
 from cbir_lightning.export.onnx_embedder import FORMAT, METADATA_KEY
@@ -150,7 +151,7 @@ def export_onnx(model, out: str | Path, opset: int = 17, samples: list | None = 
     """
     import onnx  # the ONNX exporter's dependency, only when exporting
 
-    out = Path(out)
+    out = file_target(out)
     if out.suffix != ".onnx":
         raise CbirError(f"--out {out} must end in .onnx")
     if not out.parent.is_dir():
@@ -169,7 +170,11 @@ def export_onnx(model, out: str | Path, opset: int = 17, samples: list | None = 
     example = torch.rand(2, channels, height, width, generator=generator)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        export_graph(embedder, example, tmp, opset, dynamic_spatial)
+        try:
+            export_graph(embedder, example, tmp, opset, dynamic_spatial)
+        except (RuntimeError, ValueError) as err:  # e.g. an opset the exporter or an operator lacks
+            reason = " ".join(str(err).split())[:200]
+            raise CbirError(f"ONNX export at --opset {opset} failed ({reason}); try the default, 17") from err
         with torch.no_grad():
             vectors = embedder(torch.rand(16, channels, height, width, generator=generator)).float()
         index_vectors = torch.where(vectors > 0, 1.0, -1.0) if codes else vectors

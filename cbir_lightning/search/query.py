@@ -265,9 +265,11 @@ def recommend_image(
     duplicate_threshold: float = 0.98,
 ) -> dict:
     """Similar items without the query's exact duplicates (same file hash) and near duplicates (score at or
-    above ``duplicate_threshold``)."""
+    above ``duplicate_threshold``, in (0, 1])."""
+    if not 0 < duplicate_threshold <= 1:
+        raise CbirError(f"--duplicate-threshold must be in (0, 1], got {duplicate_threshold}")
+    vector = embed_query(model, image_path)  # reads and checks the image first: one line if it is not one
     digest = file_sha256(image_path)
-    vector = embed_query(model, image_path)
     if not isinstance(index, SearchIndex):  # a database store: its results carry their sha256
         found = index.vector_search(vector, top_k + 200)
         same = [r["sha256"] == digest for r in found]

@@ -30,6 +30,7 @@ from data_modules.transforms.images import PNG_SIGNATURE, encode_png, load_png
 
 LAYOUT = "<dir>/runNN/class_labels.txt, <dir>/runNN/training/classYY.png, <dir>/runNN/test/itemXX.png"
 OMNIGLOT_LAYOUT = "<root>/images_background*/<Alphabet>/characterNN/NNNN_DD.png (a folder or the zip)"
+RUN_FOLDER = re.compile(r"run\d+")  # a run of Lake's layout: run01/, run02/, ...
 _LABELS_RE = re.compile(r"^(?P<prefix>(?:[^/]+/)?)(?P<run>run\d+)/class_labels\.txt$")
 _OMNIGLOT_RE = re.compile(
     r"^(?P<prefix>(?:.*/)?)(?P<alphabet>[^/]+)/(?P<character>character\d+)/\d+_(?P<drawer>\d+)\.png$"
@@ -161,23 +162,39 @@ def write_oneshot_runs(
     out = Path(out)
     if not runs:
         raise CbirError(f"no runs to write to {out}; pass at least one (training, test, targets) run")
-    if out.exists() and not overwrite:
-        raise CbirError(f"{out} already exists; delete it or pass overwrite=True")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise CbirError(f"{out} already exists; delete it or pass --overwrite true")
+        if not is_runs_folder(out):
+            raise CbirError(
+                f"{out} is not a folder of one-shot runs (runNN/ folders only); --overwrite replaces only "
+                "such a folder: pass another --out"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
     try:
         for r, run in enumerate(runs, 1):
             _write_run(tmp, f"run{r:02d}", run)
         tmp.chmod(0o755)
-        if out.is_dir() and not out.is_symlink():
-            shutil.rmtree(out)
-        elif out.exists() or out.is_symlink():
-            out.unlink()
+        if out.exists():
+            os.replace(out, old)  # the runs being replaced, removed once the new ones are in place
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def is_runs_folder(path: Path) -> bool:
+    """Whether ``path`` is a real folder holding only ``runNN/`` folders (what ``write_oneshot_runs``
+    writes), the only thing ``overwrite`` may replace: never a data folder, a file or a link."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return all(RUN_FOLDER.fullmatch(p.name) and p.is_dir() and not p.is_symlink() for p in path.iterdir())
 
 
 def _write_run(root: Path, name: str, run: RunSpec | OneShotRun) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,6 +277,47 @@ def test_missing_and_truncated_checkpoints_are_one_line(tiny_run, tmp_path):
         "truncated.ckpt",
         "truncated",
     )
+
+
+def test_outputs_never_replace_what_the_toolkit_did_not_write(tiny_run, omniglot_root, tmp_path):
+    """`make-runs --overwrite` replaces only a folder of runs (it deleted its own input zips and any
+    folder before); `convert` replaces only a model file (it overwrote the checkpoint it converted);
+    `ensemble --overwrite` only an ensemble checkpoint. Each refusal is one line and leaves the files."""
+    data = tmp_path / "omniglot"
+    shutil.copytree(omniglot_root, data)
+    before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    make = ["make-runs", "--sources", f"[{data}]", "--num_runs", "1", "--ways", "3", "--overwrite", "true"]
+    for out in (data, mine, mine / "notes.txt"):
+        refused = run_cli([*make, "--out", str(out)], cwd=tmp_path)
+        _one_line_error(refused, str(out), "not a folder of one-shot runs")
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
+    assert (mine / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    runs = make_runs(data, tmp_path / "runs", "[Sanskrit]", 2, tmp_path)
+    again = run_cli([*make, "--out", str(runs)], cwd=tmp_path)  # a runs folder is replaced
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in runs.iterdir()) == ["run01"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+    ckpt = tmp_path / "model.ckpt"
+    shutil.copy(tiny_run["ckpt"], ckpt)
+    kept = ckpt.read_bytes()
+    converted = run_cli(["convert", "--ckpt", str(ckpt), "--out", str(ckpt)], cwd=tmp_path)
+    _one_line_error(converted, str(ckpt), "not a model file")
+    assert ckpt.read_bytes() == kept
+    made = run_cli(["convert", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.model")], cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-2000:]
+    again = run_cli(["convert", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.model")], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]  # a model file is replaced
+    packed = run_cli(
+        ["ensemble", "--ckpt", f"[{ckpt}, {tmp_path / 'm.model'}]", "--out", str(mine / "notes.txt"),
+         "--overwrite", "true"], cwd=tmp_path,
+    )  # fmt: skip
+    _one_line_error(packed, "notes.txt", "not an ensemble checkpoint")
+    assert (mine / "notes.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize("command", [["--help"], ["oneshot", "--help"]])

@@ -318,6 +318,11 @@ def test_bad_inputs_are_one_line_errors(tiny_run, photos, tmp_path, capsys):
     assert ".onnx" in fail(
         ["export", "--ckpt", str(tiny_run["ckpt"]), "--out", str(tmp_path / "m.bin")], capsys
     )
+    (tmp_path / "folder.onnx").mkdir()
+    export = ["export", "--ckpt", str(tiny_run["ckpt"]), "--out"]
+    assert "is a folder" in fail([*export, str(tmp_path / "folder.onnx")], capsys)
+    assert "at --opset 0 failed" in fail([*export, str(tmp_path / "o.onnx"), "--opset", "0"], capsys)
+    assert not (tmp_path / "o.onnx").exists() and list((tmp_path / "folder.onnx").iterdir()) == []
     args = ["index", "--images", str(photos), "--out", str(tmp_path / "idx")]
     assert str(missing) in fail([*args, "--model", str(missing)], capsys)
     text = tmp_path / "notes.onnx"

@@ -172,6 +172,29 @@ def test_nonsense_crops_and_batch_sizes_give_one_line(built, tmp_path, capsys):
         assert not (tmp_path / "idx").exists()
 
 
+def test_bad_numbers_and_paths_give_one_line(built, tmp_path, capsys):
+    """Numbers out of range and a folder where a file belongs are one line each (each was accepted, or a
+    traceback, before) and write nothing."""
+    good = str(built["photos"] / "bodleian_000132.jpg")
+    folder = tmp_path / "sheet.png"
+    folder.mkdir()
+    index = ["--index", str(built["index"])]
+    for args, message in [
+        (["search", *index, "--query", good, "--top-k", "0"], '"top_k"'),
+        (["search", *index, "--query", good, "--text-weight", "-1"], '"text_weight"'),
+        (["search", *index, "--query", good, "--sheet", str(folder)], "is a folder; pass the path of a file"),
+        (["recommend", *index, "--image", good, "--duplicate-threshold", "5"], '"duplicate_threshold"'),
+        (["recommend", *index, "--image", good, "--top-k", "-3"], '"top_k"'),
+        (["recommend", *index, "--image", str(folder)], "cannot read image (Is a directory)"),
+        (["recommend", *index, "--image", str(tmp_path / "none.jpg")], "cannot read image (No such file"),
+        (["serve", *index, "--port", "99999"], '"port"'),
+    ]:
+        code, out, err = cli(args, capsys)  # 2: refused by the parser, 1: by the command
+        assert code in (1, 2) and message in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert "Traceback" not in err and out == ""
+    assert list(folder.iterdir()) == []
+
+
 def test_recommend_removes_exact_and_near_duplicates(built, capsys):
     image = built["photos"] / "pitt_rivers_000033.jpg"
     ranking = brute_force(built, image)
