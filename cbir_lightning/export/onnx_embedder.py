@@ -55,7 +55,15 @@ def read_metadata(path: str | Path) -> dict:
             f"ONNX model {path} was not written by `cbir-lightning export` (no {METADATA_KEY!r} metadata); "
             "export the checkpoint with `cbir-lightning export`"
         )
-    meta = json.loads(props[METADATA_KEY])
+    try:
+        meta = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("preprocess"), dict):
+        raise CbirError(
+            f"ONNX model {path} has damaged {METADATA_KEY!r} metadata (not the object export writes); "
+            "export the checkpoint again"
+        )
     if meta.get("format") != FORMAT:
         raise CbirError(f"ONNX model {path} has metadata format {meta.get('format')}; export it again")
     return meta
@@ -101,6 +109,12 @@ class OnnxSearchModel:
         except Exception as err:
             reason = " ".join(str(err).split())[:200]
             raise CbirError(f"ONNX Runtime cannot load {path} ({reason}); export it again") from err
+        inputs = [i.name for i in session.get_inputs()]
+        if inputs != ["images"]:
+            raise CbirError(
+                f"ONNX model {path} takes inputs {inputs}, not the one 'images' input export writes; export "
+                "the checkpoint again"
+            )
         return cls(path, session, meta, onnx_identity(path))
 
     def transform(self, image) -> Tensor:

@@ -348,6 +348,36 @@ def test_bad_inputs_are_one_line_errors(tiny_run, photos, tmp_path, capsys):
     assert not (tmp_path / "idx").exists()
 
 
+def test_damaged_exports_are_one_line(exported, photos, tmp_path, capsys):
+    """An export whose metadata is not the JSON object export writes, or a graph that does not take the
+    one ``images`` input, is one line naming the file (a JSON or ONNX Runtime traceback before)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    good = onnx.load(str(exported["koch"][1]))
+    meta = {p.key: p.value for p in good.metadata_props}
+    args = ["index", "--images", str(photos), "--out", str(tmp_path / "idx"), "--model"]
+    for name, value in (("bad_json", "{not json"), ("a_list", "[1, 2]")):
+        damaged = onnx.load(str(exported["koch"][1]))
+        next(p for p in damaged.metadata_props if p.key == "cbir_lightning").value = value
+        onnx.save(damaged, str(tmp_path / f"{name}.onnx"))
+        assert "damaged 'cbir_lightning' metadata" in fail([*args, str(tmp_path / f"{name}.onnx")], capsys)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["embeddings"])],
+        "other",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 105, 105])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [None, 1, 105, 105])],
+    )
+    other = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    other.ir_version = good.ir_version
+    for key, value in meta.items():
+        entry = other.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    assert "takes inputs ['x']" in fail([*args, str(tmp_path / "other.onnx")], capsys)
+    assert not (tmp_path / "idx").exists()
+
+
 def test_onnx_throughput_benchmark_prints_a_json_line(tiny_run):
     result = run_benchmark(
         "onnx_throughput.py", "--ckpt", tiny_run["ckpt"], *"--images 16 --batch-size 8 --repeats 1".split()
