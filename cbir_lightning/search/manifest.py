@@ -157,7 +157,33 @@ def read_manifest(index: str | Path) -> tuple[dict, Path]:
             f"index {index} has format version {found}, this cbir-lightning reads version {FORMAT_VERSION}; "
             "rebuild it with `cbir-lightning index`"
         )
+    damaged = _damaged_field(manifest)
+    if damaged:
+        raise CbirError(
+            f"index {index}: its manifest is damaged ({damaged}); rebuild it with `cbir-lightning index`"
+        )
     return manifest, version
+
+
+MANIFEST_FIELDS = {  # what every manifest `index` writes holds, by type
+    "images_root": str, "model": dict, "dimension": int, "scoring": str, "count": int, "items": list,
+}  # fmt: skip
+
+
+def _damaged_field(manifest: dict) -> str | None:
+    """What in ``manifest`` is not as ``index`` writes it (a field's type, the items' count or form), or
+    None: a hand-edited or damaged manifest is one line, not an error deep in a search."""
+    for key, kind in MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            return f"{key!r} is not a {kind.__name__}"
+    if manifest.get("whitening") is not None and not isinstance(manifest["whitening"], dict):
+        return "'whitening' is not an object"
+    items = manifest["items"]
+    if len(items) != manifest["count"]:
+        return f"{len(items)} items for a count of {manifest['count']}"
+    if not all(isinstance(item, dict) and isinstance(item.get("path"), str) for item in items):
+        return "an item without a path"
+    return None
 
 
 def publish(index: Path, version: Path) -> None:

@@ -20,6 +20,7 @@ from cbir_lightning.checkpoints import load_module
 from cbir_lightning.cli import main
 from cbir_lightning.errors import CbirError
 from cbir_lightning.search.files import open_image
+from cbir_lightning.search.manifest import MANIFEST, current_version
 from cbir_lightning.search.query import SearchIndex, search_image
 
 
@@ -193,6 +194,27 @@ def test_bad_numbers_and_paths_give_one_line(built, tmp_path, capsys):
         assert code in (1, 2) and message in err and len(err.strip().splitlines()) == 1, (args, err)
         assert "Traceback" not in err and out == ""
     assert list(folder.iterdir()) == []
+
+
+def test_a_damaged_manifest_is_one_line(built, tmp_path, capsys):
+    """A hand-edited or damaged manifest (items cut, a field of the wrong type) is one line naming what is
+    wrong (an IndexError, TypeError or AttributeError in the search before)."""
+    good = str(built["photos"] / "bodleian_000132.jpg")
+    for name, edit, message in [
+        ("cut", lambda m: m.update(items=m["items"][:2]), "2 items for a count of 21"),
+        ("text", lambda m: m.update(items="abc"), "'items' is not a list"),
+        ("no_model", lambda m: m.update(model=None), "'model' is not a dict"),
+        ("whitening", lambda m: m.update(whitening="w.pt"), "'whitening' is not an object"),
+    ]:
+        index = tmp_path / name
+        shutil.copytree(built["index"], index)
+        manifest_file = current_version(index) / MANIFEST
+        manifest = json.loads(manifest_file.read_text())
+        edit(manifest)
+        manifest_file.write_text(json.dumps(manifest))
+        code, out, err = cli(["search", "--index", str(index), "--query", good], capsys)
+        assert code == 1 and "manifest is damaged" in err and message in err, (name, err)
+        assert len(err.strip().splitlines()) == 1 and out == "", err
 
 
 def test_recommend_removes_exact_and_near_duplicates(built, capsys):
