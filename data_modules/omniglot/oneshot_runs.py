@@ -118,8 +118,15 @@ def load_oneshot_runs(path: str | Path) -> list[OneShotRun]:
         if len(prefixes) > 1:
             where = ", ".join(p or "./" for p in prefixes)
             raise CbirError(f"{path} holds runs in several folders ({where}); pass one of them")
+        prefix = prefixes[0]
+        depth = 3 + prefix.count("/")  # runNN/test/itemXX.png below the prefix
+        present = {n[len(prefix) :].split("/")[0] for n in src.names(depth) if n.startswith(prefix)}
+        labelled = {m["run"] for m in found}
+        unlabelled = sorted(r for r in present if RUN_FOLDER.fullmatch(r) and r not in labelled)
+        if unlabelled:  # a run without its answers would be dropped from the accuracy unseen
+            raise CbirError(f"{src.show(prefix + unlabelled[0])} has no class_labels.txt; expected {LAYOUT}")
         found.sort(key=lambda m: (int(m["run"][3:]), m["run"]))
-        return [_load_run(src, prefixes[0], m["run"]) for m in found]
+        return [_load_run(src, prefix, m["run"]) for m in found]
 
 
 def _load_run(src: _Source, prefix: str, run: str) -> OneShotRun:

@@ -241,3 +241,7 @@ def test_load_errors_name_the_file(small_runs, tmp_path):
     labels.write_text("run01/test/item01.png\n")
     with pytest.raises(CbirError, match=r"run01/class_labels\.txt line 1: expected"):
         load_oneshot_runs(small_runs)
+    labels.unlink()  # a run without its answers is named, not dropped from the accuracy
+    for source in (small_runs, zip_folder(small_runs, tmp_path / "runs2.zip", "all_runs/")):
+        with pytest.raises(CbirError, match=r"run01 has no class_labels\.txt"):
+            load_oneshot_runs(source)
