@@ -65,6 +65,9 @@ def _embeddings(path: str, what: str, double: bool = False) -> torch.Tensor:
             f"{what} file {path}: expected a 2-D numeric array [rows, dim], got shape {array.shape}"
         )
     tensor = torch.from_numpy(np.ascontiguousarray(array))
+    bad = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+    if bad:
+        raise CbirError(f"{what} file {path} holds {bad} NaN or infinite values; embed the images again")
     return tensor.double() if double or tensor.dtype != torch.float32 else tensor
 
 
@@ -112,6 +115,8 @@ def _labels(path: str, what: str, rows: int, rows_from: str) -> np.ndarray:
 
 
 def _report(metrics: dict, what: str) -> dict:
+    if not metrics["num_queries"]:  # every metric would be NaN, which is no JSON
+        raise CbirError(f"{what}: no query has a relevant item in the database; check the labels")
     print(f"{what}: {int(metrics['num_queries'])} queries with at least one relevant item")
     return {key: metrics[key] for key in LABEL_KEYS}
 
@@ -131,6 +136,11 @@ def evaluate_labels(
     if query.shape[1] != data.shape[1]:
         raise CbirError(
             f"--queries {queries} has dimension {query.shape[1]}, --database {database} {data.shape[1]}"
+        )
+    if (qlabels.dtype.kind in "OSU") != (dlabels.dtype.kind in "OSU"):
+        raise CbirError(
+            f"--query-labels are {qlabels.dtype} but --database-labels {dlabels.dtype}: label both alike "
+            "(numbers or strings)"
         )
     if exclude_self and (len(query) != len(data) or not np.array_equal(qlabels, dlabels)):
         raise CbirError("--exclude-self needs the queries to be the database (same rows, same labels)")

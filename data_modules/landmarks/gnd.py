@@ -51,6 +51,18 @@ def load_gnd(path: str | Path) -> GroundTruth:
     """Read ``gnd_*.pkl`` in either format, checking its structure and indices."""
     path = Path(path)
     data = safe_load_pickle(path)
+    try:
+        return _ground_truth(path, data)
+    except CbirError:
+        raise
+    except (TypeError, ValueError, IndexError) as err:  # e.g. an index that is not a number, ragged lists
+        reason = " ".join(str(err).split())[:200]
+        raise CbirError(
+            f"{path}: malformed ground truth ({reason}); expected a revisitop gnd_*.pkl file"
+        ) from err
+
+
+def _ground_truth(path: Path, data) -> GroundTruth:
     if not isinstance(data, dict) or "imlist" not in data or "gnd" not in data:
         raise CbirError(f"{path}: expected a dict with 'imlist' and 'gnd' (a revisitop gnd_*.pkl file)")
     imlist, entries = [str(x) for x in data["imlist"]], list(data["gnd"])

@@ -4,6 +4,7 @@ labels, a checkpoint, and one-line errors for bad input."""
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from helpers.paths import REPO, SHARED_DATA
 from helpers.revisitop import revisited_reference
 
 from cbir_lightning.cli.config_files import read_config
+from data_modules.io.pickles import safe_load_pickle
 from data_modules.landmarks.gnd import load_gnd
 
 GND = SHARED_DATA / "landmarks" / "gnd"
@@ -132,6 +134,10 @@ def test_labels_mode_exclude_self(tmp_path):
         ("lengths", "--database-labels XL.npy has 5 labels but --database X.npy has 6 rows"),
         ("missing", "--queries file missing.npy not found"),
         ("gnd_rows", "rows but qimlist of"),
+        ("nan", "--queries file QN.npy holds 12 NaN or infinite values"),
+        ("label_kinds", "--query-labels are <U1 but --database-labels int64"),
+        ("no_relevant", "no query has a relevant item in the database"),
+        ("gnd_text_index", "malformed ground truth (invalid literal for int()"),
     ],
 )
 def test_bad_input_gives_one_line(tmp_path, case, message):
@@ -139,11 +145,24 @@ def test_bad_input_gives_one_line(tmp_path, case, message):
     np.save(tmp_path / "X.npy", np.zeros((6, 3), dtype=np.float32))
     np.save(tmp_path / "QL.npy", np.arange(4))
     np.save(tmp_path / "XL.npy", np.arange(5))
+    np.save(tmp_path / "QN.npy", np.full((4, 3), np.nan, dtype=np.float32))
+    np.save(tmp_path / "QS.npy", np.array(list("abcd")))
+    np.save(tmp_path / "X6.npy", np.arange(6))
+    np.save(tmp_path / "Q9.npy", np.full(4, 9))
     labels = ["--query-labels", "QL.npy", "--database-labels", "XL.npy"]
+    good = ["--database", "X.npy", "--database-labels", "X6.npy"]
+    gnd = safe_load_pickle(_gnd("roxford5k"))
+    gnd["gnd"] = [{"easy": ["abc"], "hard": [], "junk": []} for _ in gnd["gnd"]]
+    with open(tmp_path / "gnd_text.pkl", "wb") as f:
+        pickle.dump(gnd, f)
     args = {
         "lengths": ["--queries", "Q.npy", "--database", "X.npy", *labels],
         "missing": ["--queries", "missing.npy", "--database", "X.npy", *labels],
         "gnd_rows": ["--queries", "Q.npy", "--database", "X.npy", "--gnd", str(_gnd("roxford5k"))],
+        "nan": ["--queries", "QN.npy", "--query-labels", "QL.npy", *good],
+        "label_kinds": ["--queries", "Q.npy", "--query-labels", "QS.npy", *good],
+        "no_relevant": ["--queries", "Q.npy", "--query-labels", "Q9.npy", *good],
+        "gnd_text_index": ["--queries", "Q.npy", "--database", "X.npy", "--gnd", "gnd_text.pkl"],
     }[case]
     if case == "gnd_rows":  # database rows right, query rows wrong
         np.save(tmp_path / "X.npy", np.zeros((4993, 3), dtype=np.float32))
