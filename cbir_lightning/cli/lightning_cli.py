@@ -48,7 +48,7 @@ from cbir_lightning.cli.config_files import (
     uses_bases,
 )
 from cbir_lightning.errors import CbirError
-from cbir_lightning.model_file import module_checkpoint
+from cbir_lightning.model_file import RECORD_KEY, module_checkpoint
 from cbir_lightning.models.embedding_module import self_contained
 
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")
@@ -171,10 +171,17 @@ def check_data(datamodule: pl.LightningDataModule, stage: str) -> None:
         datamodule.setup(stage)
 
 
-def checkpoint_model_config(path: Path) -> dict:
-    """The model config to rebuild ``path``'s module (a checkpoint or a model file): its saved
-    hyperparameters, which name no pretrained source. Empty if none were saved."""
-    return module_checkpoint(path).model_config()
+def check_reads_alike(recorded: dict | None, datamodule: pl.LightningDataModule, ckpt) -> None:
+    """CbirError (one line) when the checkpoint's model reads images of another mode (grey ``L`` or colour
+    ``RGB``, its recorded preprocessing) than the config's DataModule gives: a checkpoint of another model
+    family or data set, which would fail deep in its first forward pass."""
+    describe = getattr(datamodule, "preprocess_spec", None)
+    given = describe() if describe is not None else None
+    if recorded and given and recorded.get("mode") != given.get("mode"):
+        raise CbirError(
+            f"checkpoint {ckpt} reads {recorded.get('mode')} images but the config's "
+            f"{type(datamodule).__name__} gives {given.get('mode')} ones; pass the config it was trained with"
+        )
 
 
 class CbirCLI(LightningCLI):
@@ -183,6 +190,7 @@ class CbirCLI(LightningCLI):
     first non-finite loss, and reports each run as one JSON line."""
 
     restoring = False
+    recorded_preprocess: dict | None = None  # the preprocessing the --ckpt_path records, if any
 
     def _parse_ckpt_path(self) -> None:
         """Resolve ``last``, check the file (one-line errors), and put its model hyperparameters into the
@@ -198,7 +206,9 @@ class CbirCLI(LightningCLI):
             self.config[subcommand]["ckpt_path"] = ckpt
             action = "resuming from" if subcommand == "fit" else "checkpoint"
             sys.stderr.write(f"cbir-lightning: {action} {ckpt}\n")
-        model = checkpoint_model_config(check_checkpoint(ckpt))
+        checkpoint = module_checkpoint(check_checkpoint(ckpt))
+        self.recorded_preprocess = checkpoint.contents.get(RECORD_KEY)
+        model = checkpoint.model_config()
         if not model:
             return
         self.restoring = True
@@ -242,14 +252,21 @@ class CbirCLI(LightningCLI):
 
     def before_validate(self) -> None:
         check_data(self.datamodule, "validate")
+        self._check_reads_alike()
         interruptible()
 
     def before_test(self) -> None:
         check_data(self.datamodule, "test")
+        self._check_reads_alike()
         interruptible()
 
     def before_predict(self) -> None:
+        self._check_reads_alike()
         interruptible()
+
+    def _check_reads_alike(self) -> None:
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        check_reads_alike(self.recorded_preprocess, self.datamodule, ckpt)
 
     def after_fit(self) -> None:
         trainer = self.trainer

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.cli import TINY_ARGS, last_json, make_runs, run_cli
-from helpers.paths import REPO
+from helpers.paths import REPO, SHARED_DATA
 
 from cbir_lightning.ensemble_checkpoint import pack_ensemble
 from cbir_lightning.errors import CbirError
@@ -318,6 +318,21 @@ def test_outputs_never_replace_what_the_toolkit_did_not_write(tiny_run, omniglot
     )  # fmt: skip
     _one_line_error(packed, "notes.txt", "not an ensemble checkpoint")
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_a_checkpoint_of_another_family_is_one_line(tiny_run, tmp_path):
+    """Validating the grey Koch checkpoint with a config of colour photos is one line naming both modes
+    (a 100-line traceback from its first convolution before)."""
+    breeds = sorted((SHARED_DATA / "stanford_dogs" / "Images").iterdir())[:5]
+    if not breeds:
+        pytest.skip("Stanford Dogs not found in the shared data")
+    for breed in breeds:
+        (tmp_path / "photos" / breed.name).mkdir(parents=True)
+        for photo in sorted(breed.glob("*.jpg"))[:2]:
+            shutil.copy(photo, tmp_path / "photos" / breed.name / photo.name)
+    args = ["validate", "--config", str(REPO / "configs" / "photos_finetune.yaml"), "--data.root", "photos"]
+    proc = run_cli([*args, "--ckpt_path", str(tiny_run["ckpt"]), "--trainer.logger", "false"], cwd=tmp_path)
+    _one_line_error(proc, str(tiny_run["ckpt"]), "reads L images", "gives RGB ones")
 
 
 @pytest.mark.parametrize("command", [["--help"], ["oneshot", "--help"]])
