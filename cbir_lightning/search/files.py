@@ -69,11 +69,24 @@ def scan_collection(root: str | Path) -> tuple[list[str], list[dict]]:
             if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             rel = path.relative_to(root).as_posix()
-            if path.is_symlink() and not _inside(path, real_root):
-                skipped.append({"path": rel, "reason": f"symlink to a file outside {root}; not followed"})
+            problem = _link_problem(path, real_root, root) if path.is_symlink() else None
+            if problem:
+                skipped.append({"path": rel, "reason": problem})
             elif path.is_file():
                 paths.append(rel)
     return sorted(paths), sorted(skipped, key=lambda s: s["path"])
+
+
+def _link_problem(path: Path, real_root: Path, root: Path) -> str | None:
+    """Why the symlinked file ``path`` is not indexed (its target missing, a loop, a target outside
+    ``root``), or None when it may be."""
+    try:
+        target = path.resolve(strict=True)
+    except FileNotFoundError:
+        return "symlink to a missing file; not indexed"
+    except (OSError, RuntimeError):
+        return "symlink loop; not followed"
+    return None if target.is_relative_to(real_root) else f"symlink to a file outside {root}; not followed"
 
 
 def _inside(path: Path, real_root: Path) -> bool:

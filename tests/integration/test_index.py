@@ -352,12 +352,16 @@ def test_symlinks_out_of_the_collection_are_skipped_and_listed(tiny_run, tmp_pat
     (photos / "escape.jpg").symlink_to(outside / "bodleian_000132.jpg")
     (photos / "elsewhere").symlink_to(outside, target_is_directory=True)
     (photos / "alias.jpg").symlink_to(photos / names[1])  # inside the collection: indexed
+    (photos / "gone.jpg").symlink_to(photos / "deleted.jpg")  # dangling: listed, not dropped unseen
+    (photos / "loop.jpg").symlink_to(photos / "loop.jpg")
     result = build_index(tiny_run["ckpt"], photos, tmp_path / "idx", trainer_options=CPU)
     manifest, _ = load(tmp_path / "idx")
     assert [i["path"] for i in manifest["items"]] == ["alias.jpg", *names]
     assert {s["path"]: s["reason"].split(" outside ")[0] for s in result["skipped"]} == {
         "elsewhere": "symlink to a folder",
         "escape.jpg": "symlink to a file",
+        "gone.jpg": "symlink to a missing file; not indexed",
+        "loop.jpg": "symlink loop; not followed",
     }
 
 
