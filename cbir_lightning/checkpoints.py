@@ -9,6 +9,7 @@ import importlib
 import inspect
 import json
 import pickle
+import re
 import sys
 import warnings
 import zipfile
@@ -199,7 +200,14 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     try:
         with pl_legacy_patch():
             contents = torch.load(path, map_location="cpu", weights_only=True)
-    except (*UNREADABLE, pickle.UnpicklingError) as err:
+    except pickle.UnpicklingError as err:  # weights_only: an object outside plain data and tensors
+        named = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it names {named.group(1)}" if named else "not plain data and tensors"
+        raise CbirError(
+            f"checkpoint {path} holds objects that a safe load refuses ({what}); read only checkpoints "
+            "written by `cbir-lightning fit` or files converted from them"
+        ) from err
+    except UNREADABLE as err:
         raise _unloadable(path, err) from err  # weights_only: a pickle of arbitrary objects is refused here
     if not isinstance(contents, dict):
         raise CbirError(
