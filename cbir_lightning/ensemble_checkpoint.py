@@ -68,7 +68,8 @@ def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = Fa
     weights, hyperparameters (the first member's, the net replaced), preprocessing and DataModule record
     (the first's; none for a model file); ``ensemble_members`` lists each member's path (relative to
     ``out``'s folder) and identity hashes. ``ckpts``: ``fit`` checkpoints or model files, mixed as one
-    likes. Written atomically; an existing ``out`` is replaced only with ``overwrite``."""
+    likes. Written atomically; an existing ``out`` is replaced only with ``overwrite``, and only if it is an
+    ensemble checkpoint."""
     if len(ckpts) < 2:
         raise CbirError("an ensemble needs at least two models: --ckpt '[a.ckpt, b.model]'")
     out = file_target(out)
