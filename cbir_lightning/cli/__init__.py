@@ -101,7 +101,7 @@ def _main(args: list[str]) -> None:
         sys.stderr.write(f"cbir-lightning: error: {text} (see `cbir-lightning {args[0]} --help`)\n")
         raise SystemExit(2) from None
     except (CbirError, FileNotFoundError) as err:
-        sys.stderr.write(f"cbir-lightning: error: {err}\n")
+        sys.stderr.write(f"cbir-lightning: error: {_one_line(err)}\n")
         raise SystemExit(1) from None
     except KeyboardInterrupt:  # Ctrl-C while starting (Lightning handles it during a fit)
         sys.stderr.write("cbir-lightning: interrupted\n")
@@ -116,8 +116,17 @@ def _main(args: list[str]) -> None:
         cause = _user_error_cause(err)
         if cause is None:
             raise
-        sys.stderr.write(f"cbir-lightning: error: {cause}\n")
+        sys.stderr.write(f"cbir-lightning: error: {_one_line(cause)}\n")
         raise SystemExit(1) from None
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message; a CbirError raised in a DataLoader worker reaches the main process with the
+    worker's traceback in its message (PyTorch re-raises it so), and is reported by its own last line."""
+    text = str(err)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split("CbirError: ", 1)[-1]
+    return text
 
 
 def _user_error_cause(err: BaseException) -> BaseException | None:

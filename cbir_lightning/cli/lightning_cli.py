@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 import yaml
 from jsonargparse import get_loader, set_parsing_settings
 from lightning_fabric.plugins import CheckpointIO
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
@@ -93,8 +95,9 @@ def report(trainer: pl.Trainer, metrics: dict, **extra) -> None:
     if not trainer.is_global_zero:
         return
     out = dict(extra)
-    for key, value in metrics.items():
-        out[key.split("/", 1)[-1]] = round(float(value), 6)
+    for key, value in metrics.items():  # NaN (e.g. no query with a relevant item) as null: JSON has no NaN
+        number = float(value)
+        out[key.split("/", 1)[-1]] = round(number, 6) if math.isfinite(number) else None
     print(json.dumps(out), flush=True)
 
 
@@ -306,6 +309,8 @@ def run_lightning_cli(args: list[str] | None, run: bool = True) -> CbirCLI:
     token = CALLBACK_OVERRIDES.set(overrides)
     try:
         return _run_lightning_cli(args, run)
+    except MisconfigurationException as err:  # Lightning's own user error, e.g. resuming past max_epochs
+        raise CbirError(" ".join(str(err).split())) from err
     finally:
         CALLBACK_OVERRIDES.reset(token)
 

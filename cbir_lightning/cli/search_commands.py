@@ -9,7 +9,13 @@ import os
 import sys
 from pathlib import Path
 
-from jsonargparse.typing import NonNegativeFloat, PositiveInt, restricted_number_type
+from jsonargparse.typing import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
 
 from cbir_lightning.api import Index
 from cbir_lightning.errors import CbirError
@@ -244,10 +250,10 @@ def serve(
     index: str | list[str],
     host: str = "127.0.0.1",
     port: PORT = 8000,
-    max_upload_mb: float = 10.0,
-    max_upload_pixels: int = 25_000_000,
-    max_concurrent: int = 2,
-    max_waiting: int = 16,
+    max_upload_mb: PositiveFloat = 10.0,
+    max_upload_pixels: PositiveInt = 25_000_000,
+    max_concurrent: PositiveInt = 2,
+    max_waiting: NonNegativeInt = 16,
     allowed_hosts: list[str] | None = None,
     token: str | None = None,
     insecure: bool = False,

@@ -55,26 +55,21 @@ def fill_store(
         dist.broadcast_object_list(shared, src=0)
         missing = shared[0]
     mine = missing[rank::world]
-    bar = tqdm(
-        total=len(missing),
-        desc=f"feature cache: {what}",
-        unit="view",
-        disable=not progress or rank != 0 or not missing,
-    )
-    for start in range(0, len(mine), shard_size):
-        chunk = mine[start : start + shard_size]
-        images = ViewImages(source, names, [position[item] for item in chunk])
-        values = embed_dataset(
-            trunk,
-            images,
-            embed=embed or trunk,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            distributed=False,
-        )
-        store.add(chunk, values.to(dtype).cpu().numpy())
-        bar.update(len(chunk) * world)
-    bar.close()
+    hidden = not progress or rank != 0 or not missing
+    with tqdm(total=len(missing), desc=f"feature cache: {what}", unit="view", disable=hidden) as bar:
+        for start in range(0, len(mine), shard_size):  # the bar is closed before an error goes up
+            chunk = mine[start : start + shard_size]
+            images = ViewImages(source, names, [position[item] for item in chunk])
+            values = embed_dataset(
+                trunk,
+                images,
+                embed=embed or trunk,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                distributed=False,
+            )
+            store.add(chunk, values.to(dtype).cpu().numpy())
+            bar.update(len(chunk) * world)
     if world > 1:
         dist.barrier()
     return len(missing)

@@ -320,6 +320,7 @@ def hybrid_search(
     Both: reciprocal rank fusion (:func:`~cbir_lightning.retrieval.fusion.reciprocal_rank_fusion`) of the
     image ranking (weight 1) and the text ranking (weight ``text_weight``), each its first
     ``max(candidates, top_k)`` items; a result's ``score`` is then its fused score."""
+    text = (text or "").strip() or None  # a text of blanks is no text
     if vector is None and not text:
         raise CbirError("pass a query image (--query), a text (--text) or both")
     if text_weight < 0:

@@ -176,6 +176,11 @@ class PhotoCollectionDataModule(RetrievalDataModule):
         index = {name: i for i, name in enumerate(self.class_names)}
         self.labels = torch.tensor([index[name] for name in collection.labels])
         self.is_eval = torch.from_numpy(split_collection(collection, hp.held_out_classes, hp.split_seed))
+        if int(torch.bincount(self.labels[self.is_eval]).max()) < 2:  # no query would have a relevant item
+            raise CbirError(
+                f"{hp.root}: every held-out class has a single photo, so no query can find a relevant one; "
+                "hold out classes with two or more photos"
+            )
         self.collection = collection
 
     def _subset(self, evaluation: bool) -> tuple[list[Path], torch.Tensor, list | None]:

@@ -79,8 +79,14 @@ def read_table(
             f"({path_column}, {label_column}, ...)"
         )
     delimiter = "\t" if table.suffix.lower() in (".tsv", ".tab") else ","
-    with open(table, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter=delimiter))
+    try:
+        with open(table, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter=delimiter))
+    except UnicodeDecodeError as err:
+        raise CbirError(
+            f"labels file {table} is not UTF-8 text (byte {err.object[err.start]:#x} at offset {err.start}); "
+            "save it as UTF-8"
+        ) from err
     if len(rows) < 2:
         raise CbirError(f"labels file {table} has no rows below its header")
     header = [name.strip() for name in rows[0]]
@@ -89,7 +95,7 @@ def read_table(
         for name, role in ((path_column, "path"), (label_column, "label"), (group_column, "group"),
                            (split_column, "split"))
     ]
-    paths, labels, groups, splits = [], [], [], []
+    paths, labels, groups, splits, seen = [], [], [], [], {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -101,6 +107,9 @@ def read_table(
         photo = Path(path) if Path(path).is_absolute() else root / path
         if not photo.is_file():
             raise CbirError(f"{table} line {line}: photo {photo} not found; fix the row's path or the root")
+        if photo in seen:  # a copy of a photo would be its own relevant neighbour: metrics inflated
+            raise CbirError(f"{table} line {line}: photo {photo} is listed before, on line {seen[photo]}")
+        seen[photo] = line
         paths.append(photo)
         labels.append(label)
         groups.append(group or label)
@@ -138,6 +147,8 @@ def held_out_units(units: list[str], held_out: float | int | list[str], seed: in
             )
         return set(held_out)
     count = int(held_out) if held_out >= 1 else int(round(held_out * len(names)))
+    if held_out > 1 and held_out != int(held_out):  # neither a count nor a fraction: 1.5 is not 1
+        count = 0
     if not 1 <= count < len(names):
         raise CbirError(
             f"held_out_classes={held_out} leaves {count} of {len(names)} classes for evaluation; "

@@ -31,6 +31,8 @@ def make_episodes(
 ) -> Episodes:
     """Draw ``trials`` episodes; each picks a group (alphabet) with at least ``ways`` classes, ``ways`` of
     its classes, one drawer for the query and ``shots`` other drawers for the support images."""
+    if ways < 2:  # one way is no choice: every episode would be scored against its own answer only
+        raise CbirError(f"ways={ways}: an N-way episode needs at least 2 classes")
     gen = torch.Generator().manual_seed(seed)
     by_group: dict[str, list[int]] = {}
     for g, c in sorted(set(zip(groups, labels.tolist(), strict=True))):

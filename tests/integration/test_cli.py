@@ -335,6 +335,30 @@ def test_a_checkpoint_of_another_family_is_one_line(tiny_run, tmp_path):
     _one_line_error(proc, str(tiny_run["ckpt"]), "reads L images", "gives RGB ones")
 
 
+def test_fit_errors_from_workers_and_from_lightning_are_one_line(omniglot_root, tmp_path):
+    """A corrupt photo met while the feature cache fills (in a DataLoader worker, whose re-raised error
+    carried the worker's traceback) and resuming a run past the epochs asked for (Lightning's
+    MisconfigurationException, a traceback before) are one line each."""
+    for breed in sorted((SHARED_DATA / "stanford_dogs" / "Images").iterdir())[:4]:
+        (tmp_path / "photos" / breed.name).mkdir(parents=True)
+        for photo in sorted(breed.glob("*.jpg"))[:3]:
+            shutil.copy(photo, tmp_path / "photos" / breed.name / photo.name)
+    (tmp_path / "photos" / breed.name / "zz_broken.jpg").write_text("not an image")
+    photos = ["fit", "--config", str(REPO / "configs" / "photos_finetune.yaml"), "--data.root", "photos"]
+    small = ["--data.init_args.classes_per_batch", "3", "--data.init_args.samples_per_class", "2"]
+    env = {"CBIR_FEATURE_CACHE": str(tmp_path / "cache")}
+    proc = run_cli([*photos, *small, "--trainer.logger", "false"], cwd=tmp_path, env=env)
+    _one_line_error(proc, "zz_broken.jpg", "corrupt or unreadable image")
+    assert "Original Traceback" not in proc.stderr
+
+    koch = ["fit", "--config", CONFIG, "--data.init_args.root", str(omniglot_root), *TINY_ARGS]
+    tiny = [*koch, "--data.init_args.epoch_length", "2", "--trainer.logger", "false"]
+    done = run_cli([*tiny, "--trainer.max_epochs", "3"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = run_cli([*tiny, "--trainer.max_epochs", "1", "--ckpt_path", "last"], cwd=tmp_path)
+    _one_line_error(resumed, "You restored a checkpoint with current_epoch=2", "max_epochs=1")
+
+
 @pytest.mark.parametrize("command", [["--help"], ["oneshot", "--help"]])
 def test_help(command, tmp_path):
     proc = run_cli(command, cwd=tmp_path)

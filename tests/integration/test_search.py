@@ -189,6 +189,8 @@ def test_bad_numbers_and_paths_give_one_line(built, tmp_path, capsys):
         (["recommend", *index, "--image", str(folder)], "cannot read image (Is a directory)"),
         (["recommend", *index, "--image", str(tmp_path / "none.jpg")], "cannot read image (No such file"),
         (["serve", *index, "--port", "99999"], '"port"'),
+        (["serve", *index, "--max-concurrent", "0"], '"max_concurrent"'),
+        (["serve", *index, "--max-upload-mb", "-1"], '"max_upload_mb"'),
     ]:
         code, out, err = cli(args, capsys)  # 2: refused by the parser, 1: by the command
         assert code in (1, 2) and message in err and len(err.strip().splitlines()) == 1, (args, err)

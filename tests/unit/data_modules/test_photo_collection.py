@@ -96,6 +96,8 @@ def test_split_column_and_whitening_pairs(tmp_path):
          "classes_per_batch is 9, but the training set has 3 classes"),
         ({"labels_file": "labels.tsv", "label_column": "style", "held_out_classes": 4},
          "held_out_classes=4 leaves 4 of 4 classes"),
+        ({"labels_file": "labels.tsv", "label_column": "style", "held_out_classes": 1.5},
+         "held_out_classes=1.5 leaves 0 of 4 classes"),
     ],
 )
 def test_bad_settings_are_one_line(wikiart, options, message):
@@ -108,6 +110,27 @@ def test_missing_photo_is_named(tmp_path):
     (tmp_path / "t.tsv").write_text("path\tlabel\n\nmissing.jpg\tx\n")
     with pytest.raises(CbirError, match=r"t\.tsv line 3: photo .*missing\.jpg not found"):
         make(tmp_path, labels_file="t.tsv")
+
+
+def test_bad_labels_files_are_one_line(wikiart, tmp_path):
+    """A labels file that is not UTF-8 (a UnicodeDecodeError before), one listing a photo twice (it was its
+    own relevant neighbour: metrics inflated) and held-out classes of one photo each (NaN metrics and
+    exit 0 before) are refused in one line."""
+    rows = (wikiart / "labels.tsv").read_text().splitlines()
+    header, first = rows[0], [r for r in rows[1:] if r.strip()][:12]
+    absolute = [str(wikiart / r.split("\t")[0]) + "\t" + r.split("\t", 1)[1] for r in first]
+    latin1 = "\n".join([header, *absolute]) + "\ncaf\xe9\tx\ty\n"
+    (tmp_path / "latin1.tsv").write_bytes(latin1.encode("latin-1"))
+    with pytest.raises(CbirError, match=r"latin1\.tsv is not UTF-8 text \(byte 0xe9"):
+        make(tmp_path, labels_file="latin1.tsv")
+    (tmp_path / "twice.tsv").write_text("\n".join([header, *absolute, absolute[3]]) + "\n")
+    with pytest.raises(CbirError, match=r"twice\.tsv line 14: photo .* is listed before, on line 5"):
+        make(tmp_path, labels_file="twice.tsv", label_column="artist")
+    artists = ["a"] * 6 + ["b"] * 5 + ["lonely"]  # the last class in sorted order, held out, has one photo
+    single = [f"{r.split(chr(9))[0]}\t-\t{artist}" for r, artist in zip(absolute, artists, strict=True)]
+    (tmp_path / "single.tsv").write_text("\n".join(["path\tstyle\tartist", *single]) + "\n")
+    with pytest.raises(CbirError, match="every held-out class has a single photo"):
+        make(tmp_path, labels_file="single.tsv", label_column="artist", held_out_classes=1)
 
 
 def test_stanford_dogs_release_breeds_41_to_60_held_out_and_cropped_to_the_dog():

@@ -126,6 +126,8 @@ def test_episodes_within_one_alphabet_and_fixed_by_seed():
     assert torch.equal(eps.candidates, again.candidates) and torch.equal(eps.queries, again.queries)
     with pytest.raises(CbirError, match="ways=30 is larger than the classes available.*'A' has 25"):
         make_episodes(groups, labels, drawers, ways=30, trials=5)
+    with pytest.raises(CbirError, match="ways=1: an N-way episode needs at least 2 classes"):
+        make_episodes(groups, labels, drawers, ways=1, trials=5)  # the metric callback failed on it before
 
 
 def test_class_batches_drawn_from_few_groups():
