@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbir_lightning.errors import CbirError
 from cbir_lightning.models.l1_scores import weighted_l1_scores
 
 
@@ -52,8 +53,14 @@ class KochSiameseNet(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             width = out
         self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            flat = self.features(torch.zeros(1, in_channels, input_size, input_size)).numel()
+        try:
+            with torch.no_grad():
+                flat = self.features(torch.zeros(1, in_channels, input_size, input_size)).numel()
+        except RuntimeError as err:  # e.g. image_size 0, or too small for the kernels and poolings
+            raise CbirError(
+                f"input_size {input_size} is too small for the Koch net's convolutions (kernels "
+                f"{list(kernel_sizes)}, a pooling between each): give the images more pixels"
+            ) from err
         self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(flat, embedding_dim), nn.Sigmoid())
         self.head = nn.Linear(embedding_dim, 1)
         if head_weights not in ("free", "nonpositive"):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from cbir_lightning.errors import CbirError
 from cbir_lightning.losses.pair_bce import all_pairs_bce, all_pairs_softmax, pair_bce
 from cbir_lightning.models import KochSiameseNet, SiameseModule
 from cbir_lightning.models.param_groups import layer_param_groups
@@ -141,3 +142,12 @@ def test_channels_last_net_computes_what_the_contiguous_net_does():
     torch.testing.assert_close(nhwc.eval().embed(images), nchw.eval().embed(images), rtol=1e-5, atol=1e-5)
     for a, b in zip(nhwc.parameters(), nchw.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [0, 8])
+def test_koch_net_too_small_an_image_is_one_line(size):
+    """An image size the kernels and poolings cannot take (``image_size 0`` in a config) is one CbirError
+    line, not a RuntimeError from a convolution wrapped in the config parser's traceback."""
+    with pytest.raises(CbirError, match=f"input_size {size} is too small for the Koch net") as err:
+        KochSiameseNet(input_size=size, channels=(8, 8, 8, 8), kernel_sizes=(3, 3, 3, 3), embedding_dim=4)
+    assert "\n" not in str(err.value)
