@@ -19,6 +19,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from cbir_lightning.callbacks.example_grids import log_example_grids
 from cbir_lightning.callbacks.gather import gather_unique
+from cbir_lightning.errors import CbirError
 from cbir_lightning.metrics import episode_scores, oneshot_accuracy, retrieval_metrics
 
 
@@ -103,8 +104,12 @@ class RetrievalMetrics(Callback):
                 chunk_size=self.chunk_size,
             )
             if episodes is not None:
-                if len(embeddings) <= int(max(episodes.queries.max(), episodes.candidates.max())):
-                    raise ValueError("episodes refer to items outside the evaluated set")
+                needed = int(max(episodes.queries.max(), episodes.candidates.max())) + 1
+                if len(embeddings) < needed:  # e.g. --trainer.limit_val_batches: part of the set embedded
+                    raise CbirError(
+                        f"one-shot episodes need all {needed} evaluation images but {len(embeddings)} were "
+                        "embedded: do not limit the validation batches (--trainer.limit_val_batches)"
+                    )
                 scores = episode_scores(
                     embeddings, episodes.queries, episodes.candidates, pl_module.similarity
                 )

@@ -22,6 +22,7 @@ from cbir_lightning.ensemble_checkpoint import pack_ensemble
 from cbir_lightning.errors import CbirError
 from cbir_lightning.model_file import ModelFile
 from cbir_lightning.wandb_offline import read_offline_run
+from data_modules.omniglot.oneshot_runs import load_oneshot_runs, write_oneshot_runs
 
 CONFIG = str(REPO / "configs" / "omniglot_koch.yaml")
 
@@ -282,24 +283,26 @@ def test_missing_and_truncated_checkpoints_are_one_line(tiny_run, tmp_path):
 def test_outputs_never_replace_what_the_toolkit_did_not_write(tiny_run, omniglot_root, tmp_path):
     """`make-runs --overwrite` replaces only a folder of runs (it deleted its own input zips and any
     folder before); `convert` replaces only a model file (it overwrote the checkpoint it converted);
-    `ensemble --overwrite` only an ensemble checkpoint. Each refusal is one line and leaves the files."""
+    `ensemble --overwrite` only an ensemble checkpoint. Each refusal is one line and leaves the files
+    (the commands as a user runs them; the other cases through the functions they call)."""
     data = tmp_path / "omniglot"
     shutil.copytree(omniglot_root, data)
     before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    make = ["make-runs", "--sources", f"[{data}]", "--num_runs", "1", "--ways", "3", "--overwrite", "true"]
+    refused = run_cli([*make, "--out", str(data)], cwd=tmp_path)
+    _one_line_error(refused, str(data), "not a folder of one-shot runs")
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    make = ["make-runs", "--sources", f"[{data}]", "--num_runs", "1", "--ways", "3", "--overwrite", "true"]
-    for out in (data, mine, mine / "notes.txt"):
-        refused = run_cli([*make, "--out", str(out)], cwd=tmp_path)
-        _one_line_error(refused, str(out), "not a folder of one-shot runs")
-    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
-    assert (mine / "notes.txt").read_text() == "keep"
+    run = load_oneshot_runs(make_runs(data, tmp_path / "runs", "[Sanskrit]", 2, tmp_path))[0]
+    for out in (mine, mine / "notes.txt"):
+        with pytest.raises(CbirError, match="not a folder of one-shot runs"):
+            write_oneshot_runs(out, [run], overwrite=True)
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
-    runs = make_runs(data, tmp_path / "runs", "[Sanskrit]", 2, tmp_path)
-    again = run_cli([*make, "--out", str(runs)], cwd=tmp_path)  # a runs folder is replaced
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert sorted(p.name for p in runs.iterdir()) == ["run01"]
+    assert (mine / "notes.txt").read_text() == "keep"
+    write_oneshot_runs(tmp_path / "runs", [run], overwrite=True)  # a runs folder is replaced
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run01"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
     ckpt = tmp_path / "model.ckpt"
@@ -308,15 +311,11 @@ def test_outputs_never_replace_what_the_toolkit_did_not_write(tiny_run, omniglot
     converted = run_cli(["convert", "--ckpt", str(ckpt), "--out", str(ckpt)], cwd=tmp_path)
     _one_line_error(converted, str(ckpt), "not a model file")
     assert ckpt.read_bytes() == kept
-    made = run_cli(["convert", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.model")], cwd=tmp_path)
-    assert made.returncode == 0, made.stderr[-2000:]
-    again = run_cli(["convert", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.model")], cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]  # a model file is replaced
-    packed = run_cli(
-        ["ensemble", "--ckpt", f"[{ckpt}, {tmp_path / 'm.model'}]", "--out", str(mine / "notes.txt"),
-         "--overwrite", "true"], cwd=tmp_path,
-    )  # fmt: skip
-    _one_line_error(packed, "notes.txt", "not an ensemble checkpoint")
+    model = ModelFile.load(tiny_run["ckpt"].parent / "best.model")
+    model.save(tmp_path / "m.model")
+    model.save(tmp_path / "m.model")  # a model file is replaced
+    with pytest.raises(CbirError, match="not an ensemble checkpoint"):
+        pack_ensemble([ckpt, tmp_path / "m.model"], mine / "notes.txt", overwrite=True)
     assert (mine / "notes.txt").read_text() == "keep"
 
 
@@ -337,8 +336,9 @@ def test_a_checkpoint_of_another_family_is_one_line(tiny_run, tmp_path):
 
 def test_fit_errors_from_workers_and_from_lightning_are_one_line(omniglot_root, tmp_path):
     """A corrupt photo met while the feature cache fills (in a DataLoader worker, whose re-raised error
-    carried the worker's traceback) and resuming a run past the epochs asked for (Lightning's
-    MisconfigurationException, a traceback before) are one line each."""
+    carried the worker's traceback), resuming a run past the epochs asked for (Lightning's
+    MisconfigurationException) and one-shot episodes over validation batches left out
+    (``limit_val_batches``) are one line each (tracebacks before)."""
     for breed in sorted((SHARED_DATA / "stanford_dogs" / "Images").iterdir())[:4]:
         (tmp_path / "photos" / breed.name).mkdir(parents=True)
         for photo in sorted(breed.glob("*.jpg"))[:3]:
@@ -352,11 +352,15 @@ def test_fit_errors_from_workers_and_from_lightning_are_one_line(omniglot_root, 
     assert "Original Traceback" not in proc.stderr
 
     koch = ["fit", "--config", CONFIG, "--data.init_args.root", str(omniglot_root), *TINY_ARGS]
-    tiny = [*koch, "--data.init_args.epoch_length", "2", "--trainer.logger", "false"]
+    tiny = [*koch, "--data.init_args.epoch_length", "2", "--data.init_args.trials", "20"]
+    tiny += ["--trainer.logger", "false"]
     done = run_cli([*tiny, "--trainer.max_epochs", "3"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = run_cli([*tiny, "--trainer.max_epochs", "1", "--ckpt_path", "last"], cwd=tmp_path)
     _one_line_error(resumed, "You restored a checkpoint with current_epoch=2", "max_epochs=1")
+    part = ["--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path / "part")]
+    limited = run_cli([*tiny, *part], cwd=tmp_path)  # episodes over images never embedded: a traceback
+    _one_line_error(limited, "one-shot episodes need all", "--trainer.limit_val_batches")
 
 
 @pytest.mark.parametrize("command", [["--help"], ["oneshot", "--help"]])
