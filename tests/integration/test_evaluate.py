@@ -15,6 +15,7 @@ from helpers.cli import TINY_ARGS, last_json, run_cli
 from helpers.paths import REPO, SHARED_DATA
 from helpers.revisitop import revisited_reference
 
+from cbir_lightning.cli import main
 from cbir_lightning.cli.config_files import read_config
 from data_modules.io.pickles import safe_load_pickle
 from data_modules.landmarks.gnd import load_gnd
@@ -140,7 +141,10 @@ def test_labels_mode_exclude_self(tmp_path):
         ("gnd_text_index", "malformed ground truth (invalid literal for int()"),
     ],
 )
-def test_bad_input_gives_one_line(tmp_path, case, message):
+def test_bad_input_gives_one_line(tmp_path, case, message, monkeypatch, capsys):
+    """Each case through the command's entry point in this process (the other tests here run it as a
+    process): exit 1 and one error line."""
+    monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "Q.npy", np.zeros((4, 3), dtype=np.float32))
     np.save(tmp_path / "X.npy", np.zeros((6, 3), dtype=np.float32))
     np.save(tmp_path / "QL.npy", np.arange(4))
@@ -166,13 +170,12 @@ def test_bad_input_gives_one_line(tmp_path, case, message):
     }[case]
     if case == "gnd_rows":  # database rows right, query rows wrong
         np.save(tmp_path / "X.npy", np.zeros((4993, 3), dtype=np.float32))
-    proc = run_cli(["evaluate", *args], cwd=tmp_path)
-    assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cbir-lightning: error:") and message in lines[0], (
-        proc.stderr
-    )
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", *args])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert exit_.value.code == 1 and len(lines) == 1, err
+    assert lines[0].startswith("cbir-lightning: error:") and message in lines[0], err
 
 
 def test_checkpoint_mode_reproduces_validation(tiny_run, omniglot_root, tmp_path):

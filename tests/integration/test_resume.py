@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,21 @@ def test_killed_fit_resumes_from_a_mid_epoch_checkpoint_to_the_uninterrupted_res
     assert sorted(losses) == list(range(step, EPOCHS * STEPS_PER_EPOCH))
     assert losses == {s: uninterrupted["losses"][s] for s in losses}
     _assert_same_run(out, uninterrupted["out"], last_json(proc.stdout), uninterrupted["result"])
+
+
+def test_resuming_past_the_epochs_asked_for_is_one_line(omniglot_root, uninterrupted, tmp_path):
+    """``--ckpt_path last`` of the finished 3-epoch run with ``max_epochs 1``: Lightning's
+    MisconfigurationException is one line (a traceback before), and the checkpoint is left as it was."""
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copy(uninterrupted["out"] / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt")
+    kept = (out / "checkpoints" / "last.ckpt").read_bytes()
+    args = ("--ckpt_path", "last", "--trainer.max_epochs", "1")
+    proc = _fit(omniglot_root, tmp_path / "cwd", out, tmp_path / "steps.log", *args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("cbir-lightning: error: You restored a checkpoint with current_epoch=2"), line
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == kept
 
 
 def test_resume_without_last_checkpoint_is_one_line(omniglot_root, tmp_path):
