@@ -46,11 +46,11 @@ def _member_net(ckpt: Checkpoint) -> dict:
     return net
 
 
-def _check_alike(first: Checkpoint, other: Checkpoint) -> None:
-    """The members must read images alike: the same preprocessing (mode, resize, size, normalisation) and
-    the same test-time zooms."""
+def _check_alike(first: Checkpoint, other: Checkpoint, first_spec: dict, other_spec: dict) -> None:
+    """The members must read images alike: the same preprocessing (``*_spec``: mode, resize, size,
+    normalisation) and the same test-time zooms."""
     for what, a, b in (
-        ("preprocessing", checkpoint_preprocess(first), checkpoint_preprocess(other)),
+        ("preprocessing", first_spec, other_spec),
         (
             "test_time_scales",
             first.hyper_parameters.get("test_time_scales"),
@@ -83,8 +83,9 @@ def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = Fa
     members = [_read_member(p) for p in ckpts]
     nets = [_member_net(m) for m in members]
     first = members[0]
-    for other in members[1:]:
-        _check_alike(first, other)
+    specs = [checkpoint_preprocess(m) for m in members]  # once each: an older one rebuilds its DataModule
+    for other, spec in zip(members[1:], specs[1:], strict=True):
+        _check_alike(first, other, specs[0], spec)
     state = {k: v for k, v in first.contents.get("state_dict", {}).items() if not k.startswith("net.")}
     for i, member in enumerate(members):
         for key, value in member.contents["state_dict"].items():
@@ -102,7 +103,7 @@ def pack_ensemble(ckpts: list[str | Path], out: str | Path, overwrite: bool = Fa
         "hyper_parameters": hyper_parameters,
         "datamodule_hyper_parameters": dict(first.datamodule_args),
         MEMBERS_KEY: [{"path": os.path.relpath(m.path, out.parent), **m.identity} for m in members],
-        RECORD_KEY: checkpoint_preprocess(first),  # the members read images alike (_check_alike)
+        RECORD_KEY: specs[0],  # the members read images alike (_check_alike)
     }
     with atomic_file(out) as tmp:
         torch.save(contents, tmp)
